@@ -1,0 +1,87 @@
+"""One mapping from error types to HTTP statuses. Errors are `{"error", "detail"}` JSON,
+never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from traindepot.problems import SpecInvalid
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class Conflict(Exception):
+    pass
+
+
+class ServiceUnavailable(Exception):
+    pass
+
+
+def _body(error: str, detail: Any, status: int) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": jsonable_encoder(detail)}, status_code=status)
+
+
+def _clean(errors: Any) -> list[dict[str, Any]]:
+    # pydantic errors carry the input and context objects; keep what names the problem.
+    out = []
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if p != "body"]
+        out.append({"loc": loc, "msg": e.get("msg", ""), "type": e.get("type", "")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _body("invalid_request", _clean(exc.errors()), 422)
+
+    @app.exception_handler(SpecInvalid)
+    async def invalid_spec(request: Request, exc: SpecInvalid) -> JSONResponse:
+        return _body("invalid_request", [p.as_dict() for p in exc.problems], 422)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _body("not_found", f"{exc.what} not found", 404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _body("conflict", str(exc), 409)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("service unavailable: %s", exc)
+        detail = (
+            str(exc) if isinstance(exc, ServiceUnavailable)
+            else "the database is unreachable; retry shortly"
+        )
+        response = _body("service_unavailable", detail, 503)
+        response.headers["Retry-After"] = "5"
+        return response
+
+    app.add_exception_handler(OperationalError, unavailable)
+    app.add_exception_handler(DBAPIError, unavailable)
+    app.add_exception_handler(ServiceUnavailable, unavailable)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "not_found", 405: "method_not_allowed"}
+        return _body(names.get(exc.status_code, "http_error"), exc.detail, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _body("internal", "an internal error occurred; see the server log", 500)

@@ -1,0 +1,88 @@
+"""Response schemas (the request schema is the job spec, `traindepot.spec.JobSpec`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from db.models import Job
+
+
+class Progress(BaseModel):
+    global_step: int | None = None
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    samples_per_second: float | None = None
+    eta_seconds: float | None = None
+    updated_at: datetime | None = None
+
+
+class TrainResult(BaseModel):
+    """`TrainOutput`, its three fields as `train()` returned them."""
+
+    global_step: int
+    training_loss: float | None
+    metrics: dict[str, Any]
+
+
+class JobErrorOut(BaseModel):
+    type: str
+    message: str
+    traceback: str | None
+    reason: str
+    step: int | None = None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: str
+    attempt: int
+    queue: str
+    priority: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress | None
+    result: TrainResult | None
+    error: JobErrorOut | None
+    spec: dict[str, Any] = Field(description="The spec with defaults filled in.")
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            attempt=job.attempt,
+            queue=job.queue,
+            priority=job.priority,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=Progress.model_validate(job.progress) if job.progress else None,
+            result=TrainResult.model_validate(job.result) if job.result else None,
+            error=JobErrorOut.model_validate(job.error) if job.error else None,
+            spec=job.spec,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class ValidatedSpec(BaseModel):
+    spec: dict[str, Any]
+    training_args: dict[str, Any] = Field(description="The effective TrainingArguments.")
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any

@@ -1,0 +1,115 @@
+"""The two tables: ``jobs`` (the truth about each job) and ``job_metrics`` (its history)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONB}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    spec: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(64), default="default")
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    # Incremented by every claim: attempt N's writes are fenced with `attempt = N`, so a stale
+    # attempt that wakes up can never overwrite a newer one.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_restarts: Mapped[int] = mapped_column(Integer, default=3)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    progress: Mapped[dict[str, Any] | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued','running','cancelling','succeeded','failed','cancelled')",
+            name="jobs_status_valid",
+        ),
+        # GET /jobs: newest first, optionally by status, keyset-paginated on (created_at, id).
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+        # The reaper: active jobs by lease expiry.
+        Index("ix_jobs_lease_expires", "lease_expires_at", postgresql_where="lease_expires_at IS NOT NULL"),
+    )
+
+
+class JobMetric(Base):
+    """One logged point of a job: a training log, an evaluation, or the end-of-train summary.
+
+    Unique per (job, step, kind): a resumed attempt that logs a step again replaces the
+    earlier attempt's point, so the history has no duplicates across attempts. The same
+    index serves "all points of job X in step order".
+    """
+
+    __tablename__ = "job_metrics"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    step: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    epoch: Mapped[float | None] = mapped_column(Float)
+    values: Mapped[dict[str, Any]]
+    attempt: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "step", "kind", name="uq_job_metrics_job_step_kind"),
+    )
+
+

@@ -1,0 +1,80 @@
+"""Configuration from the environment (prefix ``TRAINDEPOT_``), validated at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINDEPOT_", extra="ignore")
+
+    # None means "start the embedded servers" (CLI `serve` / `demo` only).
+    database_url: str | None = None
+    redis_url: str | None = None
+    home: Path = Field(default_factory=lambda: Path.home() / ".traindepot")
+    # Roots under which a spec may name local files or model directories.
+    # Comma-separated in the environment.
+    allowed_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    # Leases: a running attempt renews its lease every `heartbeat_seconds`; a lease not
+    # renewed for `lease_seconds` is expired and the reaper requeues the job.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    reaper_interval_seconds: float = Field(default=5.0, gt=0)
+    # A queued job whose message has not been picked up for this long is enqueued again
+    # (the message may have been lost with Redis or with a worker); duplicates are harmless.
+    requeue_stale_seconds: float = Field(default=600.0, gt=0)
+    # After a cancel or a time limit, the training child gets this long to checkpoint and exit.
+    cancel_grace_seconds: float = Field(default=60.0, gt=0)
+
+    # Bounds on inline data.
+    max_inline_rows: int = Field(default=10_000, gt=0)
+    max_inline_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+
+    # Background flusher of training events (see worker/flusher.py).
+    flush_interval_seconds: float = Field(default=0.5, gt=0)
+    flush_queue_size: int = Field(default=10_000, gt=0)
+
+    @field_validator("allowed_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p for p in (part.strip() for part in value.split(",")) if p]
+        return value
+
+    @field_validator("allowed_paths")
+    @classmethod
+    def _resolve_paths(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where job outputs (checkpoints, logs) live; chosen by the server, never by a spec."""
+        return self.home / "jobs"
+
+    def job_dir(self, job_id: object) -> Path:
+        return self.jobs_dir / str(job_id)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "TRAINDEPOT_DATABASE_URL is not set (use `traindepot serve` to run embedded servers)"
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "TRAINDEPOT_REDIS_URL is not set (use `traindepot serve` to run embedded servers)"
+            )
+        return self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,109 @@
+"""The whole service in one process tree: database and Redis (configured or embedded),
+migrations, one worker process and the API. Used by `traindepot serve` and `demo`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis
+from traindepot.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str
+    database_url: str
+    redis_url: str
+    home: Path
+
+
+@contextmanager
+def backing_services(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The configured database and Redis, or embedded ones that stop on exit."""
+    with ExitStack() as stack:
+        database_url = settings.database_url
+        if not database_url:
+            pg = EmbeddedPostgres(settings.home / "postgres")
+            stack.callback(pg.stop)
+            database_url = pg.url
+        redis_url = settings.redis_url
+        if not redis_url:
+            rd = EmbeddedRedis(settings.home / "redis")
+            stack.callback(rd.stop)
+            redis_url = rd.url
+        yield database_url, redis_url
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "traindepot.cli", "worker"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_up(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not answer at {url}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stack]:
+    from db.migrate import upgrade
+
+    settings = get_settings()
+    with backing_services(settings) as (database_url, redis_url), ExitStack() as stack:
+        os.environ["TRAINDEPOT_DATABASE_URL"] = database_url
+        os.environ["TRAINDEPOT_REDIS_URL"] = redis_url
+        get_settings.cache_clear()
+        upgrade(database_url)
+        if worker:
+            proc = start_worker(dict(os.environ), settings.home / "logs" / "worker.log")
+            stack.callback(stop_process, proc)
+        config = uvicorn.Config("api.app:app", host=host, port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="api", daemon=True)
+        thread.start()
+
+        def stop_api() -> None:
+            server.should_exit = True
+            thread.join(10)
+
+        stack.callback(stop_api)
+        url = f"http://{host}:{port}"
+        wait_until_up(url)
+        yield Stack(url=url, database_url=database_url, redis_url=redis_url, home=settings.home)

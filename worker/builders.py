@@ -1,0 +1,222 @@
+"""From a validated spec to the pieces `Trainer` needs: tokenizer, datasets, model, collator
+and `TrainingArguments`. Runs in the training child only (imports torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from traindepot.spec import DatasetSpec, JobSpec, Task
+from worker.byte_tokenizer import byte_level_tokenizer
+from worker.errors import ConfigError, DataError
+
+_MODEL_CLASSES: dict[Task, Any] = {
+    Task.CAUSAL_LM: AutoModelForCausalLM,
+    Task.MASKED_LM: AutoModelForMaskedLM,
+    Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
+}
+
+_FILE_LOADERS = {"json": "json", "jsonl": "json", "csv": "csv", "text": "text", "parquet": "parquet"}
+
+
+def build_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
+    if spec.tokenizer is not None and spec.tokenizer.builtin == "byte-level":
+        tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
+    else:
+        source = spec.tokenizer if spec.tokenizer is not None else spec.model
+        assert source.name_or_path is not None
+        tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, revision=source.revision)
+    if tokenizer.pad_token is None:
+        # GPT-style tokenizers have no pad token; the usual fix, as in the seed example.
+        if tokenizer.eos_token is None:
+            raise ConfigError("the tokenizer has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    if spec.task is Task.MASKED_LM and tokenizer.mask_token is None:
+        raise ConfigError("task `masked-lm` needs a tokenizer with a mask token")
+    return tokenizer
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    eval: Dataset | None
+    label_names: list[str] | None
+
+
+def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
+    """The train and (if asked for) eval splits, before tokenisation."""
+    evaluation: Dataset | None = None
+    if spec.rows is not None:
+        train = Dataset.from_list(spec.rows)
+    elif spec.files is not None:
+        files = {"train": spec.files.train}
+        if spec.files.validation is not None:
+            files["validation"] = spec.files.validation
+        loaded = load_dataset(_FILE_LOADERS[spec.files.resolved_format()], data_files=files)
+        assert isinstance(loaded, DatasetDict)
+        train = loaded["train"]
+        evaluation = loaded["validation"] if "validation" in loaded else None
+    else:
+        assert spec.hub is not None
+        hub = spec.hub
+        train = load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)
+        if spec.eval_split is not None:
+            evaluation = load_dataset(hub.path, hub.name, split=spec.eval_split, revision=hub.revision)
+    if spec.max_samples is not None:
+        train = train.select(range(min(spec.max_samples, len(train))))
+    if spec.eval_fraction is not None:
+        parts = train.train_test_split(test_size=spec.eval_fraction, seed=spec.seed)
+        train, evaluation = parts["train"], parts["test"]
+    return train, evaluation
+
+
+def _require_columns(dataset: Dataset, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"the dataset has no column {', '.join(map(repr, missing))}; "
+            f"its columns are {dataset.column_names} (set `dataset.text_column` and friends)"
+        )
+
+
+def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Datasets:
+    ds, pre = spec.dataset, spec.preprocessing
+    train, evaluation = load_raw(ds)
+    columns = [ds.text_column] + ([ds.text_pair_column] if ds.text_pair_column else [])
+    label_names: list[str] | None = None
+    if spec.task is Task.SEQUENCE_CLASSIFICATION:
+        columns.append(ds.label_column or "label")
+    for split in (train, evaluation):
+        if split is not None:
+            _require_columns(split, columns)
+
+    label_to_id: dict[Any, int] | None = None
+    if spec.task is Task.SEQUENCE_CLASSIFICATION:
+        label_col = ds.label_column or "label"
+        feature = train.features[label_col]
+        if isinstance(feature, ClassLabel):
+            label_names = list(feature.names)
+        else:
+            label_names = sorted({str(v) for v in train[label_col]})
+            label_to_id = {name: i for i, name in enumerate(label_names)}
+
+    lm = spec.task in (Task.CAUSAL_LM, Task.MASKED_LM)
+    padding: bool | str = False if (lm and pre.group_texts) or pre.padding == "do_not_pad" else (
+        "max_length" if pre.padding == "max_length" else False
+    )
+
+    def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = [t if isinstance(t, str) else "" for t in batch[ds.text_column]]
+        pairs = batch[ds.text_pair_column] if ds.text_pair_column else None
+        encoded = tokenizer(
+            texts, pairs, truncation=pre.truncation and not (lm and pre.group_texts),
+            max_length=pre.max_length, padding=padding,
+        )
+        out: dict[str, Any] = dict(encoded)
+        if spec.task is Task.SEQUENCE_CLASSIFICATION:
+            raw = batch[ds.label_column or "label"]
+            out["labels"] = [label_to_id[str(v)] for v in raw] if label_to_id else list(raw)
+        return out
+
+    def group(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        size = pre.max_length
+        joined = {k: list(chain.from_iterable(batch[k])) for k in batch}
+        total = (len(joined["input_ids"]) // size) * size
+        return {k: [v[i : i + size] for i in range(0, total, size)] for k, v in joined.items()}
+
+    def prepare(split: Dataset) -> Dataset:
+        out = split.map(tokenize, batched=True, remove_columns=split.column_names)
+        if lm and pre.group_texts:
+            out = out.map(group, batched=True)
+        if len(out) == 0:
+            raise DataError("the dataset has no examples left after preprocessing")
+        return out
+
+    return Datasets(
+        train=prepare(train),
+        eval=prepare(evaluation) if evaluation is not None else None,
+        label_names=label_names,
+    )
+
+
+def build_model(
+    spec: JobSpec, tokenizer: PreTrainedTokenizerBase, label_names: list[str] | None
+) -> PreTrainedModel:
+    model_class = _MODEL_CLASSES[spec.task]
+    extra: dict[str, Any] = {}
+    if label_names is not None:
+        extra = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)},
+        }
+    dtype = getattr(torch, spec.model.torch_dtype) if spec.model.torch_dtype not in (None, "auto") else spec.model.torch_dtype
+    if spec.model.from_config is not None:
+        overrides = dict(spec.model.from_config)
+        model_type = str(overrides.pop("model_type"))
+        overrides.setdefault("vocab_size", len(tokenizer))
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            token_id = getattr(tokenizer, name, None)
+            if token_id is not None:
+                overrides.setdefault(name, token_id)
+        try:
+            config = AutoConfig.for_model(model_type, **overrides, **extra)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.from_config: {exc}") from exc
+        model: PreTrainedModel = model_class.from_config(config, dtype=dtype)
+    else:
+        assert spec.model.name_or_path is not None
+        model = model_class.from_pretrained(
+            spec.model.name_or_path, revision=spec.model.revision, dtype=dtype, **extra
+        )
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def build_collator(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Any:
+    if spec.task is Task.CAUSAL_LM:
+        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    if spec.task is Task.MASKED_LM:
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True)
+    if spec.preprocessing.padding == "max_length":
+        return default_data_collator
+    return DataCollatorWithPadding(tokenizer)
+
+
+def build_training_args(spec: JobSpec, output_dir: Path) -> TrainingArguments:
+    """The user's `training_args` plus what the server owns."""
+    kwargs: dict[str, Any] = dict(spec.training_args)
+    if spec.seed is not None:
+        kwargs["seed"] = spec.seed
+    try:
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            report_to="none",
+            push_to_hub=False,
+            disable_tqdm=True,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"training_args: {exc}") from exc

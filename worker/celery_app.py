@@ -1,0 +1,62 @@
+"""The Celery app. The queue carries job ids only; the `jobs` row is the truth.
+
+Settings, and why (see DESIGN.md on the Redis broker):
+- `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its
+  task returns, so a worker that dies between receiving a job and claiming it does not lose
+  the job. Redelivery of a job that is already running or done is harmless: the claim in
+  Postgres (`queued -> running`) fails and the task does nothing.
+- `worker_prefetch_multiplier = 1`: a GPU worker holds one job at a time; the rest stay in
+  Redis for other workers.
+- `visibility_timeout`: Redis redelivers an unacked message after this long even if its task
+  still runs (celery#5935); that duplicate is a no-op thanks to the claim, and lost workers
+  are detected by the lease reaper, not by this timeout. We keep it at 1 hour.
+- No result backend: the job row is the result.
+- Priorities: the Redis transport emulates them with one list per step, and 0 is served
+  first; the spec's `priority` is 0..9 with 9 the most urgent, so it is inverted here.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+
+from traindepot.settings import get_settings
+
+TASK_NAME = "traindepot.run_job"
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("traindepot", broker=settings.redis_url or "redis://127.0.0.1:6379/0")
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue="default",
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    app.conf.imports = ("worker.tasks",)
+    return app
+
+
+app = make_app()
+
+
+def enqueue(*, job_id: uuid.UUID, queue: str, priority: int) -> None:
+    """Send the job's id to its queue (call only after the row is committed)."""
+    app.send_task(TASK_NAME, args=[str(job_id)], queue=queue, priority=9 - priority)

@@ -1,0 +1,61 @@
+"""The reaper: returns jobs whose lease expired to the queue (or fails them once their
+restarts are spent) and re-sends queued jobs whose message may have been lost.
+
+It runs as a daemon thread in every worker (and in `traindepot serve`). Each pass is a few
+conditional UPDATEs, so several reapers at once are harmless: a job is reaped once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from db import jobs
+from db.session import session_scope
+from traindepot.settings import Settings
+from worker.celery_app import enqueue
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(settings: Settings) -> jobs.Reaped:
+    with session_scope() as session:
+        reaped = jobs.reap_expired(session=session)
+        to_send = list(reaped.requeued) + [
+            job_id
+            for job_id in jobs.stale_queued(
+                session=session, older_than_seconds=settings.requeue_stale_seconds
+            )
+            if job_id not in reaped.requeued
+        ]
+        sends = []
+        for job_id in to_send:
+            job = jobs.get(session=session, job_id=job_id)
+            if job is not None:
+                sends.append((job_id, job.queue, job.priority))
+                jobs.mark_enqueued(session=session, job_id=job_id)
+    # After the commit: a message never names a row another session cannot see yet.
+    for job_id, queue, priority in sends:
+        enqueue(job_id=job_id, queue=queue, priority=priority)
+    if reaped.requeued or reaped.failed:
+        log.warning("reaper: requeued %s, failed (worker_lost) %s", reaped.requeued, reaped.failed)
+    return reaped
+
+
+def start(settings: Settings) -> threading.Event:
+    """Start the reaper thread; set the returned event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.reaper_interval_seconds):
+            try:
+                reap_once(settings)
+            except SQLAlchemyError as exc:
+                log.warning("reaper: database unavailable (%s)", exc)
+            except Exception:
+                log.exception("reaper: pass failed")
+
+    threading.Thread(target=loop, name="traindepot-reaper", daemon=True).start()
+    return stop

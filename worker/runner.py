@@ -1,0 +1,174 @@
+"""The training child: one process per attempt (`python -m worker.runner JOB_ID ATTEMPT`).
+
+A fresh process per job gives a fresh CUDA context, frees all GPU memory at exit, and can be
+killed without harming the worker. It builds everything from the spec, runs
+`Trainer.train()`, flushes every event, and writes its outcome (the TrainOutput or the error)
+to a file that the supervisor (worker/supervisor.py) turns into the job's terminal status.
+
+SIGUSR1 asks for a cooperative stop (cancel, time limit): training stops at the next step
+boundary and saves a checkpoint there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from db import jobs
+from db.session import session_scope
+from traindepot.events import json_safe
+from traindepot.settings import get_settings
+from traindepot.spec import JobSpec
+from worker.errors import NonFiniteLossError, Reason, describe
+
+log = logging.getLogger("traindepot.runner")
+
+
+def outcome_path(job_dir: Path, attempt: int) -> Path:
+    return job_dir / f"attempt-{attempt}.outcome.json"
+
+
+def write_outcome(path: Path, outcome: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(json_safe(outcome)))
+    tmp.replace(path)
+
+
+def train_output_dict(output: Any) -> dict[str, Any]:
+    """`TrainOutput` exactly as `train()` returned it: its three fields."""
+    return {
+        "global_step": int(output.global_step),
+        "training_loss": float(output.training_loss),
+        "metrics": dict(output.metrics),
+    }
+
+
+def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
+    settings = get_settings()
+    with session_scope() as session:
+        job = jobs.get(session=session, job_id=job_id)
+        if job is None or job.attempt != attempt:
+            return {"status": "fenced"}
+        spec = JobSpec.model_validate(job.spec)
+
+    job_dir = settings.job_dir(job_id)
+    output_dir = job_dir / "output"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Heavy imports only here, in the child.
+    import datasets
+    from transformers import EarlyStoppingCallback, Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from worker import builders, checkpoints
+    from worker.callback import TraindepotCallback
+    from worker.flusher import Flusher
+
+    datasets.disable_progress_bars()  # bars are noise in the job's log file
+    flusher = Flusher(
+        job_id=job_id,
+        attempt=attempt,
+        redis_url=settings.require_redis_url(),
+        interval=settings.flush_interval_seconds,
+    )
+    callback = TraindepotCallback(flusher)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        callback.stop_requested.set()
+
+    signal.signal(signal.SIGUSR1, request_stop)
+
+    phase: Reason = "config"
+    try:
+        if spec.seed is not None:
+            set_seed(spec.seed)
+        tokenizer = builders.build_tokenizer(spec)
+        phase = "data"
+        data = builders.build_datasets(spec, tokenizer)
+        phase = "config"
+        model = builders.build_model(spec, tokenizer, data.label_names)
+        args = builders.build_training_args(spec, output_dir)
+        callbacks: list[Any] = [callback]
+        if spec.early_stopping is not None:
+            callbacks.append(
+                EarlyStoppingCallback(
+                    early_stopping_patience=spec.early_stopping.patience,
+                    early_stopping_threshold=spec.early_stopping.threshold,
+                )
+            )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=builders.build_collator(spec, tokenizer),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        # Printer/Progress callbacks mutate the shared logs dict and print bars to the log.
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+
+        resume_from = resume_checkpoint(spec, attempt, output_dir, checkpoints.last_complete)
+        phase = "internal"
+        log.info("attempt %s: training (resume from %s)", attempt, resume_from)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = train_output_dict(output)
+        if callback.non_finite_step is not None:
+            raise NonFiniteLossError(callback.non_finite_step, callback.non_finite_values)
+        stopped = callback.stop_requested.is_set()
+        outcome: dict[str, Any] = {"status": "stopped" if stopped else "succeeded", "result": result}
+    except BaseException as exc:
+        log.exception("attempt %s failed", attempt)
+        outcome = {"status": "failed", "error": describe(exc, phase_reason=phase)}
+    finally:
+        if not flusher.close():
+            log.error("flusher could not write every event before exit")
+    if flusher.fenced:
+        return {"status": "fenced"}
+    write_outcome(outcome_path(job_dir, attempt), outcome)
+    return outcome
+
+
+def resume_checkpoint(
+    spec: JobSpec, attempt: int, output_dir: Path, last_complete: Any
+) -> Path | None:
+    """A restarted attempt continues from this job's last whole checkpoint;
+    `resume_from_checkpoint: true` asks for the same on the first attempt, and a job id
+    continues from that job's last whole checkpoint."""
+    own: Path | None = last_complete(output_dir)
+    if own is not None and (attempt > 1 or spec.resume_from_checkpoint is True):
+        return own
+    if isinstance(spec.resume_from_checkpoint, uuid.UUID):
+        other: Path | None = last_complete(
+            get_settings().job_dir(spec.resume_from_checkpoint) / "output"
+        )
+        if other is None:
+            from worker.errors import ConfigError
+
+            raise ConfigError(
+                f"job {spec.resume_from_checkpoint} has no complete checkpoint to resume from"
+            )
+        return other
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    outcome = run(uuid.UUID(args[0]), int(args[1]))
+    return 0 if outcome.get("status") in ("succeeded", "stopped", "fenced") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

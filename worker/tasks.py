@@ -1,0 +1,51 @@
+"""The Celery task: claim the job row, then supervise one attempt."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+
+from celery.signals import worker_ready, worker_shutting_down
+
+from db import jobs
+from db.session import session_scope
+from traindepot.settings import get_settings
+from worker import reaper
+from worker.celery_app import TASK_NAME, app
+from worker.supervisor import Supervisor, shutting_down
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
+def run_job(job_id: str) -> None:
+    settings = get_settings()
+    job_uuid = uuid.UUID(job_id)
+    with session_scope() as session:
+        attempt = jobs.claim(
+            session=session,
+            job_id=job_uuid,
+            worker=worker_identity(),
+            lease_seconds=settings.lease_seconds,
+        )
+    if attempt is None:
+        log.info("job %s: not queued (duplicate delivery or cancelled); nothing to do", job_id)
+        return
+    Supervisor(job_id=job_uuid, attempt=attempt, settings=settings).run()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start_reaper(**_: object) -> None:
+    reaper.start(get_settings())
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _on_shutdown(**_: object) -> None:
+    # Warm shutdown: the running job checkpoints, stops and goes back to the queue.
+    shutting_down.set()
