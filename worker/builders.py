@@ -205,6 +205,14 @@ def build_collator(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Any:
     return DataCollatorWithPadding(tokenizer)
 
 
+def effective_seed(spec: JobSpec) -> int:
+    """The spec's `seed`, else `training_args.seed`, else TrainingArguments' default (42)."""
+    if spec.seed is not None:
+        return spec.seed
+    seed = spec.training_args.get("seed", 42)
+    return seed if isinstance(seed, int) else 42
+
+
 def build_training_args(spec: JobSpec, output_dir: Path) -> TrainingArguments:
     """The user's `training_args` plus what the server owns."""
     kwargs: dict[str, Any] = dict(spec.training_args)

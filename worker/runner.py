@@ -87,8 +87,8 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     phase: Reason = "config"
     try:
-        if spec.seed is not None:
-            set_seed(spec.seed)
+        # Seed before the model is built: a `from_config` model's random init follows it.
+        set_seed(builders.effective_seed(spec))
         tokenizer = builders.build_tokenizer(spec)
         phase = "data"
         data = builders.build_datasets(spec, tokenizer)
