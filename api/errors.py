@@ -65,7 +65,8 @@ def install(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("service unavailable: %s", exc)
         detail = (
-            str(exc) if isinstance(exc, ServiceUnavailable)
+            str(exc)
+            if isinstance(exc, ServiceUnavailable)
             else "the database is unreachable; retry shortly"
         )
         response = _body("service_unavailable", detail, 503)

@@ -75,7 +75,9 @@ class JobOut(BaseModel):
 
 class JobPage(BaseModel):
     items: list[JobOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class ValidatedSpec(BaseModel):

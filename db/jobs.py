@@ -248,8 +248,9 @@ def release(*, session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
-        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                enqueued_at=func.now())
+        .values(
+            status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, enqueued_at=func.now()
+        )
         .returning(Job.id)
     ).first()
     if row is None:

@@ -57,14 +57,14 @@ def upsert_points(
         }
         for p in merge_points(points)
     ]
-    stmt = insert(JobMetric).values(rows)
-    stmt = stmt.on_conflict_do_update(
+    insert_rows = insert(JobMetric).values(rows)
+    stmt = insert_rows.on_conflict_do_update(
         constraint="uq_job_metrics_job_step_kind",
         set_={
-            "epoch": stmt.excluded.epoch,
-            "values": stmt.excluded["values"],
-            "attempt": stmt.excluded.attempt,
-            "recorded_at": stmt.excluded.recorded_at,
+            "epoch": insert_rows.excluded.epoch,
+            "values": insert_rows.excluded["values"],
+            "attempt": insert_rows.excluded.attempt,
+            "recorded_at": insert_rows.excluded.recorded_at,
         },
     ).returning(JobMetric.id, JobMetric.step, JobMetric.kind)
     return {(step, kind): point_id for point_id, step, kind in session.execute(stmt)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSONB}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB}
 
 
 class JobStatus(StrEnum):
@@ -83,7 +83,11 @@ class Job(Base):
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_status_created_id", "status", "created_at", "id"),
         # The reaper: active jobs by lease expiry.
-        Index("ix_jobs_lease_expires", "lease_expires_at", postgresql_where="lease_expires_at IS NOT NULL"),
+        Index(
+            "ix_jobs_lease_expires",
+            "lease_expires_at",
+            postgresql_where="lease_expires_at IS NOT NULL",
+        ),
     )
 
 
@@ -111,5 +115,3 @@ class JobMetric(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "step", "kind", name="uq_job_metrics_job_step_kind"),
     )
-
-

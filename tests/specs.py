@@ -7,7 +7,11 @@ import copy
 from typing import Any
 
 TINY_GPT2: dict[str, Any] = {
-    "model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64,
+    "model_type": "gpt2",
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 32,
+    "n_positions": 64,
 }
 
 SENTENCES = [
@@ -32,8 +36,13 @@ def tiny_spec(**overrides: Any) -> dict[str, Any]:
         "dataset": {"rows": [{"text": s} for s in SENTENCES * 2], "text_column": "text"},
         "preprocessing": {"max_length": 32},
         "training_args": {
-            "max_steps": 6, "per_device_train_batch_size": 4, "logging_steps": 1,
-            "learning_rate": 1e-3, "save_strategy": "no", "use_cpu": True, "seed": 7,
+            "max_steps": 6,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+            "save_strategy": "no",
+            "use_cpu": True,
+            "seed": 7,
             "dataloader_num_workers": 0,
         },
     }

@@ -13,8 +13,11 @@ import typer
 import yaml
 from rich.console import Console
 
-app = typer.Typer(help="traindepot: run Hugging Face Trainer jobs as a service.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="traindepot: run Hugging Face Trainer jobs as a service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -52,7 +55,9 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to take jobs from.")] = "default",
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues to take jobs from.")
+    ] = "default",
 ) -> None:
     """Run one worker (one job at a time) against the configured database and Redis."""
     from traindepot.settings import get_settings
@@ -65,8 +70,19 @@ def worker(
     # The solo pool runs the task in this process; each job's training runs in a child
     # process of its own (worker/supervisor.py). One worker per GPU.
     celery_app.worker_main(
-        ["worker", "--pool", "solo", "--concurrency", "1", "--queues", queues,
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        [
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--queues",
+            queues,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
@@ -101,7 +117,9 @@ def demo(port: PortOpt = 0) -> None:
             raise typer.Exit(1)
         console.print("TrainOutput:")
         console.print_json(data=final["result"])
-        console.print(f"job: {stack.url}/jobs/{final['id']}   files: {stack.home / 'jobs' / final['id']}")
+        console.print(
+            f"job: {stack.url}/jobs/{final['id']}   files: {stack.home / 'jobs' / final['id']}"
+        )
 
 
 def _load_spec(path: Path) -> dict[str, Any]:
@@ -113,7 +131,8 @@ def _load_spec(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (ValueError, yaml.YAMLError) as exc:
-        err.print(f"[red]{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}[/]")
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        err.print(f"[red]{path} is not valid {kind}: {exc}[/]")
         raise typer.Exit(2) from exc
     if not isinstance(data, dict):
         err.print(f"[red]{path}: a job spec is an object[/]")
@@ -142,8 +161,9 @@ def submit(
         console.print(job["id"])
         if wait:
             final = follow(client, job["id"], console)
-            console.print_json(data={"status": final["status"], "result": final["result"],
-                                     "error": final["error"]})
+            console.print_json(
+                data={"status": final["status"], "result": final["result"], "error": final["error"]}
+            )
             if final["status"] != "succeeded":
                 raise typer.Exit(1)
 

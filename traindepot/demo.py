@@ -20,22 +20,40 @@ def demo_spec() -> dict[str, Any]:
     return {
         "name": "demo-tiny-gpt2-alice",
         "task": "causal-lm",
-        "model": {"from_config": {"model_type": "gpt2", "n_layer": 2, "n_head": 2,
-                                  "n_embd": 64, "n_positions": 128}},
+        "model": {
+            "from_config": {
+                "model_type": "gpt2",
+                "n_layer": 2,
+                "n_head": 2,
+                "n_embd": 64,
+                "n_positions": 128,
+            }
+        },
         "tokenizer": {"builtin": "byte-level"},
         "dataset": {"rows": rows, "text_column": "text"},
         "preprocessing": {"max_length": 128, "group_texts": True},
-        "training_args": {"num_train_epochs": 20, "per_device_train_batch_size": 4,
-                          "logging_steps": 1, "learning_rate": 3e-3, "save_steps": 20,
-                          "use_cpu": True, "seed": 0},
+        "training_args": {
+            "num_train_epochs": 20,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "learning_rate": 3e-3,
+            "save_steps": 20,
+            "use_cpu": True,
+            "seed": 0,
+        },
         "tags": {"source": "traindepot demo"},
     }
 
 
 def follow(client: Client, job_id: str, console: Console, poll: float = 0.5) -> dict[str, Any]:
     """Poll the job until it ends, with a progress bar showing the loss."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("queued", total=None, loss="-")
         while True:

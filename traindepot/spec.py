@@ -43,7 +43,7 @@ class ModelSpec(_Strict):
         if self.from_config is not None:
             model_type = self.from_config.get("model_type")
             if not isinstance(model_type, str) or not model_type:
-                raise ValueError("`from_config` needs a `model_type` string, e.g. \"gpt2\"")
+                raise ValueError('`from_config` needs a `model_type` string, e.g. "gpt2"')
             if self.revision is not None:
                 raise ValueError("`revision` applies to `name_or_path` only")
         return self
@@ -85,7 +85,11 @@ class FilesDataset(_Strict):
             return self.format
         suffix = self.train.rsplit(".", 1)[-1].lower() if "." in self.train else ""
         by_suffix: dict[str, FileFormat] = {
-            "json": "json", "jsonl": "jsonl", "csv": "csv", "txt": "text", "text": "text",
+            "json": "json",
+            "jsonl": "jsonl",
+            "csv": "csv",
+            "txt": "text",
+            "text": "text",
             "parquet": "parquet",
         }
         if suffix not in by_suffix:
@@ -170,7 +174,7 @@ class JobSpec(_Strict):
         if self.tokenizer is None and self.model.from_config is not None:
             raise ValueError(
                 "a model `from_config` has no tokenizer of its own: set `tokenizer`"
-                " (e.g. {\"builtin\": \"byte-level\"})"
+                ' (e.g. {"builtin": "byte-level"})'
             )
         return self
 
@@ -182,7 +186,11 @@ def example_spec() -> dict[str, Any]:
         "task": "causal-lm",
         "model": {
             "from_config": {
-                "model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 128,
+                "model_type": "gpt2",
+                "n_layer": 2,
+                "n_head": 2,
+                "n_embd": 64,
+                "n_positions": 128,
             }
         },
         "tokenizer": {"builtin": "byte-level"},
@@ -192,8 +200,12 @@ def example_spec() -> dict[str, Any]:
         },
         "preprocessing": {"max_length": 64},
         "training_args": {
-            "max_steps": 8, "per_device_train_batch_size": 4, "logging_steps": 1,
-            "learning_rate": 1e-3, "save_steps": 4, "use_cpu": True,
+            "max_steps": 8,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+            "save_steps": 4,
+            "use_cpu": True,
         },
         "tags": {"team": "demo"},
     }

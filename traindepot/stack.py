@@ -54,7 +54,10 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "traindepot.cli", "worker"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
 

@@ -63,9 +63,7 @@ def _fields() -> dict[str, TypeAdapter[Any]]:
     TrainingArguments = _training_arguments()
     hints = typing.get_type_hints(TrainingArguments)
     return {
-        f.name: TypeAdapter(hints[f.name])
-        for f in dataclasses.fields(TrainingArguments)
-        if f.init
+        f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(TrainingArguments) if f.init
     }
 
 
@@ -86,8 +84,12 @@ def check_names_and_types(args: dict[str, Any]) -> list[Problem]:
             problems.append(Problem(loc, f"`{name}` is set by the server: {owned}", "server_owned"))
         elif name in RENAMED:
             problems.append(
-                Problem(loc, f"`{name}` is not a TrainingArguments field in this version: "
-                        f"use {RENAMED[name]}", "renamed")
+                Problem(
+                    loc,
+                    f"`{name}` is not a TrainingArguments field in this version: "
+                    f"use {RENAMED[name]}",
+                    "renamed",
+                )
             )
         elif name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=1)
@@ -123,7 +125,9 @@ def effective(args: dict[str, Any], *, seed: int | None = None) -> dict[str, Any
     return out
 
 
-def check_values(args: dict[str, Any], *, seed: int | None = None) -> tuple[dict[str, Any], list[Problem]]:
+def check_values(
+    args: dict[str, Any], *, seed: int | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
     try:
         return effective(args, seed=seed), []
     except (ValueError, TypeError) as exc:

@@ -34,7 +34,13 @@ _MODEL_CLASSES: dict[Task, Any] = {
     Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
 }
 
-_FILE_LOADERS = {"json": "json", "jsonl": "json", "csv": "csv", "text": "text", "parquet": "parquet"}
+_FILE_LOADERS = {
+    "json": "json",
+    "jsonl": "json",
+    "csv": "csv",
+    "text": "text",
+    "parquet": "parquet",
+}
 
 
 def build_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
@@ -73,13 +79,15 @@ def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
         loaded = load_dataset(_FILE_LOADERS[spec.files.resolved_format()], data_files=files)
         assert isinstance(loaded, DatasetDict)
         train = loaded["train"]
-        evaluation = loaded["validation"] if "validation" in loaded else None
+        evaluation = loaded.get("validation")
     else:
         assert spec.hub is not None
         hub = spec.hub
         train = load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)
         if spec.eval_split is not None:
-            evaluation = load_dataset(hub.path, hub.name, split=spec.eval_split, revision=hub.revision)
+            evaluation = load_dataset(
+                hub.path, hub.name, split=spec.eval_split, revision=hub.revision
+            )
     if spec.max_samples is not None:
         train = train.select(range(min(spec.max_samples, len(train))))
     if spec.eval_fraction is not None:
@@ -119,16 +127,21 @@ def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset
             label_to_id = {name: i for i, name in enumerate(label_names)}
 
     lm = spec.task in (Task.CAUSAL_LM, Task.MASKED_LM)
-    padding: bool | str = False if (lm and pre.group_texts) or pre.padding == "do_not_pad" else (
-        "max_length" if pre.padding == "max_length" else False
+    padding: bool | str = (
+        False
+        if (lm and pre.group_texts) or pre.padding == "do_not_pad"
+        else ("max_length" if pre.padding == "max_length" else False)
     )
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
         texts = [t if isinstance(t, str) else "" for t in batch[ds.text_column]]
         pairs = batch[ds.text_pair_column] if ds.text_pair_column else None
         encoded = tokenizer(
-            texts, pairs, truncation=pre.truncation and not (lm and pre.group_texts),
-            max_length=pre.max_length, padding=padding,
+            texts,
+            pairs,
+            truncation=pre.truncation and not (lm and pre.group_texts),
+            max_length=pre.max_length,
+            padding=padding,
         )
         out: dict[str, Any] = dict(encoded)
         if spec.task is Task.SEQUENCE_CLASSIFICATION:
@@ -168,7 +181,11 @@ def build_model(
             "id2label": dict(enumerate(label_names)),
             "label2id": {name: i for i, name in enumerate(label_names)},
         }
-    dtype = getattr(torch, spec.model.torch_dtype) if spec.model.torch_dtype not in (None, "auto") else spec.model.torch_dtype
+    dtype = (
+        getattr(torch, spec.model.torch_dtype)
+        if spec.model.torch_dtype not in (None, "auto")
+        else spec.model.torch_dtype
+    )
     if spec.model.from_config is not None:
         overrides = dict(spec.model.from_config)
         model_type = str(overrides.pop("model_type"))
@@ -190,7 +207,7 @@ def build_model(
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     embeddings = model.get_input_embeddings()
-    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+    if isinstance(embeddings, torch.nn.Embedding) and len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
 

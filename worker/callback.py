@@ -39,7 +39,7 @@ def non_finite(logs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class TraindepotCallback(TrainerCallback):  # type: ignore[misc]
+class TraindepotCallback(TrainerCallback):
     def __init__(self, flusher: Flusher, *, log_stream: Any = None) -> None:
         self.flusher = flusher
         # Set from a signal handler (cancel / time limit) or by the runner.

@@ -13,8 +13,12 @@ import re
 from pathlib import Path
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-            "adapter_model.safetensors")
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+)
 _REQUIRED = ("optimizer.pt", "scheduler.pt")
 
 

@@ -66,7 +66,9 @@ class Flusher:
         self._thread.start()
 
     # --- called from the training thread: never blocks -------------------------------------
-    def add_point(self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]) -> None:
+    def add_point(
+        self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]
+    ) -> None:
         self._points.append(
             {
                 "step": step,
@@ -123,7 +125,9 @@ class Flusher:
             self._discard(len(batch))
             return
         with session_scope() as session:
-            if not metrics.attempt_owns_job(session=session, job_id=self.job_id, attempt=self.attempt):
+            if not metrics.attempt_owns_job(
+                session=session, job_id=self.job_id, attempt=self.attempt
+            ):
                 self.fenced = True
                 self._discard(len(batch))
                 return
@@ -133,7 +137,9 @@ class Flusher:
             if progress:
                 progress["updated_at"] = datetime.now(UTC).isoformat()
                 jobs.update_progress(
-                    session=session, job_id=self.job_id, attempt=self.attempt,
+                    session=session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
                     progress=events.json_safe(progress),
                 )
         # Committed: only now drop them from the buffer (a crash before this re-sends them,

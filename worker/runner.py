@@ -124,7 +124,10 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         if callback.non_finite_step is not None:
             raise NonFiniteLossError(callback.non_finite_step, callback.non_finite_values)
         stopped = callback.stop_requested.is_set()
-        outcome: dict[str, Any] = {"status": "stopped" if stopped else "succeeded", "result": result}
+        outcome: dict[str, Any] = {
+            "status": "stopped" if stopped else "succeeded",
+            "result": result,
+        }
     except BaseException as exc:
         log.exception("attempt %s failed", attempt)
         outcome = {"status": "failed", "error": describe(exc, phase_reason=phase)}
@@ -163,7 +166,9 @@ def resume_checkpoint(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     outcome = run(uuid.UUID(args[0]), int(args[1]))

@@ -7,6 +7,7 @@ context and gives all of its memory back when it exits.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -54,7 +55,9 @@ def publish(settings: Settings, job_id: uuid.UUID, event: dict[str, Any]) -> Non
     if not settings.redis_url:
         return
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+        )
         with client:
             client.publish(events.channel(job_id), events.encode({"job_id": str(job_id), **event}))
     except redis.RedisError as exc:
@@ -83,7 +86,11 @@ class Supervisor:
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
         deadline = self._runtime_deadline()
-        publish(self.settings, self.job_id, {"type": "status", "status": "running", "attempt": self.attempt})
+        publish(
+            self.settings,
+            self.job_id,
+            {"type": "status", "status": "running", "attempt": self.attempt},
+        )
         log_path = self.job_dir / "train.log"
         with log_path.open("ab") as log_file:
             log_file.write(
@@ -101,8 +108,11 @@ class Supervisor:
             )
             self._watch(child, deadline)
         if self.lease_lost:
-            log.warning("job %s attempt %s: lease lost; results left to the newer attempt",
-                        self.job_id, self.attempt)
+            log.warning(
+                "job %s attempt %s: lease lost; results left to the newer attempt",
+                self.job_id,
+                self.attempt,
+            )
             return
         self._finish(child.returncode, log_path)
 
@@ -136,15 +146,18 @@ class Supervisor:
             if shutting_down.is_set():
                 self._stop(child, "shutdown")
             if self._kill_at is not None and now >= self._kill_at:
-                log.warning("job %s: child did not stop within the grace period; killing it",
-                            self.job_id)
+                log.warning(
+                    "job %s: child did not stop within the grace period; killing it", self.job_id
+                )
                 child.kill()
 
     def _heartbeat(self) -> JobStatus | None:
         try:
             with session_scope() as session:
                 status = jobs.heartbeat(
-                    session=session, job_id=self.job_id, attempt=self.attempt,
+                    session=session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
                     lease_seconds=self.settings.lease_seconds,
                 )
         except (OperationalError, DBAPIError) as exc:
@@ -160,10 +173,8 @@ class Supervisor:
         self.stop_reason = reason
         self._kill_at = time.monotonic() + self.settings.cancel_grace_seconds
         log.info("job %s: stopping training (%s)", self.job_id, reason)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGUSR1)
-        except ProcessLookupError:
-            pass
 
     def _runtime_deadline(self) -> float | None:
         with session_scope() as session:
@@ -207,7 +218,11 @@ class Supervisor:
             error = {
                 "type": "TrainingProcessDied",
                 "message": f"the training process ended with {how} before reporting a result"
-                + (" (killed: possibly out of host memory)" if returncode == -signal.SIGKILL else ""),
+                + (
+                    " (killed: possibly out of host memory)"
+                    if returncode == -signal.SIGKILL
+                    else ""
+                ),
                 "traceback": _tail(log_path, 60),
                 "reason": "internal",
             }
@@ -219,15 +234,23 @@ class Supervisor:
     ) -> None:
         with session_scope() as session:
             written = jobs.finish(
-                session=session, job_id=self.job_id, attempt=self.attempt,
-                status=status, result=result, error=error,
+                session=session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                status=status,
+                result=result,
+                error=error,
             )
         if not written:
-            log.warning("job %s attempt %s: no longer owns the job; result not written",
-                        self.job_id, self.attempt)
+            log.warning(
+                "job %s attempt %s: no longer owns the job; result not written",
+                self.job_id,
+                self.attempt,
+            )
             return
         publish(
-            self.settings, self.job_id,
+            self.settings,
+            self.job_id,
             {"type": "end", "status": str(status), "result": result, "error": error},
         )
 

