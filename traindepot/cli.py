@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]

