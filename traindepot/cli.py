@@ -6,12 +6,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import typer
 import yaml
 from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from traindepot.client import Client
 
 app = typer.Typer(
     help="traindepot: run Hugging Face Trainer jobs as a service.",
@@ -19,10 +26,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOpt = Annotated[str, typer.Option(envvar="TRAINDEPOT_URL", help="The API's base URL.")]
 
 
@@ -140,24 +148,35 @@ def _load_spec(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextmanager
+def _api(url: str) -> Iterator[Client]:
+    """A client whose failures end the command with a message and a non-zero exit."""
+    from traindepot.client import ApiError, Client
+
+    try:
+        with Client(url) as client:
+            yield client
+    except ApiError as exc:
+        err.print(f"[red]HTTP {exc.status}[/]")
+        err.print_json(data=exc.body)
+        raise typer.Exit(1) from exc
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach the traindepot API at {url}: {exc}[/]")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec, JSON or YAML ('-' for stdin).")],
-    url: UrlOpt = "http://127.0.0.1:8000",
+    url: UrlOpt = DEFAULT_URL,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
-    """Submit a job spec."""
-    from traindepot.client import ApiError, Client
+    """Submit a job spec; prints the job id."""
     from traindepot.demo import follow
 
     body = _load_spec(spec)
-    with Client(url) as client:
-        try:
-            job = client.submit(body)
-        except ApiError as exc:
-            err.print(f"[red]rejected (HTTP {exc.status})[/]")
-            err.print_json(data=exc.body)
-            raise typer.Exit(1) from exc
+    with _api(url) as client:
+        job = client.submit(body)
         console.print(job["id"])
         if wait:
             final = follow(client, job["id"], console)
@@ -166,6 +185,54 @@ def submit(
             )
             if final["status"] != "succeeded":
                 raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")], url: UrlOpt = DEFAULT_URL
+) -> None:
+    """Print a job (status, progress, result or error)."""
+    with _api(url) as client:
+        console.print_json(data=client.get(job_id))
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")], url: UrlOpt = DEFAULT_URL
+) -> None:
+    """Cancel a job: at once if queued, at the next step (with a checkpoint) if running."""
+    with _api(url) as client:
+        job = client.cancel(job_id)
+        console.print(f"{job['id']} {job['status']}")
+
+
+@app.command("list")
+def list_jobs(
+    url: UrlOpt = DEFAULT_URL,
+    job_status: Annotated[
+        str | None, typer.Option("--status", help="Only jobs with this status.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+) -> None:
+    """List jobs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if job_status:
+        params["status"] = job_status
+    with _api(url) as client:
+        page = client.list(**params)
+    table = Table("id", "name", "status", "step", "loss", "created")
+    for job in page["items"]:
+        progress = job.get("progress") or {}
+        loss = progress.get("loss")
+        table.add_row(
+            job["id"],
+            job["name"],
+            job["status"],
+            f"{progress.get('global_step', '-')}/{progress.get('max_steps', '-')}",
+            f"{loss:.4f}" if isinstance(loss, float) else "-",
+            job["created_at"],
+        )
+    console.print(table)
 
 
 def main() -> None:
