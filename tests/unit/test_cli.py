@@ -1,0 +1,41 @@
+"""The CLI's bad-input paths: a message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from traindepot.cli import app
+from traindepot.embedded import free_port
+
+runner = CliRunner()
+
+
+def test_submit_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["submit", str(tmp_path / "nope.json")])
+    assert result.exit_code == 2
+    assert "cannot read" in result.output and "Traceback" not in result.output
+
+
+def test_submit_invalid_json_and_yaml(tmp_path: Path) -> None:
+    bad_json = tmp_path / "spec.json"
+    bad_json.write_text('{"name": 1')
+    result = runner.invoke(app, ["submit", str(bad_json)])
+    assert result.exit_code == 2 and "is not valid JSON" in result.output
+    bad_yaml = tmp_path / "spec.yaml"
+    bad_yaml.write_text("name: [unclosed")
+    result = runner.invoke(app, ["submit", str(bad_yaml)])
+    assert result.exit_code == 2 and "is not valid YAML" in result.output
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2]")
+    result = runner.invoke(app, ["submit", str(not_object)])
+    assert result.exit_code == 2 and "a job spec is an object" in result.output
+
+
+def test_unreachable_api_is_a_message(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(app, ["status", "00000000-0000-0000-0000-000000000000", "--url", url])
+    assert result.exit_code == 2
+    assert "cannot reach the traindepot API" in result.output
+    assert "Traceback" not in result.output
