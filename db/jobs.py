@@ -8,14 +8,15 @@ attempt number.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, Job, JobStatus
+from db.models import ACTIVE_STATUSES, Job, JobAttempt, JobStatus
 
 
 def create(*, session: Session, spec: dict[str, Any]) -> Job:
@@ -70,7 +71,8 @@ def claim(*, session: Session, job_id: uuid.UUID, worker: str, lease_seconds: fl
     """Atomically take a queued job: `queued -> running`, attempt + 1, lease to `worker`.
 
     Returns the new attempt number, or None when the job was not queued (a duplicate
-    delivery, a cancelled job, or another worker was first).
+    delivery, a cancelled job, or another worker was first). The attempt is recorded in
+    `job_attempts` in the same transaction.
     """
     row = session.execute(
         update(Job)
@@ -84,7 +86,45 @@ def claim(*, session: Session, job_id: uuid.UUID, worker: str, lease_seconds: fl
         )
         .returning(Job.attempt)
     ).first()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    attempt = int(row[0])
+    session.execute(insert(JobAttempt).values(job_id=job_id, attempt=attempt, worker=worker))
+    return attempt
+
+
+def record_resume(*, session: Session, job_id: uuid.UUID, attempt: int, step: int | None) -> None:
+    """The checkpoint step `attempt` resumed from (None: it started from scratch)."""
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        .values(resumed_from_step=step)
+    )
+
+
+def attempts(*, session: Session, job_id: uuid.UUID) -> list[JobAttempt]:
+    """The job's attempts, first to last."""
+    return list(
+        session.scalars(
+            select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.attempt)
+        )
+    )
+
+
+def _end_attempts(
+    *, session: Session, attempts: Sequence[tuple[uuid.UUID, int]], outcome: str
+) -> None:
+    """Record the end of attempts (once: a later call leaves an ended attempt alone)."""
+    if not attempts:
+        return
+    session.execute(
+        update(JobAttempt)
+        .where(
+            tuple_(JobAttempt.job_id, JobAttempt.attempt).in_(list(attempts)),
+            JobAttempt.ended_at.is_(None),
+        )
+        .values(ended_at=func.now(), outcome=outcome)
+    )
 
 
 def heartbeat(
@@ -136,7 +176,10 @@ def finish(
         )
         .returning(Job.id)
     ).first()
-    return row is not None
+    if row is None:
+        return False
+    _end_attempts(session=session, attempts=[(job_id, attempt)], outcome=str(status))
+    return True
 
 
 def request_cancel(*, session: Session, job_id: uuid.UUID) -> Job | None:
@@ -178,27 +221,32 @@ class Reaped:
 def reap_expired(*, session: Session) -> Reaped:
     """Jobs whose lease expired: back to `queued` while restarts remain, else `failed`.
 
-    A job that was `cancelling` when its worker died ends `cancelled`.
+    A job that was `cancelling` when its worker died ends `cancelled`. The expired attempt
+    is recorded as `lost`; `limits.max_restarts` counts lost attempts only (a warm shutdown
+    hands its job back without using a restart). Each job is reaped by one reaper: the
+    updates are conditional on the expired lease, which the first reaper clears.
     """
     expired = and_(Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < func.now())
-    session.execute(
+    ended = dict(lease_owner=None, lease_expires_at=None)
+    cancelled = session.execute(
         update(Job)
         .where(expired, Job.status == JobStatus.CANCELLING)
-        .values(
-            status=JobStatus.CANCELLED,
-            finished_at=func.now(),
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        .values(status=JobStatus.CANCELLED, finished_at=func.now(), **ended)
+        .returning(Job.id, Job.attempt)
+    ).all()
+    lost_before = (
+        select(func.count())
+        .select_from(JobAttempt)
+        .where(JobAttempt.job_id == Job.id, JobAttempt.outcome == "lost")
+        .correlate(Job)
+        .scalar_subquery()
     )
-    failed = session.scalars(
+    failed = session.execute(
         update(Job)
-        .where(expired, Job.attempt > Job.max_restarts)
+        .where(expired, lost_before >= Job.max_restarts)
         .values(
             status=JobStatus.FAILED,
             finished_at=func.now(),
-            lease_owner=None,
-            lease_expires_at=None,
             error={
                 "type": "WorkerLost",
                 "message": "the worker running this job stopped renewing its lease and the "
@@ -206,21 +254,22 @@ def reap_expired(*, session: Session) -> Reaped:
                 "traceback": None,
                 "reason": "worker_lost",
             },
+            **ended,
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.attempt)
     ).all()
-    requeued = session.scalars(
+    requeued = session.execute(
         update(Job)
         .where(expired)
-        .values(
-            status=JobStatus.QUEUED,
-            lease_owner=None,
-            lease_expires_at=None,
-            enqueued_at=None,
-        )
-        .returning(Job.id)
+        .values(status=JobStatus.QUEUED, enqueued_at=None, **ended)
+        .returning(Job.id, Job.attempt)
     ).all()
-    return Reaped(requeued=list(requeued), failed=list(failed))
+    _end_attempts(
+        session=session,
+        attempts=[(row[0], row[1]) for row in (*cancelled, *failed, *requeued)],
+        outcome="lost",
+    )
+    return Reaped(requeued=[row[0] for row in requeued], failed=[row[0] for row in failed])
 
 
 def stale_queued(*, session: Session, older_than_seconds: float) -> list[uuid.UUID]:
@@ -242,18 +291,27 @@ def stale_queued(*, session: Session, older_than_seconds: float) -> list[uuid.UU
     )
 
 
-def release(*, session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
+def release(
+    *, session: Session, job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None = None
+) -> Job | None:
     """Give a running job back to the queue (the worker is shutting down); the next claim
-    resumes it from its last checkpoint. A job being cancelled ends `cancelled` instead."""
+    resumes it from its last checkpoint. The caller sends the message, then marks it
+    enqueued. A job being cancelled ends `cancelled` instead (with `result`, the partial
+    TrainOutput). Returns the requeued job, or None."""
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING)
-        .values(
-            status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, enqueued_at=func.now()
-        )
+        .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, enqueued_at=None)
         .returning(Job.id)
     ).first()
     if row is None:
-        finish(session=session, job_id=job_id, attempt=attempt, status=JobStatus.CANCELLED)
+        finish(
+            session=session,
+            job_id=job_id,
+            attempt=attempt,
+            status=JobStatus.CANCELLED,
+            result=result,
+        )
         return None
+    _end_attempts(session=session, attempts=[(job_id, attempt)], outcome="released")
     return session.get(Job, job_id)

@@ -115,3 +115,28 @@ class JobMetric(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "step", "kind", name="uq_job_metrics_job_step_kind"),
     )
+
+
+class JobAttempt(Base):
+    """One attempt of a job: who ran it and when it started and ended.
+
+    Written by the claim (start), the terminal write or the release (end), and the reaper
+    (end of a lost attempt, at the moment it noticed). Attempts of one job never overlap in
+    time: an attempt's end is recorded before the next one can be claimed. `lost` attempts
+    are what `limits.max_restarts` counts; a warm shutdown's `released` attempt is not a
+    failure and does not use up a restart.
+    """
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # succeeded | failed | cancelled (terminal write), released (warm shutdown), lost (reaped)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    # The checkpoint step this attempt resumed from (None: from the start).
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)

@@ -73,9 +73,9 @@ class TraindepotCallback(TrainerCallback):
                 values={
                     "reason": "oom",
                     "train_begin": self.train_begins,
-                    "per_device_train_batch_size": getattr(
-                        kwargs.get("train_dataloader"), "batch_size", None
-                    ),
+                    # The batch size the loop restarts with (Trainer sets it on the state
+                    # before this hook; the dataloader is not passed to on_train_begin).
+                    "train_batch_size": state.train_batch_size,
                 },
             )
         self.flusher.set_progress(

@@ -1,15 +1,19 @@
 """Finding the last checkpoint that is whole.
 
 `transformers.trainer_utils.get_last_checkpoint()` returns the newest `checkpoint-N` directory
-whatever its state; a worker killed while saving leaves a partial one. A checkpoint is trusted
-only when its trainer state names its own step and the weights, optimizer and scheduler states
-are all present and non-empty.
+whatever its state; a worker killed while saving leaves a partial one. `Trainer` writes the
+weights, optimizer, scheduler and RNG states first and `trainer_state.json` last, so a
+checkpoint is trusted only when its trainer state names its own step, and the weights,
+optimizer and scheduler states are present and whole: a safetensors file as long as its header
+says, a `torch.save` file (a zip archive) with its end-of-archive record.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -32,16 +36,42 @@ def is_complete(checkpoint: Path) -> bool:
         return False
     if state.get("global_step") != int(match.group(1)):
         return False
-    if not any(_non_empty(checkpoint / name) for name in _WEIGHTS):
+    if not any(_whole(checkpoint / name) for name in _WEIGHTS):
         return False
-    return all(_non_empty(checkpoint / name) for name in _REQUIRED)
+    return all(_whole(checkpoint / name) for name in _REQUIRED)
 
 
-def _non_empty(path: Path) -> bool:
+def _whole(path: Path) -> bool:
     try:
-        return path.is_file() and path.stat().st_size > 0
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix == ".safetensors":
+            return safetensors_whole(path)
+        if path.suffix in (".pt", ".bin", ".pth"):
+            return bool(zipfile.is_zipfile(path))
+        return True
     except OSError:
         return False
+
+
+def safetensors_whole(path: Path) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header giving each tensor's
+    byte range, then the data: whole when its size is exactly what the header says."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        header_len: int = struct.unpack("<Q", head)[0]
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            return False
+    if not isinstance(header, dict):
+        return False
+    end = max(
+        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+    )
+    return path.stat().st_size == 8 + header_len + end
 
 
 def last_complete(output_dir: Path) -> Path | None:

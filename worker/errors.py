@@ -35,18 +35,28 @@ class NonFiniteLossError(JobError):
         self.step = step
 
 
-def _is_oom(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return name == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
+# Messages of out-of-memory errors raised as plain RuntimeError (older torch, other
+# backends, the CPU allocator); the same families `accelerate` retries with a smaller batch.
+_OOM_MESSAGES = (
+    "out of memory",  # CUDA, HIP, XPU, MPS ("MPS backend out of memory")
+    "can't allocate memory",  # DefaultCPUAllocator
+    "allocation failed",  # HPU
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """`torch.OutOfMemoryError` (CUDA), an allocator's RuntimeError, or a host MemoryError."""
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in message for m in _OOM_MESSAGES)
 
 
 def describe(exc: BaseException, *, phase_reason: Reason = "internal") -> dict[str, Any]:
     """The `error` object stored on the job. `phase_reason` is the reason implied by where
     the exception happened (building the dataset -> data, the model or arguments -> config);
     an OOM or an error that knows its own reason takes precedence."""
-    if _is_oom(exc):
+    if is_oom(exc):
         reason: Reason = "oom"
     elif isinstance(exc, JobError):
         reason = exc.reason

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from db import jobs
@@ -23,25 +25,35 @@ log = logging.getLogger(__name__)
 def reap_once(settings: Settings) -> jobs.Reaped:
     with session_scope() as session:
         reaped = jobs.reap_expired(session=session)
-        to_send = list(reaped.requeued) + [
-            job_id
-            for job_id in jobs.stale_queued(
-                session=session, older_than_seconds=settings.requeue_stale_seconds
-            )
-            if job_id not in reaped.requeued
-        ]
+        stale = jobs.stale_queued(
+            session=session, older_than_seconds=settings.requeue_stale_seconds
+        )
+        to_send = list(reaped.requeued) + [j for j in stale if j not in reaped.requeued]
         sends = []
         for job_id in to_send:
             job = jobs.get(session=session, job_id=job_id)
             if job is not None:
                 sends.append((job_id, job.queue, job.priority))
-                jobs.mark_enqueued(session=session, job_id=job_id)
-    # After the commit: a message never names a row another session cannot see yet.
-    for job_id, queue, priority in sends:
-        enqueue(job_id=job_id, queue=queue, priority=priority)
     if reaped.requeued or reaped.failed:
         log.warning("reaper: requeued %s, failed (worker_lost) %s", reaped.requeued, reaped.failed)
+    # After the commit: a message never names a row another session cannot see yet.
+    for job_id, queue, priority in sends:
+        send(job_id=job_id, queue=queue, priority=priority)
     return reaped
+
+
+def send(*, job_id: uuid.UUID, queue: str, priority: int) -> bool:
+    """Enqueue a committed queued job, then record that it was sent. Marked only after the
+    broker took it: while Redis is down the job keeps `enqueued_at` NULL and the next pass
+    tries again, instead of waiting `requeue_stale_seconds`."""
+    try:
+        enqueue(job_id=job_id, queue=queue, priority=priority)
+    except KombuOperationalError as exc:
+        log.warning("job %s: not enqueued, broker unavailable (%s); will retry", job_id, exc)
+        return False
+    with session_scope() as session:
+        jobs.mark_enqueued(session=session, job_id=job_id)
+    return True
 
 
 def start(settings: Settings) -> threading.Event:

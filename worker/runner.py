@@ -16,10 +16,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from db import jobs
 from db.session import session_scope
@@ -50,13 +54,48 @@ def train_output_dict(output: Any) -> dict[str, Any]:
     }
 
 
-def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
-    settings = get_settings()
+# SIGUSR1 asks for a cooperative stop. Its default action kills the process, so the handler
+# is installed first thing, before the slow imports: a cancel that arrives while torch loads
+# is kept and honoured at the first step boundary.
+stop_requested = threading.Event()
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    stop_requested.set()
+
+
+@retry(
+    retry=retry_if_exception_type((OperationalError, DBAPIError)),
+    wait=wait_exponential(multiplier=0.5, max=5),
+    stop=stop_after_delay(120),
+    reraise=True,
+)
+def _load_spec(job_id: uuid.UUID, attempt: int) -> JobSpec | None:
+    """The spec, or None if `attempt` no longer owns the job. Retried through a short
+    database outage (the supervisor kills this process if the outage outlasts the lease)."""
     with session_scope() as session:
         job = jobs.get(session=session, job_id=job_id)
         if job is None or job.attempt != attempt:
-            return {"status": "fenced"}
-        spec = JobSpec.model_validate(job.spec)
+            return None
+        return JobSpec.model_validate(job.spec)
+
+
+def _record_resume(job_id: uuid.UUID, attempt: int, checkpoint: Path | None) -> None:
+    """Best effort, for the attempt history: the step this attempt resumes from."""
+    step = None if checkpoint is None else int(checkpoint.name.rsplit("-", 1)[1])
+    try:
+        with session_scope() as session:
+            jobs.record_resume(session=session, job_id=job_id, attempt=attempt, step=step)
+    except (OperationalError, DBAPIError) as exc:
+        log.warning("attempt %s: resume step not recorded (%s)", attempt, exc)
+
+
+def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
+    signal.signal(signal.SIGUSR1, _request_stop)
+    settings = get_settings()
+    spec = _load_spec(job_id, attempt)
+    if spec is None:
+        return {"status": "fenced"}
 
     job_dir = settings.job_dir(job_id)
     output_dir = job_dir / "output"
@@ -79,11 +118,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         interval=settings.flush_interval_seconds,
     )
     callback = TraindepotCallback(flusher)
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        callback.stop_requested.set()
-
-    signal.signal(signal.SIGUSR1, request_stop)
+    callback.stop_requested = stop_requested  # the event the SIGUSR1 handler sets
 
     phase: Reason = "config"
     try:
@@ -117,6 +152,8 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         trainer.remove_callback(ProgressCallback)
 
         resume_from = resume_checkpoint(spec, attempt, output_dir, checkpoints.last_complete)
+        if resume_from is not None and resume_from.parent == output_dir:
+            _record_resume(job_id, attempt, resume_from)
         phase = "internal"
         log.info("attempt %s: training (resume from %s)", attempt, resume_from)
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,22 @@ log = logging.getLogger(__name__)
 shutting_down = threading.Event()
 
 _PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the code between fork and exec should do as little as possible.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills it if the worker dies (SIGKILL
-    included), so an orphaned attempt can never train beside the next one."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        """Runs in the child before exec: the kernel kills it when the worker dies (SIGKILL
+        included), so an orphaned attempt can never train beside the next one. The death
+        signal is tied to the thread that forked (the solo pool's main thread, which lives
+        as long as the worker) and survives exec. If the worker died before the prctl, the
+        child was already re-parented: exit at once."""
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
 
 
 def publish(settings: Settings, job_id: uuid.UUID, event: dict[str, Any]) -> None:
@@ -72,8 +82,65 @@ _db_retry = retry(
 )
 
 
-class Supervisor:
+class _Lease:
+    """Renews the attempt's lease on its own thread, so that a slow or hung database call
+    never delays the supervisor's other duties (and the supervisor can tell, by the clock,
+    when the lease may already have expired)."""
+
     def __init__(self, *, job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.settings = settings
+        # Monotonic time taken *before* the last successful renewal was sent: the database
+        # set `lease_expires_at = now() + lease_seconds` with a `now()` no earlier than this,
+        # so the lease is certainly valid until `renewed_at + lease_seconds`.
+        self.renewed_at = time.monotonic()
+        self.status: JobStatus | None = JobStatus.RUNNING
+        self.lost = threading.Event()  # the job was reaped or finished by someone else
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traindepot-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def seconds_since_renewal(self) -> float:
+        return time.monotonic() - self.renewed_at
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            sent_at = time.monotonic()
+            try:
+                with session_scope() as session:
+                    status = jobs.heartbeat(
+                        session=session,
+                        job_id=self.job_id,
+                        attempt=self.attempt,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+            except (OperationalError, DBAPIError) as exc:
+                log.warning("job %s: heartbeat failed (%s)", self.job_id, exc)
+                continue
+            if status is None:
+                self.lost.set()
+                return
+            self.status = status
+            self.renewed_at = sent_at
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        job_id: uuid.UUID,
+        attempt: int,
+        settings: Settings,
+        started_at: datetime | None = None,
+        max_runtime_seconds: float | None = None,
+    ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.settings = settings
@@ -81,91 +148,92 @@ class Supervisor:
         self.stop_reason: str | None = None  # "cancelled" | "timeout" | "shutdown"
         self.lease_lost = False
         self._kill_at: float | None = None
-        self.max_runtime_seconds: float | None = None
+        # The time limit counts from the job's first start, across its attempts.
+        self.max_runtime_seconds = max_runtime_seconds
+        self.deadline = (
+            None
+            if max_runtime_seconds is None or started_at is None
+            else started_at.timestamp() + max_runtime_seconds
+        )
+        self.lease = _Lease(job_id=job_id, attempt=attempt, settings=settings)
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        deadline = self._runtime_deadline()
         publish(
             self.settings,
             self.job_id,
             {"type": "status", "status": "running", "attempt": self.attempt},
         )
         log_path = self.job_dir / "train.log"
-        with log_path.open("ab") as log_file:
-            log_file.write(
-                f"--- attempt {self.attempt} started {datetime.now(UTC).isoformat()} ---\n".encode()
-            )
-            log_file.flush()
-            child = subprocess.Popen(
-                [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,  # terminal signals go to the worker, not the child
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            self._watch(child, deadline)
-        if self.lease_lost:
-            log.warning(
-                "job %s attempt %s: lease lost; results left to the newer attempt",
-                self.job_id,
-                self.attempt,
-            )
-            return
-        self._finish(child.returncode, log_path)
+        self.lease.start()
+        try:
+            with log_path.open("ab") as log_file:
+                log_file.write(f"--- attempt {self.attempt} started {_now()} ---\n".encode())
+                log_file.flush()
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent(os.getpid()),
+                    start_new_session=True,  # terminal signals go to the worker, not the child
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+                self._watch(child)
+                log_file.write(
+                    f"--- attempt {self.attempt} ended {_now()} "
+                    f"(exit code {child.returncode}"
+                    f"{', lease lost' if self.lease_lost else ''}) ---\n".encode()
+                )
+            if self.lease_lost:
+                log.warning(
+                    "job %s attempt %s: lease lost; results left to the newer attempt",
+                    self.job_id,
+                    self.attempt,
+                )
+                return
+            # The lease is still renewed while the terminal status is written: a database
+            # outage at this point must not get a finished job reaped and run again.
+            self._finish(child.returncode, log_path)
+        finally:
+            self.lease.stop()
 
     # --- while the child runs -------------------------------------------------------------
-    def _watch(self, child: subprocess.Popen[bytes], deadline: float | None) -> None:
-        beat_every = self.settings.heartbeat_seconds
-        last_ok = next_beat = time.monotonic()
+    def _watch(self, child: subprocess.Popen[bytes]) -> None:
+        # Self-fencing: the reaper may requeue the job once `lease_seconds` pass without a
+        # renewal, so the child is killed well before that (0.8 of it) when the database
+        # cannot be reached; two attempts never train at once.
+        fence_after = self.settings.lease_seconds * 0.8
         while True:
             try:
-                child.wait(timeout=min(beat_every, 0.5))
+                child.wait(timeout=0.2)
                 return
             except subprocess.TimeoutExpired:
                 pass
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + beat_every
-                status = self._heartbeat()
-                if status is not None:
-                    last_ok = now
-                    if status is JobStatus.CANCELLING:
-                        self._stop(child, "cancelled")
-                elif self.lease_lost or now - last_ok > self.settings.lease_seconds * 0.8:
-                    # Lost, or about to be reaped while the database is unreachable:
-                    # stop now so two attempts never train at once.
-                    self.lease_lost = True
-                    child.kill()
-                    child.wait()
-                    return
-            if deadline is not None and time.time() >= deadline:
+            lost = self.lease.lost.is_set()
+            if lost or self.lease.seconds_since_renewal() > fence_after:
+                log.warning(
+                    "job %s attempt %s: %s; killing the training process",
+                    self.job_id,
+                    self.attempt,
+                    "lease lost" if lost else "lease not renewed in time",
+                )
+                self.lease_lost = True
+                child.kill()
+                child.wait()
+                return
+            if self.lease.status is JobStatus.CANCELLING:
+                self._stop(child, "cancelled")
+            if self.deadline is not None and time.time() >= self.deadline:
                 self._stop(child, "timeout")
             if shutting_down.is_set():
                 self._stop(child, "shutdown")
-            if self._kill_at is not None and now >= self._kill_at:
+            if self._kill_at is not None and time.monotonic() >= self._kill_at:
                 log.warning(
                     "job %s: child did not stop within the grace period; killing it", self.job_id
                 )
                 child.kill()
-
-    def _heartbeat(self) -> JobStatus | None:
-        try:
-            with session_scope() as session:
-                status = jobs.heartbeat(
-                    session=session,
-                    job_id=self.job_id,
-                    attempt=self.attempt,
-                    lease_seconds=self.settings.lease_seconds,
-                )
-        except (OperationalError, DBAPIError) as exc:
-            log.warning("job %s: heartbeat failed (%s)", self.job_id, exc)
-            return None
-        if status is None:
-            self.lease_lost = True
-        return status
+                self._kill_at = None
 
     def _stop(self, child: subprocess.Popen[bytes], reason: str) -> None:
         if self.stop_reason is not None:
@@ -176,29 +244,22 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGUSR1)
 
-    def _runtime_deadline(self) -> float | None:
-        with session_scope() as session:
-            job = jobs.get(session=session, job_id=self.job_id)
-            assert job is not None
-            limit = job.spec.get("limits", {}).get("max_runtime_seconds")
-            started = job.started_at
-        if limit is None or started is None:
-            return None
-        self.max_runtime_seconds = float(limit)
-        return started.timestamp() + self.max_runtime_seconds
-
     # --- after the child exited -----------------------------------------------------------
     def _finish(self, returncode: int, log_path: Path) -> None:
         outcome = self._read_outcome()
+        kind = outcome.get("status")  # succeeded | stopped | failed | None (no outcome file)
         result = outcome.get("result")
         error: dict[str, Any] | None = outcome.get("error")
-        if self.stop_reason == "shutdown":
-            self._release()
+        if kind == "succeeded":
+            # Every step ran: a stop that came too late changes nothing.
+            status = JobStatus.SUCCEEDED
+        elif kind == "failed" and self.stop_reason in (None, "shutdown"):
+            status = JobStatus.FAILED
+        elif self.stop_reason == "shutdown":
+            # Stopped at a checkpoint (or killed after the grace period): the next attempt
+            # resumes it.
+            self._release(result)
             return
-        if self.stop_reason == "cancelled" or (
-            outcome.get("status") == "stopped" and self.stop_reason is None
-        ):
-            status = JobStatus.CANCELLED
         elif self.stop_reason == "timeout":
             status = JobStatus.FAILED
             error = {
@@ -208,10 +269,8 @@ class Supervisor:
                 "traceback": None,
                 "reason": "timeout",
             }
-        elif outcome.get("status") == "succeeded":
-            status = JobStatus.SUCCEEDED
-        elif outcome.get("status") == "failed":
-            status = JobStatus.FAILED
+        elif self.stop_reason == "cancelled" or kind == "stopped":
+            status = JobStatus.CANCELLED
         else:
             status = JobStatus.FAILED
             how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
@@ -255,13 +314,17 @@ class Supervisor:
         )
 
     @_db_retry
-    def _release(self) -> None:
-        from worker.celery_app import enqueue
+    def _release(self, result: dict[str, Any] | None) -> None:
+        from worker.reaper import send
 
         with session_scope() as session:
-            job = jobs.release(session=session, job_id=self.job_id, attempt=self.attempt)
-        if job is not None:
-            enqueue(job_id=self.job_id, queue=job.queue, priority=job.priority)
+            job = jobs.release(
+                session=session, job_id=self.job_id, attempt=self.attempt, result=result
+            )
+            queued = None if job is None else (job.queue, job.priority)
+        if queued is not None:
+            # If Redis is down now, the reaper sends it later (enqueued_at stays NULL).
+            send(job_id=self.job_id, queue=queued[0], priority=queued[1])
             publish(self.settings, self.job_id, {"type": "status", "status": "queued"})
 
     def _read_outcome(self) -> dict[str, Any]:
@@ -270,6 +333,10 @@ class Supervisor:
             return data
         except (OSError, ValueError):
             return {}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _tail(path: Path, lines: int) -> str:

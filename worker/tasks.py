@@ -34,10 +34,24 @@ def run_job(job_id: str) -> None:
             worker=worker_identity(),
             lease_seconds=settings.lease_seconds,
         )
-    if attempt is None:
-        log.info("job %s: not queued (duplicate delivery or cancelled); nothing to do", job_id)
+        if attempt is None:
+            job = None
+        else:
+            job = jobs.get(session=session, job_id=job_uuid)
+            assert job is not None
+            started_at = job.started_at
+            limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
+    if attempt is None or job is None:
+        # The message is acknowledged and dropped: the row says the job is not ours to run.
+        log.warning("job %s: not queued (duplicate delivery or cancelled); nothing to do", job_id)
         return
-    Supervisor(job_id=job_uuid, attempt=attempt, settings=settings).run()
+    Supervisor(
+        job_id=job_uuid,
+        attempt=attempt,
+        settings=settings,
+        started_at=started_at,
+        max_runtime_seconds=None if limit is None else float(limit),
+    ).run()
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

