@@ -88,3 +88,19 @@ class ValidatedSpec(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: Any
+
+
+class MetricSeries(BaseModel):
+    count: int = Field(description="How many points the full history of this metric has.")
+    points: list[tuple[int, float]] = Field(
+        description="(step, value) pairs in step order, downsampled to at most `max_points`: "
+        "each bucket keeps its first, last, minimum and maximum point."
+    )
+
+
+class MetricsOut(BaseModel):
+    job_id: uuid.UUID
+    max_points: int
+    series: dict[str, MetricSeries] = Field(
+        description="Per requested key; a key the job never logged has no points."
+    )

@@ -1,17 +1,26 @@
-"""Queries on a job's metric history (``job_metrics``)."""
+"""Queries on a job's metric history (``job_metrics``).
+
+Row ids are the cursor of the live event stream (``GET /jobs/{id}/events``): every write of
+a point takes a fresh id from the table's sequence, a re-logged point included (a resumed
+attempt logging a step again updates that row in place *and* moves it to a new id). Only one
+attempt writes a job's points at a time, one transaction after the other (the flusher, fenced
+by ``attempt_owns_job``), so for one job "id > N" is exactly "written after point N": a
+reader that has seen every point up to id N misses nothing by asking for ``id > N``.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobMetric
+from traindepot.events import json_safe
 
 
 def attempt_owns_job(*, session: Session, job_id: uuid.UUID, attempt: int) -> bool:
@@ -37,37 +46,62 @@ def merge_points(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+# One statement whatever the batch size, its rows passed as one JSON document: the flusher
+# shares the GIL with the training loop, and building a multi-row VALUES statement per batch
+# would cost it far more Python time than one `json.dumps`. Rows are inserted in batch order
+# (ORDINALITY), so ids follow the order the points were logged in.
+_UPSERT = text(
+    """
+    INSERT INTO job_metrics (job_id, attempt, step, kind, epoch, "values", recorded_at)
+    SELECT CAST(:job_id AS uuid), :attempt, p.step, p.kind, p.epoch, p."values", p.recorded_at
+    FROM ROWS FROM (
+        jsonb_to_recordset(CAST(:points AS jsonb))
+        AS (step int, kind text, epoch float8, "values" jsonb, recorded_at timestamptz)
+    ) WITH ORDINALITY AS p(step, kind, epoch, "values", recorded_at, n)
+    ORDER BY p.n
+    ON CONFLICT ON CONSTRAINT uq_job_metrics_job_step_kind DO UPDATE SET
+        id = nextval(pg_get_serial_sequence('job_metrics', 'id')),
+        epoch = EXCLUDED.epoch,
+        "values" = EXCLUDED."values",
+        attempt = EXCLUDED.attempt,
+        recorded_at = EXCLUDED.recorded_at
+    RETURNING id, step, kind
+    """
+)
+
+
 def upsert_points(
     *, session: Session, job_id: uuid.UUID, attempt: int, points: Sequence[dict[str, Any]]
 ) -> dict[tuple[int, str], int]:
     """Store points (dicts with step, kind, epoch, values, recorded_at) merged per
     (step, kind); a point already stored, e.g. logged again by a resumed attempt, is
-    updated in place. Returns the row id of each (step, kind)."""
+    updated in place and gets a new id (see the module docstring). Returns the row id of
+    each (step, kind)."""
     if not points:
         return {}
     rows = [
         {
-            "job_id": job_id,
-            "attempt": attempt,
             "step": p["step"],
             "kind": p["kind"],
-            "epoch": p.get("epoch"),
-            "values": p["values"],
-            "recorded_at": p["recorded_at"],
+            "epoch": json_safe(p.get("epoch")),
+            "values": json_safe(p["values"]),
+            "recorded_at": _iso(p["recorded_at"]),
         }
         for p in merge_points(points)
     ]
-    insert_rows = insert(JobMetric).values(rows)
-    stmt = insert_rows.on_conflict_do_update(
-        constraint="uq_job_metrics_job_step_kind",
-        set_={
-            "epoch": insert_rows.excluded.epoch,
-            "values": insert_rows.excluded["values"],
-            "attempt": insert_rows.excluded.attempt,
-            "recorded_at": insert_rows.excluded.recorded_at,
+    result = session.execute(
+        _UPSERT,
+        {
+            "job_id": str(job_id),
+            "attempt": attempt,
+            "points": json.dumps(rows, separators=(",", ":"), default=str),
         },
-    ).returning(JobMetric.id, JobMetric.step, JobMetric.kind)
-    return {(step, kind): point_id for point_id, step, kind in session.execute(stmt)}
+    )
+    return {(step, kind): point_id for point_id, step, kind in result}
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def history(
@@ -88,6 +122,53 @@ def history(
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def points_after(
+    *, session: Session, job_id: uuid.UUID, after_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` points of a job written after point `after_id`, in id (= write) order:
+    one page of the event stream's backlog."""
+    query = (
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.id > after_id)
+        .order_by(JobMetric.id)
+        .limit(limit)
+    )
+    return [as_dict(point) for point in session.scalars(query)]
+
+
+def series_length(*, session: Session, job_id: uuid.UUID, key: str) -> int:
+    """How many points of the job have a numeric value for `key`."""
+    count = session.scalar(
+        text(
+            """SELECT count(*) FROM job_metrics
+            WHERE job_id = :job_id AND jsonb_typeof("values" -> :key) = 'number'"""
+        ),
+        {"job_id": job_id, "key": key},
+    )
+    return int(count or 0)
+
+
+def iter_series(
+    *, session: Session, job_id: uuid.UUID, key: str, chunk: int = 10_000
+) -> Iterator[tuple[int, float]]:
+    """(step, value) of every point with a numeric `key`, in step order, read through a
+    server-side cursor `chunk` rows at a time: memory stays bounded however long the run."""
+    result = session.execute(
+        text(
+            """SELECT step, CAST("values" ->> :key AS float8) FROM job_metrics
+            WHERE job_id = :job_id AND jsonb_typeof("values" -> :key) = 'number'
+            ORDER BY step, id"""
+        ),
+        {"job_id": job_id, "key": key},
+        execution_options={"yield_per": chunk},
+    )
+    try:
+        for step, value in result:
+            yield int(step), float(value)
+    finally:
+        result.close()
 
 
 def as_dict(point: JobMetric) -> dict[str, Any]:

@@ -10,7 +10,10 @@ import math
 import uuid
 from typing import Any, Literal
 
-EventType = Literal["status", "log", "eval", "summary", "end"]
+# `type` of what is published on a job's channel: a metric point (its `kind`), a status
+# change, a progress snapshot with no new point, and the job's end.
+EventType = Literal["train", "eval", "summary", "restart", "status", "progress", "end"]
+POINT_TYPES = frozenset({"train", "eval", "summary", "restart"})
 
 
 def channel(job_id: uuid.UUID | str) -> str:
@@ -30,3 +33,46 @@ def json_safe(value: Any) -> Any:
 
 def encode(event: dict[str, Any]) -> str:
     return json.dumps(json_safe(event), separators=(",", ":"))
+
+
+# --- Server-Sent Event ids (GET /jobs/{id}/events) --------------------------------------------
+#
+# Every event of the stream has the id "P-V", the reader's position in the job's two
+# histories:
+# - P, the id of the last metric point delivered (0: none). Point ids are `job_metrics` row
+#   ids, which grow in write order for a job (db/metrics.py), so "P" says exactly which
+#   points the reader has: those with id <= P.
+# - V, the status version delivered: statuses are not a history but a state, and V orders
+#   them along every legal path (`status_version`). A terminal status has the largest V of
+#   its job, and the terminal event, which is the last of a stream, also carries the P of
+#   the last point: its id orders after every other event's.
+# Reconnecting with `Last-Event-ID: P-V` delivers the points with id > P, in id order, and the
+# current status only if its version is > V: nothing lost, nothing repeated. A status that
+# came and went while the reader was away (e.g. `cancelling`) collapses into the current one.
+
+_STATUS_RANK = {"running": 1, "cancelling": 2, "queued": 3}
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def status_version(status: str, attempt: int) -> int:
+    """Monotonic along `queued(0) -> running(1) -> cancelling(1) -> queued(1) -> running(2)
+    ... -> terminal`: 4 * attempt + rank, the terminal rank above all others of its attempt
+    (a job requeued after attempt N is `queued` with attempt N, and is next claimed as N+1)."""
+    rank = 4 if status in TERMINAL else _STATUS_RANK.get(status, 0)
+    return 4 * attempt + rank
+
+
+def event_id(point_id: int, version: int) -> str:
+    return f"{point_id}-{version}"
+
+
+def parse_event_id(value: str | None) -> tuple[int, int]:
+    """(P, V) from a Last-Event-ID; (0, 0) when absent or malformed (start over). A bare
+    number is a point id with no status seen (every status version is above 0)."""
+    if not value:
+        return 0, 0
+    point, _, version = value.strip().partition("-")
+    try:
+        return max(int(point), 0), max(int(version), 0) if version else 0
+    except ValueError:
+        return 0, 0

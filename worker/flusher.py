@@ -1,16 +1,34 @@
 """The background flusher: takes training events off the training thread and writes them.
 
-The training callback only appends to an in-memory buffer (a deque append: no lock wait, no
-I/O). A daemon thread wakes every `flush_interval_seconds`, or when the buffer passes half its
-bound, and writes what it holds in one transaction: the points upserted into `job_metrics`,
-the progress snapshot merged into the job row (one write per batch however many steps it
-covers: that is the coalescing). Then it publishes the stored points on Redis `job:{id}`.
+The training callback only appends to an in-memory buffer (a deque append and a dict
+update: no lock wait, no I/O, no serialisation). A daemon thread wakes every
+`interval` seconds, or as soon as the buffer passes `high_water` points, and writes what it
+holds in one transaction: the points upserted into `job_metrics` (at most `max_batch` rows
+per statement), the progress snapshot merged into the job row. Then it publishes the stored
+points on Redis `job:{id}`.
 
-Failure handling, by design:
+When the buffer is full (training logs faster than the database takes it), nothing blocks
+and this is what is coalesced, precisely:
+- The progress snapshot, always: it is one dict, each key holds its latest value, and it is
+  written once per flush however many steps that flush covers.
+- Live publishes: a batch of more than `live_limit` points (the flusher fell behind) is
+  announced on Redis by one event, its newest point, marked `"prev": null`, which tells SSE
+  readers to read the points before it from the database. While Redis fails, publishes are
+  skipped for `redis_pause_seconds`. Live events are a convenience; the database is the record.
+- Points are never dropped and never coalesced (but for one (step, kind) logged twice in one
+  batch, merged exactly as the upsert would merge them). A point leaves the buffer only after
+  its transaction committed; the final flush in `close()` writes whatever is left.
+
+Each published point carries `prev`: the id of the point this flusher stored just before it
+(None for the first one of an attempt). Only this flusher writes the job's points, one
+transaction after the other, so a reader that has delivered point `prev` may deliver this
+one directly; any other reader has a gap and reads it from the database (api/routes/live.py).
+
+Failure handling:
 - Postgres down: the batch stays in the buffer and is retried with backoff; nothing is lost.
-  The buffer is bounded only by memory then (a point is a few hundred bytes).
-- Redis down: live events are dropped (the database has them, and SSE reads its backlog from
-  there); a failed publish pauses publishing for a few seconds so training never waits on it.
+  The buffer is then bounded only by memory (a point is a few hundred bytes: logging 10
+  points a second, an hour of outage holds about 10 MB).
+- Redis down: live events are dropped (see above).
 - The attempt no longer owns the job (reaped, cancelled elsewhere): writes are dropped and
   `fenced` is set, which the callback turns into a stop.
 """
@@ -18,6 +36,7 @@ Failure handling, by design:
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -44,24 +63,38 @@ class Flusher:
         redis_url: str,
         interval: float = 0.5,
         high_water: int = 1000,
+        max_batch: int = 5000,
+        live_limit: int = 2000,
         redis_pause_seconds: float = 5.0,
+        database_url: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self._interval = interval
         self._high_water = high_water
-        self._points: collections.deque[dict[str, Any]] = collections.deque()
+        self._max_batch = max_batch
+        self._live_limit = live_limit
+        self._database_url = database_url
+        # (step, kind, epoch, values, unix time): the training thread appends, this thread pops.
+        self._points: collections.deque[tuple[int, str, Any, dict[str, Any], float]] = (
+            collections.deque()
+        )
         self._progress: dict[str, Any] = {}
+        self._progress_version = 0
+        self._written_progress_version = 0
         self._wake = threading.Event()
         self._closing = threading.Event()
         self.fenced = False
+        self._channel = events.channel(job_id)
         self._redis = redis.Redis.from_url(
             redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         self._redis_pause = redis_pause_seconds
         self._redis_paused_until = 0.0
+        self._last_id: int | None = None  # the last point this flusher stored
         self.stored_points = 0
         self.published_points = 0
+        self.coalesced_publishes = 0
         self._thread = threading.Thread(target=self._run, name="traindepot-flusher", daemon=True)
         self._thread.start()
 
@@ -69,21 +102,20 @@ class Flusher:
     def add_point(
         self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]
     ) -> None:
-        self._points.append(
-            {
-                "step": step,
-                "kind": kind,
-                "epoch": epoch,
-                "values": events.json_safe(values),
-                "recorded_at": datetime.now(UTC),
-            }
-        )
+        """Queue a point; `values` must not be mutated afterwards (pass a copy)."""
+        self._points.append((step, kind, epoch, values, time.time()))
         if len(self._points) >= self._high_water:
             self._wake.set()
 
     def set_progress(self, progress: dict[str, Any]) -> None:
-        # One dict update replaced per step; the flusher takes a copy of the latest.
+        # Coalesced: the flusher writes the latest value of each key, once per flush.
         self._progress.update(progress)
+        self._progress_version += 1
+
+    @property
+    def pending(self) -> int:
+        """Points not yet committed to the database."""
+        return len(self._points)
 
     # --- lifecycle --------------------------------------------------------------------------
     def close(self, timeout: float = 300.0) -> bool:
@@ -98,9 +130,9 @@ class Flusher:
     def _run(self) -> None:
         backoff = self._interval
         while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            closing = self._closing.is_set()
+            if not self._closing.is_set():
+                self._wake.wait(self._interval)
+                self._wake.clear()
             try:
                 self._flush_once()
                 backoff = self._interval
@@ -113,18 +145,33 @@ class Flusher:
                 log.exception("flusher: unexpected error; retrying")
                 time.sleep(backoff)
                 continue
-            if closing and not self._points:
+            if self._closing.is_set() and not self._points and not self._progress_dirty():
                 return
 
+    def _progress_dirty(self) -> bool:
+        return self._progress_version != self._written_progress_version
+
     def _flush_once(self) -> None:
-        batch = list(self._points)
-        progress = dict(self._progress)
+        batch = list(itertools.islice(self._points, self._max_batch))
+        version = self._progress_version
+        progress = dict(self._progress) if version != self._written_progress_version else {}
         if not batch and not progress:
             return
         if self.fenced:
             self._discard(len(batch))
+            self._written_progress_version = version
             return
-        with session_scope() as session:
+        points = [
+            {
+                "step": step,
+                "kind": kind,
+                "epoch": epoch,
+                "values": values,
+                "recorded_at": datetime.fromtimestamp(at, UTC),
+            }
+            for step, kind, epoch, values, at in batch
+        ]
+        with session_scope(self._database_url) as session:
             if not metrics.attempt_owns_job(
                 session=session, job_id=self.job_id, attempt=self.attempt
             ):
@@ -132,7 +179,7 @@ class Flusher:
                 self._discard(len(batch))
                 return
             ids = metrics.upsert_points(
-                session=session, job_id=self.job_id, attempt=self.attempt, points=batch
+                session=session, job_id=self.job_id, attempt=self.attempt, points=points
             )
             if progress:
                 progress["updated_at"] = datetime.now(UTC).isoformat()
@@ -145,8 +192,9 @@ class Flusher:
         # Committed: only now drop them from the buffer (a crash before this re-sends them,
         # and the upsert makes that harmless).
         self._discard(len(batch))
+        self._written_progress_version = version
         self.stored_points += len(batch)
-        self._publish(batch, ids, progress)
+        self._publish(points, ids, progress)
 
     def _discard(self, count: int) -> None:
         for _ in range(count):
@@ -154,21 +202,33 @@ class Flusher:
 
     def _publish(
         self,
-        batch: list[dict[str, Any]],
+        points: list[dict[str, Any]],
         ids: dict[tuple[int, str], int],
         progress: dict[str, Any],
     ) -> None:
-        if not batch or time.monotonic() < self._redis_paused_until:
+        stored = sorted(
+            ((ids[(p["step"], p["kind"])], p) for p in metrics.merge_points(points)),
+            key=lambda item: item[0],
+        )
+        prev = self._last_id
+        if stored:
+            self._last_id = stored[-1][0]
+        if time.monotonic() < self._redis_paused_until:
             return
+        if len(stored) > self._live_limit:
+            # Fallen behind: announce the newest point only; readers fetch the rest from the
+            # database (prev=None says "there may be a gap before me").
+            self.coalesced_publishes += len(stored) - 1
+            stored, prev = stored[-1:], None
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for point in metrics.merge_points(batch):
-                point_id = ids[(point["step"], point["kind"])]
+            for point_id, point in stored:
                 pipe.publish(
-                    events.channel(self.job_id),
+                    self._channel,
                     events.encode(
                         {
                             "id": point_id,
+                            "prev": prev,
                             "type": point["kind"],
                             "job_id": str(self.job_id),
                             "attempt": self.attempt,
@@ -179,8 +239,16 @@ class Flusher:
                         }
                     ),
                 )
+                prev = point_id
+            if not stored and progress:
+                pipe.publish(
+                    self._channel,
+                    events.encode(
+                        {"type": "progress", "job_id": str(self.job_id), "progress": progress}
+                    ),
+                )
             pipe.execute()
-            self.published_points += len(batch)
+            self.published_points += len(stored)
         except redis.RedisError as exc:
             self._redis_paused_until = time.monotonic() + self._redis_pause
             log.warning("flusher: Redis unavailable (%s); live events dropped", exc)

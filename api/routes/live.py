@@ -1,0 +1,387 @@
+"""Following a job: its events as they happen (SSE), its metric history downsampled for
+charts, and its training log.
+
+`GET /jobs/{id}/events`, in order:
+1. Subscribe to the job's Redis channel (and wait for the subscription to be confirmed), so
+   nothing published from here on is missed.
+2. Read the backlog from Postgres: the job row first, then the points after the reader's
+   cursor, in pages (points are committed before the job's terminal status, so a terminal
+   row read first means the points read next are all of them).
+3. Stream live events from Redis, de-duplicated by point id (ids: traindepot/events.py). A
+   live point whose `prev` the reader has not been given (a publish was dropped, a new
+   attempt began) sends the reader to the database for the gap instead. Every few idle
+   seconds the stream also checks the job row, for status changes nobody published
+   (cancelling, a requeue by the reaper) and a lost end event.
+4. On the job's end: a last catch-up from the database, the `end` event, and the stream
+   closes. A job already finished is replayed from the database and closed.
+With Redis down (or failing mid-stream) the same stream polls the database instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import redis
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import SessionDep, SettingsDep
+from api.errors import NotFound
+from api.schemas import ErrorOut, MetricSeries, MetricsOut
+from db import jobs, metrics
+from db.session import session_scope
+from traindepot import events, logtail
+from traindepot.downsample import downsample
+from traindepot.problems import Problem, SpecInvalid
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/jobs", tags=["live"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such job"},
+    422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
+    503: {"model": ErrorOut, "description": "The database is unreachable"},
+}
+BACKLOG_PAGE = 1000
+IDLE_CHECK_SECONDS = 2.0  # how often a quiet stream looks at the job row
+POLL_SECONDS = 0.5  # the database poll interval without Redis
+LOG_FOLLOW_POLL_SECONDS = 0.5
+
+
+# --- the event stream -------------------------------------------------------------------------
+@dataclass
+class _JobState:
+    status: str
+    attempt: int
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @property
+    def version(self) -> int:
+        return events.status_version(self.status, self.attempt)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in events.TERMINAL
+
+
+def _read_job(job_id: uuid.UUID) -> _JobState | None:
+    with session_scope() as session:
+        job = jobs.get(session=session, job_id=job_id)
+        if job is None:
+            return None
+        return _JobState(str(job.status), job.attempt, job.result, job.error)
+
+
+def _read_points(job_id: uuid.UUID, after: int) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        return metrics.points_after(
+            session=session, job_id=job_id, after_id=after, limit=BACKLOG_PAGE
+        )
+
+
+class _Stream:
+    """One reader's stream: its cursor (point id, status version) and how to advance it."""
+
+    def __init__(self, job_id: uuid.UUID, last_event_id: str | None) -> None:
+        self.job_id = job_id
+        self.point, self.version = events.parse_event_id(last_event_id)
+        self.attempt = 0
+        self.ended = False
+
+    def _id(self) -> str:
+        return events.event_id(self.point, self.version)
+
+    def point_event(self, point: dict[str, Any]) -> ServerSentEvent:
+        self.point = int(point["id"])
+        data: dict[str, Any] = {
+            key: point.get(key)
+            for key in ("id", "step", "kind", "epoch", "attempt", "values", "progress")
+            if key in point
+        }
+        if "kind" not in data:
+            data["kind"] = point.get("type")
+        return ServerSentEvent(data=events.encode(data), event=str(data["kind"]), id=self._id())
+
+    def status_event(self, status: str, attempt: int) -> ServerSentEvent | None:
+        """The status if it is news to this reader, else None."""
+        version = events.status_version(status, attempt)
+        self.attempt = max(self.attempt, attempt)
+        if version <= self.version:
+            return None
+        self.version = version
+        return ServerSentEvent(
+            data=events.encode({"status": status, "attempt": attempt}),
+            event="status",
+            id=self._id(),
+        )
+
+    def end_event(self, job: _JobState) -> ServerSentEvent:
+        self.version = max(self.version, job.version)
+        self.ended = True
+        body = {
+            "status": job.status,
+            "attempt": job.attempt,
+            "result": job.result,
+            "error": job.error,
+        }
+        return ServerSentEvent(data=events.encode(body), event="end", id=self._id())
+
+    async def catch_up(self) -> AsyncIterator[ServerSentEvent]:
+        """Everything the database has that this reader lacks; the end if the job ended."""
+        job = await run_in_threadpool(_read_job, self.job_id)
+        if job is None:  # deleted while streamed
+            self.ended = True
+            return
+        if not job.terminal and (event := self.status_event(job.status, job.attempt)):
+            yield event
+        while True:
+            page = await run_in_threadpool(_read_points, self.job_id, self.point)
+            for point in page:
+                yield self.point_event(point)
+            if len(page) < BACKLOG_PAGE:
+                break
+        if job.terminal:
+            yield self.end_event(job)
+
+    async def on_live(self, event: dict[str, Any]) -> AsyncIterator[ServerSentEvent]:
+        kind = event.get("type")
+        if kind in events.POINT_TYPES:
+            point_id = event.get("id")
+            if not isinstance(point_id, int) or point_id <= self.point:
+                return  # already delivered (from the backlog, or a duplicate)
+            prev = event.get("prev")
+            if isinstance(prev, int) and prev <= self.point:
+                yield self.point_event(event)
+            else:  # a gap: the points between are in the database
+                async for caught in self.catch_up():
+                    yield caught
+        elif kind == "status":
+            attempt = event.get("attempt")
+            status_event = self.status_event(
+                str(event.get("status")), attempt if isinstance(attempt, int) else self.attempt
+            )
+            if status_event is not None:
+                yield status_event
+        elif kind == "progress":
+            # A snapshot, not history: it carries the reader's current cursor as its id.
+            yield ServerSentEvent(
+                data=events.encode(event.get("progress") or {}), event="progress", id=self._id()
+            )
+        elif kind == "end":
+            # The row is the truth, and a catch-up first delivers any point whose live
+            # publish was lost.
+            async for caught in self.catch_up():
+                yield caught
+
+
+async def _subscribe(redis_url: str | None, channel: str) -> aioredis.client.PubSub | None:
+    """A confirmed subscription, or None when Redis cannot be reached."""
+    if not redis_url:
+        return None
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1.0)
+    pubsub = client.pubsub()
+    try:
+        with anyio.fail_after(3):
+            await pubsub.subscribe(channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+    except (redis.RedisError, OSError, TimeoutError) as exc:
+        log.warning("events: Redis unavailable (%s); polling the database", exc)
+        await _close(pubsub)
+        return None
+
+
+async def _close(pubsub: aioredis.client.PubSub) -> None:
+    try:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.connection_pool.disconnect()
+    except (redis.RedisError, OSError) as exc:
+        log.debug("events: closing the subscription: %s", exc)
+
+
+async def _event_stream(
+    job_id: uuid.UUID, last_event_id: str | None, redis_url: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    stream = _Stream(job_id, last_event_id)
+    pubsub = await _subscribe(redis_url, events.channel(job_id))
+    try:
+        async for event in stream.catch_up():
+            yield event
+        checked = time.monotonic()
+        while not stream.ended:
+            message = None
+            if pubsub is not None:
+                try:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=IDLE_CHECK_SECONDS
+                    )
+                except (redis.RedisError, OSError) as exc:
+                    log.warning("events: Redis failed (%s); polling the database", exc)
+                    await _close(pubsub)
+                    pubsub = None
+            else:
+                await anyio.sleep(POLL_SECONDS)
+            if message is not None:
+                async for event in stream.on_live(json.loads(message["data"])):
+                    yield event
+            elif pubsub is None or time.monotonic() - checked >= IDLE_CHECK_SECONDS:
+                checked = time.monotonic()
+                async for event in stream.catch_up():
+                    yield event
+    finally:
+        if pubsub is not None:
+            with anyio.CancelScope(shield=True):
+                await _close(pubsub)
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `status`, `train`/`eval`/`summary`/`restart` "
+            "points, `progress`, and the final `end`; the stream closes after `end`.",
+        },
+    },
+    response_class=EventSourceResponse,
+)
+async def job_events(
+    job_id: uuid.UUID,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[
+        str | None,
+        Query(description="The same as a `Last-Event-ID` header, for clients that cannot set it"),
+    ] = None,
+    ping: Annotated[float, Query(ge=1, le=300, description="Heartbeat interval, seconds")] = 15,
+) -> Response:
+    """The job's events as they happen. Every event with an `id` can be resumed from:
+    reconnect with `Last-Event-ID: <id>` and the stream goes on after it, nothing lost or
+    repeated. Ids are `P-V` (the last point id, the status version; see traindepot/events.py).
+    Comment lines (`: ping`) are heartbeats. A reader that already had the `end` event gets
+    204 No Content."""
+    job = await run_in_threadpool(_read_job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id}")
+    cursor = last_event_id or after
+    if job.terminal and events.parse_event_id(cursor)[1] >= job.version:
+        # The reader has had the end: 204 tells an EventSource not to reconnect again.
+        return Response(status_code=204)
+    return EventSourceResponse(
+        _event_stream(job_id, cursor, settings.redis_url),
+        ping=ping,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# --- metric history ---------------------------------------------------------------------------
+def _keys(raw: str) -> list[str]:
+    keys = list(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
+    if not keys or len(keys) > 20 or any(len(k) > 100 for k in keys):
+        raise SpecInvalid(
+            [
+                Problem(
+                    ("query", "keys"),
+                    "give 1 to 20 comma-separated metric names of at most 100 characters",
+                    "invalid_keys",
+                )
+            ]
+        )
+    return keys
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=_ERRORS)
+def job_metrics(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    keys: Annotated[
+        str, Query(description="Comma-separated metric names, e.g. `loss,eval_loss`")
+    ] = "loss",
+    max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
+) -> MetricsOut:
+    """Each metric's history as (step, value) pairs, at most `max_points` per metric: a
+    longer history is split into `max_points // 4` buckets, each keeping its first, last,
+    minimum and maximum point, so spikes and the global extremes survive. Read through a
+    server-side cursor: memory stays bounded however long the run."""
+    if jobs.get(session=session, job_id=job_id) is None:
+        raise NotFound(f"job {job_id}")
+    series: dict[str, MetricSeries] = {}
+    for key in _keys(keys):
+        count = metrics.series_length(session=session, job_id=job_id, key=key)
+        points = downsample(
+            metrics.iter_series(session=session, job_id=job_id, key=key),
+            count=count,
+            max_points=max_points,
+        )
+        series[key] = MetricSeries(
+            count=count, points=[(int(step), value) for step, value in points]
+        )
+    return MetricsOut(job_id=job_id, max_points=max_points, series=series)
+
+
+# --- the training log -------------------------------------------------------------------------
+async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> AsyncIterator[bytes]:
+    """The tail, then whatever the log gains, until the job has ended and the log is read."""
+    if start:
+        yield start
+    while True:
+        job = await run_in_threadpool(_read_job, job_id)
+        ended = job is None or job.terminal
+        # Read everything there is (in blocks); after the end, this is the last of it.
+        while True:
+            data, offset = await run_in_threadpool(logtail.read_from, path, offset)
+            if not data:
+                break
+            yield data
+        if ended:
+            return
+        await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    response_model=None,
+    responses={**_ERRORS, 200: {"content": {"text/plain": {}}, "description": "The log"}},
+)
+async def job_logs(
+    job_id: uuid.UUID,
+    settings: SettingsDep,
+    tail: Annotated[int, Query(ge=0, le=100_000, description="How many last lines")] = 100,
+    follow: Annotated[
+        bool,
+        Query(
+            description="Keep the response open and stream what is appended (chunked)"
+            " until the job has ended"
+        ),
+    ] = False,
+) -> Response:
+    """The job's training log (the training process's output: one JSON object per logged
+    step, Python logging, one header line per attempt). Never read whole: the tail is read
+    backwards in blocks and capped at 8 MiB."""
+    if await run_in_threadpool(_read_job, job_id) is None:
+        raise NotFound(f"job {job_id}")
+    path = settings.job_dir(job_id) / "train.log"
+    data, offset = await run_in_threadpool(logtail.tail, path, tail)
+    if not follow:
+        return PlainTextResponse(data, media_type="text/plain; charset=utf-8")
+    return StreamingResponse(
+        _follow(job_id, path, data, offset),
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )
