@@ -95,6 +95,7 @@ class Flusher:
         self.stored_points = 0
         self.published_points = 0
         self.coalesced_publishes = 0
+        self.failed_flushes = 0
         self._thread = threading.Thread(target=self._run, name="traindepot-flusher", daemon=True)
         self._thread.start()
 
@@ -137,6 +138,7 @@ class Flusher:
                 self._flush_once()
                 backoff = self._interval
             except (OperationalError, DBAPIError) as exc:
+                self.failed_flushes += 1
                 backoff = min(backoff * 2, 10.0)
                 log.warning("flusher: database unavailable (%s); retrying in %.1fs", exc, backoff)
                 time.sleep(backoff)
