@@ -52,3 +52,18 @@ def tiny_spec(**overrides: Any) -> dict[str, Any]:
         else:
             spec[key] = copy.deepcopy(value)
     return spec
+
+
+TINY_BERT: dict[str, Any] = {
+    "model_type": "bert",
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
+def tiny_bert_spec(task: str, **overrides: Any) -> dict[str, Any]:
+    """`tiny_spec` with a tiny BERT for `masked-lm` or `sequence-classification`."""
+    return tiny_spec(task=task, model={"from_config": dict(TINY_BERT)}, **overrides)

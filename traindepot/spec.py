@@ -6,11 +6,34 @@ installed ``transformers`` or the server's settings in ``traindepot.validation``
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+# A Hub repository id: `name` or `owner/name`. Anything else that is not an absolute path
+# is refused, so that a relative name can never be read as a directory of the server.
+_HUB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+
+def is_local_path(name_or_path: str) -> bool:
+    """A local path is absolute (`/...`); relative ones (`./x`, `~/x`) are refused."""
+    return name_or_path.startswith("/")
+
+
+def _hub_id_or_absolute_path(value: str | None) -> str | None:
+    if value is None or is_local_path(value):
+        return value
+    if value.startswith(("./", "../", "~", ".")) or "\\" in value:
+        raise ValueError(
+            f"{value!r} is a relative path: give an absolute path under the server's allowed"
+            " paths, or a Hub id like `gpt2` or `owner/name`"
+        )
+    if not _HUB_ID.match(value) or ".." in value:
+        raise ValueError(f"{value!r} is neither an absolute path nor a Hub id like `owner/name`")
+    return value
 
 
 class _Strict(BaseModel):
@@ -34,7 +57,13 @@ class ModelSpec(_Strict):
         default=None,
         description="Random initialisation from a config: `model_type` plus config overrides.",
     )
-    torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="The dtype the weights are loaded in (`dtype=` of `from_pretrained`); "
+        "null: float32. Mixed precision is `training_args.bf16`/`fp16`.",
+    )
+
+    check_name = field_validator("name_or_path")(_hub_id_or_absolute_path)
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -56,6 +85,8 @@ class TokenizerSpec(_Strict):
         default=None, description="`byte-level`: 256 byte tokens plus specials, needs no files."
     )
 
+    check_name = field_validator("name_or_path")(_hub_id_or_absolute_path)
+
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.name_or_path is None) == (self.builtin is None):
@@ -64,10 +95,25 @@ class TokenizerSpec(_Strict):
 
 
 class HubDataset(_Strict):
-    path: str = Field(min_length=1)
-    name: str | None = None
-    split: str = Field(default="train", min_length=1, description="Slicing allowed: `train[:1%]`.")
-    revision: str | None = None
+    path: str = Field(min_length=1, description="A Hub dataset id; local data goes in `files`.")
+    name: str | None = Field(default=None, min_length=1, description="The configuration name.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+(\[[0-9%:+ -]*\])?$",
+        description="A split, slicing allowed: `train[:1%]`, `train[10:200]`.",
+    )
+    revision: str | None = Field(default=None, min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _hub_id(cls, value: str) -> str:
+        if not _HUB_ID.match(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not a Hub dataset id (`name` or `owner/name`);"
+                " for local files use `dataset.files`"
+            )
+        return value
 
 
 FileFormat = Literal["json", "jsonl", "csv", "text", "parquet"]
@@ -96,6 +142,11 @@ class FilesDataset(_Strict):
             raise ValueError(f"cannot infer the format of {self.train!r}: set `format`")
         return by_suffix[suffix]
 
+    @model_validator(mode="after")
+    def _format_known(self) -> Self:
+        self.resolved_format()
+        return self
+
 
 class DatasetSpec(_Strict):
     hub: HubDataset | None = None
@@ -104,12 +155,54 @@ class DatasetSpec(_Strict):
         default=None, min_length=1, description="Inline rows (bounded by the server)."
     )
     text_column: str = Field(default="text", min_length=1)
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    max_samples: int | None = Field(default=None, gt=0)
-    eval_split: str | None = Field(default=None, min_length=1)
-    eval_fraction: float | None = Field(default=None, gt=0, lt=1)
-    seed: int = 42
+    text_pair_column: str | None = Field(
+        default=None, min_length=1, description="sequence-classification: the second text."
+    )
+    label_column: str | None = Field(
+        default=None, min_length=1, description='sequence-classification; null: "label".'
+    )
+    label_names: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="sequence-classification: the class names, in id order. Labels in the data "
+        "are these names or their ids. null: inferred from the data (a ClassLabel's names, "
+        "the sorted distinct strings, or ids 0..max).",
+    )
+    num_labels: int | None = Field(
+        default=None,
+        ge=2,
+        le=100_000,
+        description="sequence-classification: the number of classes; null: from "
+        "`label_names` or the data.",
+    )
+    max_samples: int | None = Field(
+        default=None, gt=0, description="Keep the first N training rows (before any split)."
+    )
+    eval_split: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+(\[[0-9%:+ -]*\])?$",
+        description="`hub` only: the split to evaluate on, e.g. `validation`.",
+    )
+    eval_fraction: float | None = Field(
+        default=None, gt=0, lt=1, description="Hold out this fraction of the training rows."
+    )
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed of `eval_fraction`.")
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("label names must be distinct")
+        return value
+
+    def has_eval(self) -> bool:
+        """Whether the spec gives evaluation data."""
+        return (
+            self.eval_split is not None
+            or self.eval_fraction is not None
+            or (self.files is not None and self.files.validation is not None)
+        )
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -119,10 +212,6 @@ class DatasetSpec(_Strict):
                 "give exactly one dataset source of `hub`, `files` or `rows`"
                 + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.eval_split is not None and self.eval_fraction is not None:
-            raise ValueError("give at most one of `eval_split` or `eval_fraction`")
-        if self.files is not None:
-            self.files.resolved_format()
         return self
 
 
@@ -162,21 +251,22 @@ class JobSpec(_Strict):
         default=None,
         description="true: this job's own last checkpoint; a job id: continue from that job's.",
     )
-    early_stopping: EarlyStopping | None = None
-    seed: int | None = None
+    early_stopping: EarlyStopping | None = Field(
+        default=None,
+        description="Stop when `training_args.metric_for_best_model` stops improving; needs"
+        " evaluation data and an `eval_strategy`.",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seeds the model's initialisation and the training; null:"
+        " `training_args.seed` (default 42).",
+    )
     limits: Limits = Field(default_factory=Limits)
     queue: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-    priority: int = Field(default=5, ge=0, le=9)
-    tags: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _tokenizer_needed(self) -> Self:
-        if self.tokenizer is None and self.model.from_config is not None:
-            raise ValueError(
-                "a model `from_config` has no tokenizer of its own: set `tokenizer`"
-                ' (e.g. {"builtin": "byte-level"})'
-            )
-        return self
+    priority: int = Field(default=5, ge=0, le=9, description="9 is served first.")
+    tags: dict[str, str] = Field(default_factory=dict, max_length=50)
 
 
 def example_spec() -> dict[str, Any]:
@@ -208,4 +298,108 @@ def example_spec() -> dict[str, Any]:
             "use_cpu": True,
         },
         "tags": {"team": "demo"},
+    }
+
+
+def task_examples() -> dict[str, dict[str, Any]]:
+    """One example per task, for the OpenAPI document (`openapi_examples` of the job body).
+
+    Each one is valid as it stands and runs offline (a model from a config, the built-in
+    tokenizer, inline rows), except `hub-causal-lm`, which shows the seed example's shape
+    with a Hub model and dataset."""
+    tiny_bert = {
+        "model_type": "bert",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 128,
+    }
+    return {
+        "causal-lm": {
+            "summary": "causal-lm: a tiny GPT-2 from a config, inline rows",
+            "value": example_spec(),
+        },
+        "masked-lm": {
+            "summary": "masked-lm: a tiny BERT, texts grouped into blocks, 10% held out",
+            "value": {
+                "name": "tiny-bert-mlm",
+                "task": "masked-lm",
+                "model": {"from_config": tiny_bert},
+                "tokenizer": {"builtin": "byte-level"},
+                "dataset": {
+                    "rows": [{"text": "Language models learn from masked words."}] * 32,
+                    "eval_fraction": 0.1,
+                },
+                "preprocessing": {"max_length": 64, "group_texts": True},
+                "training_args": {
+                    "max_steps": 8,
+                    "per_device_train_batch_size": 4,
+                    "eval_strategy": "steps",
+                    "eval_steps": 4,
+                    "save_steps": 4,
+                    "use_cpu": True,
+                },
+            },
+        },
+        "sequence-classification": {
+            "summary": "sequence-classification: text pairs, given label names, early stopping",
+            "value": {
+                "name": "tiny-bert-nli",
+                "task": "sequence-classification",
+                "model": {"from_config": tiny_bert},
+                "tokenizer": {"builtin": "byte-level"},
+                "dataset": {
+                    "rows": [
+                        {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": 0},
+                        {"premise": "A dog runs.", "hypothesis": "A cat sleeps.", "label": 2},
+                        {"premise": "A man eats.", "hypothesis": "Someone is eating.", "label": 0},
+                        {"premise": "A man eats.", "hypothesis": "He is hungry.", "label": 1},
+                    ]
+                    * 8,
+                    "text_column": "premise",
+                    "text_pair_column": "hypothesis",
+                    "label_column": "label",
+                    "label_names": ["entailment", "neutral", "contradiction"],
+                    "eval_fraction": 0.25,
+                },
+                "preprocessing": {"max_length": 64, "padding": "longest"},
+                "training_args": {
+                    "num_train_epochs": 3,
+                    "per_device_train_batch_size": 8,
+                    "eval_strategy": "epoch",
+                    "save_strategy": "epoch",
+                    "load_best_model_at_end": True,
+                    "metric_for_best_model": "eval_loss",
+                    "use_cpu": True,
+                },
+                "early_stopping": {"patience": 2, "threshold": 0.0},
+                "seed": 13,
+            },
+        },
+        "hub-causal-lm": {
+            "summary": "causal-lm on the Hub: GPT-2 on 1% of wikitext (needs Hub access)",
+            "value": {
+                "name": "gpt2-wikitext-smoke",
+                "task": "causal-lm",
+                "model": {"name_or_path": "gpt2", "revision": "main"},
+                "tokenizer": None,
+                "dataset": {
+                    "hub": {"path": "wikitext", "name": "wikitext-2-raw-v1", "split": "train[:1%]"},
+                    "text_column": "text",
+                    "max_samples": 100,
+                },
+                "preprocessing": {"max_length": 128, "padding": "max_length"},
+                "training_args": {
+                    "num_train_epochs": 1,
+                    "per_device_train_batch_size": 4,
+                    "save_steps": 25,
+                    "logging_steps": 10,
+                    "learning_rate": 2e-5,
+                },
+                "queue": "default",
+                "priority": 5,
+                "tags": {"team": "nlp"},
+            },
+        },
     }

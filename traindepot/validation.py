@@ -1,25 +1,42 @@
-"""Checks on a spec that need more than its shape: the server's settings (allowed paths,
-inline bounds) and the installed `TrainingArguments`. Run before any row is written."""
+"""Checks on a spec that need more than its shape: how its sections fit together, the
+server's settings (allowed paths, inline bounds), the installed `TrainingArguments`, the jobs
+that exist and the devices of the workers that serve its queue. All of them run before any
+row is written; each problem names its field (`loc`, as pydantic reports it).
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traindepot import training_args
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec
+from traindepot.spec import JobSpec, Task, is_local_path
+
+__all__ = ["WorkerDevices", "check_devices", "check_spec", "consistency_problems"]
 
 
-def is_local_path(name_or_path: str) -> bool:
-    """A local path starts with `/`, `./`, `../` or `~`; anything else is a hub id."""
-    return name_or_path.startswith(("/", "./", "../", "~"))
+@dataclass(frozen=True)
+class WorkerDevices:
+    """What a live worker registered about its devices (see worker/capabilities.py)."""
+
+    worker: str
+    cuda: bool
+    gpus: int
+    bf16: bool
+    tf32: bool
 
 
 def check_path(raw: str, loc: tuple[str | int, ...], settings: Settings) -> list[Problem]:
-    path = Path(raw).expanduser().resolve()
+    if not is_local_path(raw):
+        return [Problem(loc, f"{raw!r} is not an absolute path", "path_not_absolute")]
+    # resolve() follows symlinks: a link under an allowed root that points outside is refused.
+    path = Path(raw).resolve()
     if not any(path.is_relative_to(root) for root in settings.allowed_paths):
         roots = ", ".join(map(str, settings.allowed_paths)) or "none configured"
         return [
@@ -35,47 +52,242 @@ def check_path(raw: str, loc: tuple[str | int, ...], settings: Settings) -> list
     return []
 
 
-def check_spec(spec: JobSpec, settings: Settings) -> dict[str, Any]:
-    """Raise SpecInvalid naming every problem; return the effective TrainingArguments."""
+def consistency_problems(spec: JobSpec) -> list[Problem]:
+    """Rules across sections of the spec (pydantic checked each section on its own)."""
+    problems: list[Problem] = []
+    ds, args = spec.dataset, spec.training_args
+    if spec.tokenizer is None and spec.model.from_config is not None:
+        problems.append(
+            Problem(
+                ("tokenizer",),
+                "a model `from_config` has no tokenizer of its own: set `tokenizer`"
+                ' (e.g. {"builtin": "byte-level"})',
+                "missing",
+            )
+        )
+    if spec.task is not Task.SEQUENCE_CLASSIFICATION:
+        for name in ("text_pair_column", "label_column", "label_names", "num_labels"):
+            if getattr(ds, name) is not None:
+                problems.append(
+                    Problem(
+                        ("dataset", name),
+                        f"applies to task `sequence-classification` only"
+                        f" (this job's task is `{spec.task}`)",
+                        "not_for_task",
+                    )
+                )
+    elif spec.preprocessing.group_texts:
+        problems.append(
+            Problem(
+                ("preprocessing", "group_texts"),
+                "applies to the LM tasks only: a classification example keeps its own label",
+                "not_for_task",
+            )
+        )
+    if ds.eval_split is not None and ds.eval_fraction is not None:
+        problems.append(
+            Problem(
+                ("dataset", "eval_fraction"), "give at most one of `eval_split` or `eval_fraction`"
+            )
+        )
+    if ds.eval_split is not None and ds.hub is None:
+        problems.append(
+            Problem(
+                ("dataset", "eval_split"),
+                "names a split of a `hub` dataset; with `files` give `files.validation`,"
+                " with `rows` use `eval_fraction`",
+            )
+        )
+    if ds.eval_fraction is not None and ds.files is not None and ds.files.validation is not None:
+        problems.append(
+            Problem(
+                ("dataset", "eval_fraction"),
+                "give at most one of `files.validation` or `eval_fraction`",
+            )
+        )
+    if ds.label_names is not None and ds.num_labels not in (None, len(ds.label_names)):
+        problems.append(
+            Problem(
+                ("dataset", "num_labels"),
+                f"is {ds.num_labels} but `label_names` has {len(ds.label_names)} names",
+            )
+        )
+    args_seed = args.get("seed")
+    if spec.seed is not None and args_seed is not None and args_seed != spec.seed:
+        problems.append(
+            Problem(
+                ("seed",),
+                f"`seed` ({spec.seed}) and `training_args.seed` ({args_seed}) disagree: give one",
+            )
+        )
+    problems += _evaluation_problems(spec)
+    return problems
+
+
+def _evaluation_problems(spec: JobSpec) -> list[Problem]:
+    """Evaluation settings need evaluation data, and early stopping needs evaluation."""
+    args = spec.training_args
+    eval_strategy = args.get("eval_strategy", "no")
+    evaluates = eval_strategy != "no"
+    problems: list[Problem] = []
+    if evaluates and not spec.dataset.has_eval():
+        problems.append(
+            Problem(
+                ("training_args", "eval_strategy"),
+                f"is {eval_strategy!r} but the dataset has no evaluation data: set"
+                " `dataset.eval_fraction`, `dataset.eval_split` (hub) or"
+                " `dataset.files.validation`",
+                "no_eval_data",
+            )
+        )
+    if args.get("load_best_model_at_end") and not evaluates:
+        problems.append(
+            Problem(
+                ("training_args", "load_best_model_at_end"),
+                "needs evaluation: set `eval_strategy` (and `save_strategy` to match) and give"
+                " evaluation data",
+                "needs_evaluation",
+            )
+        )
+    if spec.early_stopping is not None:
+        if not evaluates:
+            problems.append(
+                Problem(
+                    ("early_stopping",),
+                    "needs evaluation: set `training_args.eval_strategy` and give evaluation data",
+                    "needs_evaluation",
+                )
+            )
+        if args.get("metric_for_best_model") is None and not args.get("load_best_model_at_end"):
+            problems.append(
+                Problem(
+                    ("early_stopping",),
+                    "needs a metric to watch: set `training_args.metric_for_best_model`"
+                    ' (e.g. "eval_loss")',
+                    "needs_metric",
+                )
+            )
+    return problems
+
+
+def _gpu_wanted(args: dict[str, Any]) -> list[str]:
+    """The device-dependent flags that need a GPU: all of them, unless `use_cpu` (then bf16
+    is CPU autocast; fp16 and tf32 still need CUDA)."""
+    on = [name for name in training_args.DEVICE_DEPENDENT if args.get(name)]
+    if args.get("use_cpu"):
+        on = [name for name in on if not name.startswith("bf16")]
+    return on
+
+
+def check_devices(
+    spec: JobSpec, devices: Sequence[WorkerDevices] | None, *, queue: str
+) -> list[Problem]:
+    """bf16/fp16/tf32 on a queue whose every live worker lacks the device for it.
+
+    `devices` None or empty means no worker of the queue has registered (none started yet,
+    or Redis cannot be read): the job is accepted, since a capable worker may come later.
+    Where some workers can and some cannot, the job is accepted too; operators keep GPU and
+    CPU workers on separate queues for that reason."""
+    if not devices:
+        return []
+    args = spec.training_args
+    problems: list[Problem] = []
+    for name in _gpu_wanted(args):
+        if name.startswith("bf16"):
+            able = any(d.bf16 for d in devices)
+            need = "a CUDA GPU with bf16 support (Ampere or newer)"
+        elif name == "tf32":
+            able = any(d.tf32 for d in devices)
+            need = "a CUDA GPU with TF32 (Ampere or newer)"
+        else:
+            able = any(d.cuda for d in devices)
+            need = "a CUDA GPU"
+        if not able:
+            kind = "CPU-only" if not any(d.cuda for d in devices) else "without it"
+            hint = " or set `use_cpu: true` to train in bf16 on CPU" if name == "bf16" else ""
+            problems.append(
+                Problem(
+                    ("training_args", name),
+                    f"needs {need}, but every live worker of queue {queue!r}"
+                    f" ({len(devices)}) is {kind}: send the job to a GPU queue{hint}",
+                    "device_unavailable",
+                )
+            )
+    return problems
+
+
+def _bounded_rows(rows: list[Any], settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    if len(rows) > settings.max_inline_rows:
+        problems.append(
+            Problem(
+                ("dataset", "rows"),
+                f"{len(rows)} inline rows; at most {settings.max_inline_rows}"
+                " (use `files` or `hub`)",
+                "too_many_rows",
+            )
+        )
+    size = len(json.dumps(rows))
+    if size > settings.max_inline_bytes:
+        problems.append(
+            Problem(
+                ("dataset", "rows"),
+                f"inline rows take {size} bytes; at most {settings.max_inline_bytes}"
+                " (use `files` or `hub`)",
+                "too_large",
+            )
+        )
+    return problems
+
+
+def _paths(spec: JobSpec, settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
     if spec.model.name_or_path and is_local_path(spec.model.name_or_path):
         problems += check_path(spec.model.name_or_path, ("model", "name_or_path"), settings)
-    if (
-        spec.tokenizer
-        and spec.tokenizer.name_or_path
-        and is_local_path(spec.tokenizer.name_or_path)
-    ):
-        problems += check_path(spec.tokenizer.name_or_path, ("tokenizer", "name_or_path"), settings)
+    tok = spec.tokenizer
+    if tok is not None and tok.name_or_path and is_local_path(tok.name_or_path):
+        problems += check_path(tok.name_or_path, ("tokenizer", "name_or_path"), settings)
     files = spec.dataset.files
     if files is not None:
         problems += check_path(files.train, ("dataset", "files", "train"), settings)
         if files.validation is not None:
             problems += check_path(files.validation, ("dataset", "files", "validation"), settings)
-    rows = spec.dataset.rows
-    if rows is not None:
-        if len(rows) > settings.max_inline_rows:
-            problems.append(
-                Problem(
-                    ("dataset", "rows"),
-                    f"{len(rows)} inline rows; at most "
-                    f"{settings.max_inline_rows} (use `files` or `hub`)",
-                    "too_many_rows",
-                )
+    for name in training_args.PATH_VALUED:
+        value = spec.training_args.get(name)
+        if isinstance(value, str):
+            problems += check_path(value, ("training_args", name), settings)
+    return problems
+
+
+def check_spec(
+    spec: JobSpec,
+    settings: Settings,
+    *,
+    devices: Sequence[WorkerDevices] | None = None,
+    job_exists: Callable[[uuid.UUID], bool] | None = None,
+) -> dict[str, Any]:
+    """Raise SpecInvalid naming every problem; return the effective TrainingArguments.
+
+    `devices`: the live workers of the spec's queue; `job_exists`: looks up the job named by
+    `resume_from_checkpoint` (both skipped when None)."""
+    problems = consistency_problems(spec) + _paths(spec, settings)
+    if spec.dataset.rows is not None:
+        problems += _bounded_rows(spec.dataset.rows, settings)
+    resume = spec.resume_from_checkpoint
+    if isinstance(resume, uuid.UUID) and job_exists is not None and not job_exists(resume):
+        problems.append(
+            Problem(
+                ("resume_from_checkpoint",),
+                f"there is no job {resume} to continue from",
+                "job_not_found",
             )
-        size = len(json.dumps(rows))
-        if size > settings.max_inline_bytes:
-            problems.append(
-                Problem(
-                    ("dataset", "rows"),
-                    f"inline rows take {size} bytes; at most "
-                    f"{settings.max_inline_bytes} (use `files` or `hub`)",
-                    "too_large",
-                )
-            )
-    problems += training_args.check_names_and_types(dict(spec.training_args))
+        )
+    args = dict(spec.training_args)
+    problems += training_args.check_names_and_types(args)
     if problems:
         raise SpecInvalid(problems)
-    effective, value_problems = training_args.check_values(dict(spec.training_args), seed=spec.seed)
+    effective, value_problems = training_args.check_values(args, seed=spec.seed)
+    value_problems += check_devices(spec, devices, queue=spec.queue)
     if value_problems:
         raise SpecInvalid(value_problems)
     return effective

@@ -3,6 +3,7 @@ and `TrainingArguments`. Runs in the training child only (imports torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -21,7 +22,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainingArguments,
-    default_data_collator,
 )
 
 from traindepot.spec import DatasetSpec, JobSpec, Task
@@ -105,26 +105,70 @@ def _require_columns(dataset: Dataset, columns: list[str]) -> None:
         )
 
 
+def label_mapping(
+    spec: DatasetSpec, splits: list[Dataset]
+) -> tuple[list[str], Callable[[Any], int]]:
+    """The class names (in id order) and a function from a label in the data to its id.
+
+    Given `label_names`: labels are those names or their ids. Otherwise a `ClassLabel`
+    column gives its names; integer labels are ids 0..max (or 0..num_labels-1), named like
+    transformers' defaults (`LABEL_0`); string labels are the sorted distinct strings of
+    every split. Anything else (floats, missing labels) is a DataError naming the value."""
+    column = spec.label_column or "label"
+    feature = splits[0].features[column]
+    values = [v for split in splits for v in split[column]]
+    names: list[str]
+    if spec.label_names is not None:
+        names = list(spec.label_names)
+    elif isinstance(feature, ClassLabel):
+        names = list(feature.names)
+    elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        count = spec.num_labels or max(values) + 1
+        names = [f"LABEL_{i}" for i in range(max(count, 2))]
+    elif values and all(isinstance(v, str) for v in values):
+        names = sorted(set(values))
+    else:
+        bad = next((v for v in values if not isinstance(v, int | str) or isinstance(v, bool)), None)
+        raise DataError(
+            f"label column {column!r}: labels must be all integers or all strings;"
+            f" found {bad!r} (sequence-classification; regression is not supported)"
+        )
+    if spec.num_labels is not None and spec.num_labels != len(names):
+        raise DataError(
+            f"`dataset.num_labels` is {spec.num_labels} but the data has"
+            f" {len(names)} classes: {names[:20]}"
+        )
+    if len(names) < 2:
+        raise DataError(f"label column {column!r} has {len(names)} class; at least 2 are needed")
+    ids = {name: i for i, name in enumerate(names)}
+
+    def to_id(value: Any) -> int:
+        if isinstance(value, str) and value in ids:
+            return ids[value]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+            return value
+        raise DataError(
+            f"label {value!r} in column {column!r} is not one of the {len(names)} classes"
+            f" {names[:20]} (nor an id below {len(names)})"
+        )
+
+    return names, to_id
+
+
 def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Datasets:
     ds, pre = spec.dataset, spec.preprocessing
     train, evaluation = load_raw(ds)
+    splits = [split for split in (train, evaluation) if split is not None]
     columns = [ds.text_column] + ([ds.text_pair_column] if ds.text_pair_column else [])
-    label_names: list[str] | None = None
     if spec.task is Task.SEQUENCE_CLASSIFICATION:
         columns.append(ds.label_column or "label")
-    for split in (train, evaluation):
-        if split is not None:
-            _require_columns(split, columns)
+    for split in splits:
+        _require_columns(split, columns)
 
-    label_to_id: dict[Any, int] | None = None
+    label_names: list[str] | None = None
+    to_id: Callable[[Any], int] | None = None
     if spec.task is Task.SEQUENCE_CLASSIFICATION:
-        label_col = ds.label_column or "label"
-        feature = train.features[label_col]
-        if isinstance(feature, ClassLabel):
-            label_names = list(feature.names)
-        else:
-            label_names = sorted({str(v) for v in train[label_col]})
-            label_to_id = {name: i for i, name in enumerate(label_names)}
+        label_names, to_id = label_mapping(ds, splits)
 
     lm = spec.task in (Task.CAUSAL_LM, Task.MASKED_LM)
     padding: bool | str = (
@@ -144,9 +188,8 @@ def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset
             padding=padding,
         )
         out: dict[str, Any] = dict(encoded)
-        if spec.task is Task.SEQUENCE_CLASSIFICATION:
-            raw = batch[ds.label_column or "label"]
-            out["labels"] = [label_to_id[str(v)] for v in raw] if label_to_id else list(raw)
+        if to_id is not None:
+            out["labels"] = [to_id(v) for v in batch[ds.label_column or "label"]]
         return out
 
     def group(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -160,7 +203,13 @@ def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset
         if lm and pre.group_texts:
             out = out.map(group, batched=True)
         if len(out) == 0:
-            raise DataError("the dataset has no examples left after preprocessing")
+            hint = (
+                f": the texts together are shorter than one block of {pre.max_length} tokens"
+                " (lower `preprocessing.max_length` or turn off `group_texts`)"
+                if lm and pre.group_texts
+                else ""
+            )
+            raise DataError(f"the dataset has no examples left after preprocessing{hint}")
         return out
 
     return Datasets(
@@ -198,7 +247,10 @@ def build_model(
             config = AutoConfig.for_model(model_type, **overrides, **extra)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.from_config: {exc}") from exc
-        model: PreTrainedModel = model_class.from_config(config, dtype=dtype)
+        # "auto" means "as the checkpoint was saved"; a model from a config has none.
+        model: PreTrainedModel = model_class.from_config(
+            config, dtype=None if dtype == "auto" else dtype
+        )
     else:
         assert spec.model.name_or_path is not None
         model = model_class.from_pretrained(
@@ -217,8 +269,8 @@ def build_collator(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Any:
         return DataCollatorForLanguageModeling(tokenizer, mlm=False)
     if spec.task is Task.MASKED_LM:
         return DataCollatorForLanguageModeling(tokenizer, mlm=True)
-    if spec.preprocessing.padding == "max_length":
-        return default_data_collator
+    # Pads each batch to its longest example: a no-op when every example was padded to
+    # `max_length` already, and right when truncation is off and lengths differ.
     return DataCollatorWithPadding(tokenizer)
 
 

@@ -50,7 +50,7 @@ def make_app() -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
-    app.conf.imports = ("worker.tasks",)
+    app.conf.imports = ("worker.tasks", "worker.capabilities")
     return app
 
 

@@ -6,11 +6,14 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
 
 from api.deps import SessionDep, SettingsDep
@@ -19,26 +22,59 @@ from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot.problems import Problem, SpecInvalid
-from traindepot.spec import JobSpec, example_spec
+from traindepot.spec import JobSpec, task_examples
 from traindepot.validation import check_spec
+from worker import capabilities
 from worker.celery_app import enqueue
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+class _BodyErrorsRoute(APIRoute):
+    """A body that is not a JSON object (empty, not JSON, an array) is reported at `body`.
+
+    FastAPI reports those at `["body"]` or `["body", <offset>]`, and the app's error handler
+    drops the `body` prefix (so that spec fields are named as in the spec), which would
+    leave them naming nothing."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                problems = [_body_problem(e) for e in exc.errors()]
+                if any(p is not None for p in problems):
+                    raise SpecInvalid([p for p in problems if p is not None]) from exc
+                raise
+
+        return handle
+
+
+def _body_problem(error: Any) -> Problem | None:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return Problem(("body",), f"the body is not JSON: {reason}{where}", "json_invalid")
+    if loc == ("body",):
+        what = "missing" if error.get("type") == "missing" else "not a JSON object"
+        return Problem(
+            ("body",), f"the body is {what}: send a job spec as a JSON object", "body_invalid"
+        )
+    return None
+
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=_BodyErrorsRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such job"},
     422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
     503: {"model": ErrorOut, "description": "The database is unreachable"},
 }
-SpecBody = Annotated[
-    JobSpec,
-    Body(
-        openapi_examples={
-            "tiny-causal-lm": {"summary": "A tiny offline causal LM", "value": example_spec()}
-        }
-    ),
-]
+# The body's JSON Schema is JobSpec's (components/schemas/JobSpec), with an example per task.
+SpecBody = Annotated[JobSpec, Body(openapi_examples=task_examples())]
 
 
 def _get(session: SessionDep, job_id: uuid.UUID) -> Job:
@@ -48,9 +84,27 @@ def _get(session: SessionDep, job_id: uuid.UUID) -> Job:
     return job
 
 
-async def _validated(spec: JobSpec, settings: SettingsDep) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _validated(
+    spec: JobSpec, session: SessionDep, settings: SettingsDep
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Everything `check_spec` checks, with the live workers of the spec's queue and the
+    jobs table. Raises SpecInvalid (422) naming each problem."""
+
+    def check() -> dict[str, Any]:
+        devices = (
+            capabilities.live_workers(redis_url=settings.redis_url, queue=spec.queue)
+            if settings.redis_url
+            else None
+        )
+        return check_spec(
+            spec,
+            settings,
+            devices=devices,
+            job_exists=lambda job_id: jobs.get(session=session, job_id=job_id) is not None,
+        )
+
     # TrainingArguments' checks are CPU-bound (and the first one imports transformers).
-    effective = await run_in_threadpool(check_spec, spec, settings)
+    effective = await run_in_threadpool(check)
     return spec.model_dump(mode="json"), effective
 
 
@@ -59,7 +113,7 @@ async def submit_job(
     spec: SpecBody, session: SessionDep, settings: SettingsDep, response: Response
 ) -> JobOut:
     """Validate the spec, store the job as `queued`, then queue its id for a worker."""
-    stored_spec, _ = await _validated(spec, settings)
+    stored_spec, _ = await _validated(spec, session, settings)
 
     def store() -> Job:
         job = jobs.create(session=session, spec=stored_spec)
@@ -84,9 +138,10 @@ async def submit_job(
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
-async def validate_job(spec: SpecBody, settings: SettingsDep) -> ValidatedSpec:
-    """The same validation as `POST /jobs`; no job is created."""
-    stored_spec, effective = await _validated(spec, settings)
+async def validate_job(spec: SpecBody, session: SessionDep, settings: SettingsDep) -> ValidatedSpec:
+    """The same validation as `POST /jobs`; no job is created. Returns the spec with every
+    default filled in and the effective `TrainingArguments` the worker will build."""
+    stored_spec, effective = await _validated(spec, session, settings)
     return ValidatedSpec(spec=stored_spec, training_args=effective)
 
 

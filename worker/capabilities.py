@@ -1,0 +1,183 @@
+"""Workers register their devices, so that `POST /jobs` can refuse what no worker can run.
+
+On Celery's `worker_ready`, a worker probes its devices in a short child process (the worker
+parent must never initialise CUDA: see DESIGN.md, "Prefork pool + CUDA"), then writes one
+Redis key per queue it consumes:
+
+    traindepot:workers:{queue}:{worker id}  ->  {"cuda", "gpus", "bf16", "tf32", ...}
+
+with a TTL of `TTL_SECONDS`, refreshed every `REFRESH_SECONDS` by a daemon thread, so a
+worker that dies disappears within the TTL and a Redis restart is repaired by the next
+refresh. The API reads the live keys of the spec's queue (`live_workers`); no key at all
+means "unknown" and the job is accepted (a GPU worker may start later).
+
+This module is imported by the worker (`app.conf.imports`) and by the API; it imports
+neither torch nor anything that does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutting_down
+
+from traindepot.settings import get_settings
+from traindepot.validation import WorkerDevices
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "traindepot:workers"
+TTL_SECONDS = 45
+REFRESH_SECONDS = 15
+PROBE_TIMEOUT_SECONDS = 120
+
+# Run in a child: imports torch and may initialise CUDA there, never in the worker.
+_PROBE = """
+import json, torch
+cuda = torch.cuda.is_available()
+gpus = torch.cuda.device_count() if cuda else 0
+major = torch.cuda.get_device_capability(0)[0] if gpus else 0
+print(json.dumps({
+    "cuda": bool(cuda and gpus),
+    "gpus": int(gpus),
+    "bf16": bool(gpus and torch.cuda.is_bf16_supported()),
+    "tf32": bool(gpus and major >= 8),
+    "names": [torch.cuda.get_device_name(i) for i in range(gpus)],
+    "torch": torch.__version__,
+}))
+"""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def key(queue: str, worker: str) -> str:
+    return f"{KEY_PREFIX}:{queue}:{worker}"
+
+
+def probe_devices(timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """This machine's devices, as a child process with torch sees them (it inherits
+    CUDA_VISIBLE_DEVICES, as the training child will)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def register(*, redis_url: str, queues: list[str], worker: str, devices: dict[str, Any]) -> None:
+    client = _client(redis_url)
+    value = json.dumps({"worker": worker, **devices})
+    with client.pipeline() as pipe:
+        for queue in queues:
+            pipe.set(key(queue, worker), value, ex=TTL_SECONDS)
+        pipe.execute()
+
+
+def unregister(*, redis_url: str, queues: list[str], worker: str) -> None:
+    _client(redis_url).delete(*(key(queue, worker) for queue in queues))
+
+
+def live_workers(*, redis_url: str, queue: str) -> list[WorkerDevices] | None:
+    """The registered live workers of `queue`; None when Redis cannot be read (unknown)."""
+    try:
+        client = _client(redis_url)
+        keys = list(client.scan_iter(match=f"{KEY_PREFIX}:{queue}:*", count=200))
+        values = client.mget(keys) if keys else []
+    except redis.RedisError as exc:
+        log.warning("cannot read worker devices from Redis: %s", exc)
+        return None
+    found: list[WorkerDevices] = []
+    for raw in values:
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            data = json.loads(raw)
+            found.append(
+                WorkerDevices(
+                    worker=str(data["worker"]),
+                    cuda=bool(data["cuda"]),
+                    gpus=int(data["gpus"]),
+                    bf16=bool(data["bf16"]),
+                    tf32=bool(data.get("tf32", False)),
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed worker registration: %r", raw)
+    return found
+
+
+class _Registration:
+    """The worker's own registration: probed once, refreshed until shutdown."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.queues: list[str] = []
+        self.worker = worker_id()
+
+    def start(self, queues: list[str]) -> None:
+        self.queues = queues
+        threading.Thread(target=self._run, name="capabilities", daemon=True).start()
+
+    def _run(self) -> None:
+        redis_url = get_settings().require_redis_url()
+        try:
+            devices = probe_devices()
+        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+            # Unknown devices: register nothing, so POST accepts (as with no worker at all).
+            log.error("device probe failed; this worker does not register its devices: %s", exc)
+            return
+        log.info("devices of %s on %s: %s", self.worker, ", ".join(self.queues), devices)
+        while not self.stop.is_set():
+            try:
+                register(
+                    redis_url=redis_url, queues=self.queues, worker=self.worker, devices=devices
+                )
+            except redis.RedisError as exc:
+                log.warning("cannot register devices (will retry): %s", exc)
+            self.stop.wait(REFRESH_SECONDS)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.queues:
+            with contextlib.suppress(redis.RedisError):  # else the keys expire on their own
+                unregister(
+                    redis_url=get_settings().require_redis_url(),
+                    queues=self.queues,
+                    worker=self.worker,
+                )
+
+
+_registration = _Registration()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _on_ready(sender: Any = None, **_: object) -> None:
+    # `sender` is the worker's consumer; its app knows the queues given with `--queues`.
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    _registration.start(queues or ["default"])
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _on_shutdown(**_: object) -> None:
+    _registration.close()
