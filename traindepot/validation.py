@@ -172,10 +172,10 @@ def _evaluation_problems(spec: JobSpec) -> list[Problem]:
 
 def _gpu_wanted(args: dict[str, Any]) -> list[str]:
     """The device-dependent flags that need a GPU: all of them, unless `use_cpu` (then bf16
-    is CPU autocast; fp16 and tf32 still need CUDA)."""
+    and fp16 are CPU autocast, which works anywhere; tf32 still needs an Ampere GPU)."""
     on = [name for name in training_args.DEVICE_DEPENDENT if args.get(name)]
     if args.get("use_cpu"):
-        on = [name for name in on if not name.startswith("bf16")]
+        on = [name for name in on if name == "tf32"]
     return on
 
 
@@ -204,7 +204,9 @@ def check_devices(
             need = "a CUDA GPU"
         if not able:
             kind = "CPU-only" if not any(d.cuda for d in devices) else "without it"
-            hint = " or set `use_cpu: true` to train in bf16 on CPU" if name == "bf16" else ""
+            hint = (
+                f" or set `use_cpu: true` to train in {name[:4]} on CPU" if name != "tf32" else ""
+            )
             problems.append(
                 Problem(
                     ("training_args", name),

@@ -105,7 +105,8 @@ def pretrained_gpt2(stack: Stack) -> Path:
         **overrides,
     )
     set_seed(1)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
