@@ -249,7 +249,8 @@ class JobSpec(_Strict):
     )
     resume_from_checkpoint: bool | UUID | None = Field(
         default=None,
-        description="true: this job's own last checkpoint; a job id: continue from that job's.",
+        description="true: this job's own last complete checkpoint (none yet: start fresh);"
+        " a job id: continue from that job's last complete checkpoint (the job must exist).",
     )
     early_stopping: EarlyStopping | None = Field(
         default=None,
