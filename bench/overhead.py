@@ -1,0 +1,284 @@
+"""What following a job live costs the training loop (run by hand, not in CI).
+
+The same tiny-model spec, logging every step, run side by side:
+  (a) bare: a plain `Trainer.train()` script (the job's model, data and TrainingArguments,
+      built by the same builders, no callbacks of ours, nothing reported);
+  (b) job:  the same spec submitted as a traindepot job (worker child, callback, flusher to
+      Postgres and Redis);
+  (c) mlflow: (a) with `report_to="mlflow"` against a local MLflow tracking server.
+Each is a fresh process (the job's training child is one too). The measure is the training
+loop itself: `train_runtime` from `TrainOutput.metrics` (Trainer's own clock around the
+loop, every callback included). The rounds are interleaved (a, b, c, a, b, c, ...) so that
+load from elsewhere hits all three alike; the table shows medians and ratios against (a).
+
+    pip install mlflow            # only for (c); or pass --no-mlflow
+    python -m bench.overhead --repeats 7 --steps 400
+
+Where mlflow must not touch the project's environment, layer a venv over it:
+    python3.11 -m venv /tmp/td-bench-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" \
+        > /tmp/td-bench-venv/lib/python3.11/site-packages/dev-venv.pth
+    /tmp/td-bench-venv/bin/pip install mlflow
+    /tmp/td-bench-venv/bin/python -m bench.overhead
+
+Postgres: TRAINDEPOT_DATABASE_URL if set, else an embedded server; Redis: embedded.
+Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_MODEL: dict[str, Any] = {
+    "model_type": "gpt2",
+    "n_layer": 1,
+    "n_head": 2,
+    "n_embd": 32,
+    "n_positions": 64,
+}
+
+
+def bench_spec(steps: int) -> dict[str, Any]:
+    text = (
+        Path(__file__).resolve().parent.parent / "traindepot" / "data" / "alice.txt"
+    ).read_text()
+    lines = [line for line in text.splitlines() if len(line) > 20][:512]
+    return {
+        "name": "bench-overhead",
+        "task": "causal-lm",
+        "model": {"from_config": dict(BENCH_MODEL)},
+        "tokenizer": {"builtin": "byte-level"},
+        "dataset": {"rows": [{"text": line} for line in lines], "text_column": "text"},
+        "preprocessing": {"max_length": 32},
+        "training_args": {
+            "max_steps": steps,
+            "per_device_train_batch_size": 8,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+            "save_strategy": "no",
+            "use_cpu": True,
+            "seed": 7,
+            "dataloader_num_workers": 0,
+        },
+    }
+
+
+# --- (a) and (c): the bare script, in its own process -------------------------------------------
+def bare_train(spec_path: Path, out_path: Path, report_to: str) -> None:
+    """What a user writes today, built from the spec by the worker's own builders."""
+    from transformers import Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from traindepot.spec import JobSpec
+    from worker import builders
+
+    spec = JobSpec.model_validate(json.loads(spec_path.read_text()))
+    set_seed(builders.effective_seed(spec))
+    tokenizer = builders.build_tokenizer(spec)
+    data = builders.build_datasets(spec, tokenizer)
+    model = builders.build_model(spec, tokenizer, data.label_names)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = builders.build_training_args(spec, Path(output_dir))
+        args.report_to = [report_to] if report_to != "none" else []
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=data.train,
+            data_collator=builders.build_collator(spec, tokenizer),
+            processing_class=tokenizer,
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        started = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - started
+    out_path.write_text(
+        json.dumps(
+            {
+                "train_runtime": output.metrics["train_runtime"],
+                "wall": wall,
+                "steps": output.global_step,
+            }
+        )
+    )
+
+
+def run_bare(spec_path: Path, work: Path, env: dict[str, str], report_to: str = "none") -> float:
+    out = work / f"bare-{report_to}-{time.monotonic_ns()}.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--bare", str(spec_path), str(out), report_to],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return float(json.loads(out.read_text())["train_runtime"])
+
+
+# --- (b): as a job --------------------------------------------------------------------------------
+def run_job(client: httpx.Client, spec: dict[str, Any], timeout: float = 600) -> float:
+    job = client.post("/jobs", json=spec).raise_for_status().json()
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job['id']} still {job['status']}")
+        time.sleep(1.0)  # slow polling: the bench's own API calls compete for the CPU
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
+    points = client.get(f"/jobs/{job['id']}/metrics", params={"keys": "loss"}).json()
+    logged = points["series"]["loss"]["count"]
+    if logged != spec["training_args"]["max_steps"]:
+        raise RuntimeError(f"job {job['id']}: {logged} points stored, expected every step")
+    return float(job["result"]["metrics"]["train_runtime"])
+
+
+# --- (c): a local MLflow tracking server ----------------------------------------------------------
+@contextmanager
+def mlflow_server(work: Path, env: dict[str, str]) -> Iterator[str]:
+    from traindepot.embedded import free_port
+
+    port = free_port()
+    store = work / "mlflow"
+    store.mkdir()
+    log = (work / "mlflow-server.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--default-artifact-root", str(store / "artifacts"),
+            "--workers", "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start (see {work}/mlflow-server.log)")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# --- the run ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (OMP_NUM_THREADS)")
+    parser.add_argument("--bare", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare:
+        bare_train(Path(args.bare[0]), Path(args.bare[1]), args.bare[2])
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRAINDEPOT_HOME": str(work / "home"),
+        "MLFLOW_EXPERIMENT_NAME": "traindepot-bench",
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+    }
+    os.environ.update(env)  # the stack (worker, API) reads the same
+    spec = bench_spec(args.steps)
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+
+    from traindepot.embedded import free_port
+    from traindepot.stack import running_stack
+
+    results: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    with (
+        running_stack(host="127.0.0.1", port=free_port()) as stack,
+        contextmanager_or_none(None if args.no_mlflow else mlflow_server(work, env)) as mlflow_url,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        mlflow_env = {**env, "MLFLOW_TRACKING_URI": mlflow_url or ""}
+        # One warm-up of each (page cache, first compilation of kernels), not counted.
+        run_bare(spec_path, work, env)
+        run_job(client, spec)
+        for round_ in range(1, args.repeats + 1):
+            results["a"].append(run_bare(spec_path, work, env))
+            results["b"].append(run_job(client, spec))
+            if mlflow_url:
+                results["c"].append(run_bare(spec_path, work, mlflow_env, "mlflow"))
+            print(
+                f"round {round_}/{args.repeats}: "
+                + "  ".join(f"{k}={v[-1]:.3f}s" for k, v in results.items() if v),
+                flush=True,
+            )
+    report(results, args)
+    return 0
+
+
+@contextmanager
+def contextmanager_or_none(cm: Any) -> Iterator[Any]:
+    if cm is None:
+        yield None
+    else:
+        with cm as value:
+            yield value
+
+
+def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
+    names = {
+        "a": "(a) bare Trainer.train()",
+        "b": "(b) traindepot job",
+        "c": "(c) report_to=mlflow",
+    }
+    base = statistics.median(results["a"])
+    print(
+        f"\n{args.steps} steps, logging_steps=1, {args.repeats} repetitions, "
+        f"OMP_NUM_THREADS={args.threads}; train_runtime medians"
+    )
+    print(f"{'run':28} {'median s':>9} {'ms/step':>8} {'ratio':>7}   all runs (s)")
+    for key, values in results.items():
+        if not values:
+            continue
+        median = statistics.median(values)
+        print(
+            f"{names[key]:28} {median:9.3f} {1000 * median / args.steps:8.2f} "
+            f"{median / base:7.3f}   {' '.join(f'{v:.3f}' for v in values)}"
+        )
+    b = statistics.median(results["b"]) / base
+    print(f"\n(b)/(a) = {b:.3f} (limit 1.02: {'within' if b <= 1.02 else 'ABOVE'})", end="")
+    if results["c"]:
+        print(f"; (c)/(a) = {statistics.median(results['c']) / base:.3f}")
+    else:
+        print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
