@@ -40,6 +40,10 @@ TEST_SETTINGS = {
     "TRAINDEPOT_REAPER_INTERVAL_SECONDS": "1",
     "TRAINDEPOT_CANCEL_GRACE_SECONDS": "20",
     "TRAINDEPOT_FLUSH_INTERVAL_SECONDS": "0.2",
+    # The test machine's few cores are shared by parallel test sessions: one torch thread
+    # per training child avoids oversubscription, which slows steps by an order of magnitude.
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
 }
 
 

@@ -1,0 +1,81 @@
+"""Issue 4: cancel while queued, while running (a checkpoint at the stop step), after finish."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.specs import tiny_spec
+from worker.checkpoints import is_complete
+
+pytestmark = pytest.mark.integration
+
+
+def long_spec(name: str) -> dict[str, Any]:
+    return tiny_spec(
+        name=name, training_args={"max_steps": 100_000, "save_strategy": "no", "logging_steps": 1}
+    )
+
+
+def test_cancel_queued_and_running_jobs(stack: Stack) -> None:
+    running = stack.submit(long_spec("cancel-while-running"))
+    stack.wait(running["id"], until={"running"}, timeout=120)
+    deadline = time.monotonic() + 120
+    while not stack.train_steps(running["id"]):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+
+    # Queued behind it (one worker): cancelled at once, never started.
+    queued = stack.submit(tiny_spec(name="cancel-while-queued"))
+    response = stack.http.post(f"/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["finished_at"] is not None
+
+    # Running: `cancelling` at once, then stopped at a step boundary with a checkpoint there.
+    response = stack.http.post(f"/jobs/{running['id']}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelling"
+    again = stack.http.post(f"/jobs/{running['id']}/cancel")  # idempotent while cancelling
+    assert again.status_code == 200 and again.json()["status"] == "cancelling"
+    done = stack.wait(running["id"])
+    assert done["status"] == "cancelled"
+    result = done["result"]  # the partial TrainOutput
+    assert result is not None and 0 < result["global_step"] < 100_000
+    assert set(result) == {"global_step", "training_loss", "metrics"}
+    checkpoint = stack.job_dir(running["id"]) / "output" / f"checkpoint-{result['global_step']}"
+    assert is_complete(checkpoint)
+    assert [a["outcome"] for a in stack.attempts(running["id"])] == ["cancelled"]
+
+    # The worker then receives the cancelled job's message and does nothing with it.
+    log_files = list((stack.home / "logs").glob("worker-*.log"))
+    deadline = time.monotonic() + 60
+    while not any(
+        f"job {queued['id']}: not queued" in path.read_text(errors="replace") for path in log_files
+    ):
+        assert time.monotonic() < deadline, "the worker never consumed the cancelled job"
+        time.sleep(0.2)
+    after = stack.get(queued["id"])
+    assert after["status"] == "cancelled"
+    assert after["attempt"] == 0 and after["started_at"] is None
+    assert stack.attempts(queued["id"]) == []
+
+    # Finished jobs cannot be cancelled.
+    for job_id in (queued["id"], running["id"]):
+        response = stack.http.post(f"/jobs/{job_id}/cancel")
+        assert response.status_code == 409
+        assert response.json()["error"] == "conflict"
+
+
+def test_cancel_after_success_is_409(stack: Stack) -> None:
+    job = stack.submit(tiny_spec(name="cancel-after-finish"))
+    done = stack.wait(job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    response = stack.http.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 409
+    body = response.json()
+    assert body["error"] == "conflict" and "succeeded" in body["detail"]
+    assert stack.get(job["id"])["status"] == "succeeded"
