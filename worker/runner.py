@@ -20,7 +20,7 @@ import threading
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -28,9 +28,12 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from db import jobs
 from db.session import session_scope
 from traindepot.events import json_safe
-from traindepot.settings import get_settings
+from traindepot.settings import Settings, get_settings
 from traindepot.spec import JobSpec
 from worker.errors import NonFiniteLossError, Reason, describe
+
+if TYPE_CHECKING:
+    from worker.flusher import Flusher
 
 log = logging.getLogger("traindepot.runner")
 
@@ -90,6 +93,20 @@ def _record_resume(job_id: uuid.UUID, attempt: int, checkpoint: Path | None) -> 
         log.warning("attempt %s: resume step not recorded (%s)", attempt, exc)
 
 
+def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flusher:
+    """The attempt's flusher, configured from the settings: it writes every
+    `flush_interval_seconds`, and at once when `flush_queue_size` points are waiting."""
+    from worker.flusher import Flusher
+
+    return Flusher(
+        job_id=job_id,
+        attempt=attempt,
+        redis_url=settings.require_redis_url(),
+        interval=settings.flush_interval_seconds,
+        high_water=settings.flush_queue_size,
+    )
+
+
 def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     signal.signal(signal.SIGUSR1, _request_stop)
     settings = get_settings()
@@ -108,15 +125,9 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     from worker import builders, checkpoints
     from worker.callback import TraindepotCallback
-    from worker.flusher import Flusher
 
     datasets.disable_progress_bars()  # bars are noise in the job's log file
-    flusher = Flusher(
-        job_id=job_id,
-        attempt=attempt,
-        redis_url=settings.require_redis_url(),
-        interval=settings.flush_interval_seconds,
-    )
+    flusher = new_flusher(settings=settings, job_id=job_id, attempt=attempt)
     callback = TraindepotCallback(flusher)
     callback.stop_requested = stop_requested  # the event the SIGUSR1 handler sets
 
