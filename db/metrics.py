@@ -10,17 +10,16 @@ reader that has seen every point up to id N misses nothing by asking for ``id > 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobMetric
-from traindepot.events import json_safe
+from traindepot.events import dumps
 
 
 def attempt_owns_job(*, session: Session, job_id: uuid.UUID, attempt: int) -> bool:
@@ -83,8 +82,8 @@ def upsert_points(
         {
             "step": p["step"],
             "kind": p["kind"],
-            "epoch": json_safe(p.get("epoch")),
-            "values": json_safe(p["values"]),
+            "epoch": p.get("epoch"),
+            "values": p["values"],
             "recorded_at": _iso(p["recorded_at"]),
         }
         for p in merge_points(points)
@@ -94,7 +93,7 @@ def upsert_points(
         {
             "job_id": str(job_id),
             "attempt": attempt,
-            "points": json.dumps(rows, separators=(",", ":"), default=str),
+            "points": dumps(rows),
         },
     )
     return {(step, kind): point_id for point_id, step, kind in result}
@@ -124,17 +123,22 @@ def history(
     return list(session.scalars(query))
 
 
-def points_after(
-    *, session: Session, job_id: uuid.UUID, after_id: int, limit: int
-) -> list[dict[str, Any]]:
-    """Up to `limit` points of a job written after point `after_id`, in id (= write) order:
-    one page of the event stream's backlog."""
-    query = (
+def points_after_query(*, job_id: uuid.UUID, after_id: int, limit: int) -> Select[JobMetric]:
+    """An index range scan on `ix_job_metrics_job_id_id`, already in id order."""
+    return (
         select(JobMetric)
         .where(JobMetric.job_id == job_id, JobMetric.id > after_id)
         .order_by(JobMetric.id)
         .limit(limit)
     )
+
+
+def points_after(
+    *, session: Session, job_id: uuid.UUID, after_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` points of a job written after point `after_id`, in id (= write) order:
+    one page of the event stream's backlog."""
+    query = points_after_query(job_id=job_id, after_id=after_id, limit=limit)
     return [as_dict(point) for point in session.scalars(query)]
 
 

@@ -96,7 +96,7 @@ class JobMetric(Base):
 
     Unique per (job, step, kind): a resumed attempt that logs a step again replaces the
     earlier attempt's point, so the history has no duplicates across attempts. The same
-    index serves "all points of job X in step order".
+    index serves "all points of job X in step order"; (job, id) serves "in write order".
     """
 
     __tablename__ = "job_metrics"
@@ -114,6 +114,9 @@ class JobMetric(Base):
 
     __table_args__ = (
         UniqueConstraint("job_id", "step", "kind", name="uq_job_metrics_job_step_kind"),
+        # The event stream's backlog (db/metrics.py `points_after`): "points of job X with
+        # id > N, in id order", read in pages without a sort.
+        Index("ix_job_metrics_job_id_id", "job_id", "id"),
     )
 
 
