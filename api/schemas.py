@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from db.models import Job
+from db.models import Job, JobAttempt
 
 
 class Progress(BaseModel):
@@ -39,6 +39,34 @@ class JobErrorOut(BaseModel):
     step: int | None = None
 
 
+class AttemptOut(BaseModel):
+    """One attempt of a job: the claim that started it, and how it ended."""
+
+    attempt: int
+    worker: str = Field(description="The worker that ran it (`hostname:pid`).")
+    started_at: datetime
+    ended_at: datetime | None = Field(description="Null while the attempt runs.")
+    outcome: str | None = Field(
+        description="`succeeded`, `failed`, `cancelled` (its terminal status), `released` "
+        "(the worker shut down and handed the job back), `lost` (its worker stopped "
+        "renewing the lease; the reaper ended it); null while it runs."
+    )
+    resumed_from_step: int | None = Field(
+        description="The checkpoint step it resumed from; null when it started from scratch."
+    )
+
+    @classmethod
+    def of(cls, attempt: JobAttempt) -> AttemptOut:
+        return cls(
+            attempt=attempt.attempt,
+            worker=attempt.worker,
+            started_at=attempt.started_at,
+            ended_at=attempt.ended_at,
+            outcome=attempt.outcome,
+            resumed_from_step=attempt.resumed_from_step,
+        )
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -53,9 +81,14 @@ class JobOut(BaseModel):
     result: TrainResult | None
     error: JobErrorOut | None
     spec: dict[str, Any] = Field(description="The spec with defaults filled in.")
+    attempts: list[AttemptOut] = Field(
+        default_factory=list,
+        description="Its attempts, first to last. Filled in by `GET /jobs/{id}` only; "
+        "empty in lists and in the responses of submit and cancel.",
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, attempts: list[JobAttempt] | None = None) -> JobOut:
         return cls(
             id=job.id,
             name=job.name,
@@ -70,6 +103,7 @@ class JobOut(BaseModel):
             result=TrainResult.model_validate(job.result) if job.result else None,
             error=JobErrorOut.model_validate(job.error) if job.error else None,
             spec=job.spec,
+            attempts=[AttemptOut.of(a) for a in attempts or []],
         )
 
 

@@ -147,7 +147,9 @@ async def validate_job(spec: SpecBody, session: SessionDep, settings: SettingsDe
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
 def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
-    return JobOut.of(_get(session, job_id))
+    """The job, with the history of its attempts (`attempts`)."""
+    job = _get(session, job_id)
+    return JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id))
 
 
 def encode_cursor(job: Job) -> str:

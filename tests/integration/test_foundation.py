@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -48,6 +49,7 @@ class Subscriber:
 
     def __init__(self, redis_url: str, job_id: str) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.batches: list[dict[str, Any]] = []
         self._pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(channel(job_id))
         self._stop = threading.Event()
@@ -58,7 +60,12 @@ class Subscriber:
         while not self._stop.is_set():
             message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
             if message is not None:
-                self.messages.append(json.loads(message["data"]))
+                data = json.loads(message["data"])
+                if data.get("type") == "points":  # one flush: its points, in order
+                    self.batches.append(data)
+                    self.messages.extend(data["points"])
+                else:
+                    self.messages.append(data)
 
     def close(self) -> list[dict[str, Any]]:
         self._stop.set()
@@ -82,6 +89,15 @@ def test_job_succeeds_and_stores_train_output(stack: Stack, tmp_path: Any) -> No
     assert done["status"] == "succeeded", done["error"]
     assert done["attempt"] == 1
     assert done["started_at"] and done["finished_at"]
+
+    # The attempt history: one attempt, from the start, that ended `succeeded`.
+    assert job["attempts"] == []  # submit does not read it
+    [attempt] = done["attempts"]
+    assert attempt["attempt"] == 1 and attempt["outcome"] == "succeeded"
+    assert attempt["resumed_from_step"] is None
+    assert attempt["worker"] == stack.attempts(job["id"])[0]["worker"] != ""
+    started, ended = (datetime.fromisoformat(attempt[k]) for k in ("started_at", "ended_at"))
+    assert started <= ended
 
     expected = plain_trainer_run(spec, str(tmp_path / "plain"))
     result = done["result"]
