@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -216,6 +216,7 @@ def request_cancel(*, session: Session, job_id: uuid.UUID) -> Job | None:
 class Reaped:
     requeued: list[uuid.UUID]
     failed: list[uuid.UUID]
+    cancelled: list[uuid.UUID] = field(default_factory=list)
 
 
 def reap_expired(*, session: Session) -> Reaped:
@@ -269,7 +270,11 @@ def reap_expired(*, session: Session) -> Reaped:
         attempts=[(row[0], row[1]) for row in (*cancelled, *failed, *requeued)],
         outcome="lost",
     )
-    return Reaped(requeued=[row[0] for row in requeued], failed=[row[0] for row in failed])
+    return Reaped(
+        requeued=[row[0] for row in requeued],
+        failed=[row[0] for row in failed],
+        cancelled=[row[0] for row in cancelled],
+    )
 
 
 def stale_queued(*, session: Session, older_than_seconds: float) -> list[uuid.UUID]:

@@ -6,9 +6,17 @@ Shared by the worker (publisher) and the API (SSE subscriber); no torch here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import redis
+
+if TYPE_CHECKING:
+    from traindepot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # `type` of what is published on a job's channel: a metric point (its `kind`), a status
 # change, a progress snapshot with no new point, and the job's end.
@@ -33,6 +41,39 @@ def json_safe(value: Any) -> Any:
 
 def encode(event: dict[str, Any]) -> str:
     return json.dumps(json_safe(event), separators=(",", ":"))
+
+
+def publish(settings: Settings, job_id: uuid.UUID, *events: dict[str, Any]) -> None:
+    """Publish `events` on the job's channel, in order, over one connection. Best effort:
+    the database is the record; a reader that misses a live event reads it from there."""
+    if not settings.redis_url:
+        return
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+        )
+        with client:
+            for event in events:
+                client.publish(channel(job_id), encode({"job_id": str(job_id), **event}))
+    except redis.RedisError as exc:
+        log.warning("job %s: live event not published (%s)", job_id, exc)
+
+
+def publish_status(
+    settings: Settings,
+    job_id: uuid.UUID,
+    *,
+    status: str,
+    attempt: int,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """A committed status change: the `status` event, and the `end` event when the status
+    is terminal. Call after the commit: a reader that sees the event reads the new row."""
+    changed: list[dict[str, Any]] = [{"type": "status", "status": status, "attempt": attempt}]
+    if status in TERMINAL:
+        changed.append({"type": "end", "status": status, "result": result, "error": error})
+    publish(settings, job_id, *changed)
 
 
 # --- Server-Sent Event ids (GET /jobs/{id}/events) --------------------------------------------

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db import jobs
 from db.session import session_scope
+from traindepot import events
 from traindepot.settings import Settings
 from worker.celery_app import enqueue
 
@@ -34,9 +35,23 @@ def reap_once(settings: Settings) -> jobs.Reaped:
             job = jobs.get(session=session, job_id=job_id)
             if job is not None:
                 sends.append((job_id, job.queue, job.priority))
-    if reaped.requeued or reaped.failed:
-        log.warning("reaper: requeued %s, failed (worker_lost) %s", reaped.requeued, reaped.failed)
+        changes = []
+        for job_id in (*reaped.requeued, *reaped.failed, *reaped.cancelled):
+            job = jobs.get(session=session, job_id=job_id)
+            if job is not None:
+                changes.append((job_id, str(job.status), job.attempt, job.result, job.error))
+    if reaped.requeued or reaped.failed or reaped.cancelled:
+        log.warning(
+            "reaper: requeued %s, failed (worker_lost) %s, cancelled %s",
+            reaped.requeued,
+            reaped.failed,
+            reaped.cancelled,
+        )
     # After the commit: a message never names a row another session cannot see yet.
+    for job_id, status, attempt, result, error in changes:
+        events.publish_status(
+            settings, job_id, status=status, attempt=attempt, result=result, error=error
+        )
     for job_id, queue, priority in sends:
         send(job_id=job_id, queue=queue, priority=priority)
     return reaped

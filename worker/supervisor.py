@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -58,20 +57,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-def publish(settings: Settings, job_id: uuid.UUID, event: dict[str, Any]) -> None:
-    """Best effort: the database is the record; a missed live event is read from it later."""
-    if not settings.redis_url:
-        return
-    try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
-        )
-        with client:
-            client.publish(events.channel(job_id), events.encode({"job_id": str(job_id), **event}))
-    except redis.RedisError as exc:
-        log.warning("job %s: live event not published (%s)", job_id, exc)
 
 
 _db_retry = retry(
@@ -159,7 +144,7 @@ class Supervisor:
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        publish(
+        events.publish(
             self.settings,
             self.job_id,
             {"type": "status", "status": "running", "attempt": self.attempt},
@@ -307,7 +292,7 @@ class Supervisor:
                 self.attempt,
             )
             return
-        publish(
+        events.publish(
             self.settings,
             self.job_id,
             {"type": "end", "status": str(status), "result": result, "error": error},
@@ -317,15 +302,38 @@ class Supervisor:
     def _release(self, result: dict[str, Any] | None) -> None:
         from worker.reaper import send
 
+        cancelled: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
         with session_scope() as session:
             job = jobs.release(
                 session=session, job_id=self.job_id, attempt=self.attempt, result=result
             )
             queued = None if job is None else (job.queue, job.priority)
+            if job is None:
+                # Being cancelled: `release` ended it `cancelled` (if this attempt still
+                # owned it).
+                current = jobs.get(session=session, job_id=self.job_id)
+                if (
+                    current is not None
+                    and current.attempt == self.attempt
+                    and current.status == JobStatus.CANCELLED
+                ):
+                    cancelled = (current.result, current.error)
+        if cancelled is not None:
+            events.publish_status(
+                self.settings,
+                self.job_id,
+                status=str(JobStatus.CANCELLED),
+                attempt=self.attempt,
+                result=cancelled[0],
+                error=cancelled[1],
+            )
         if queued is not None:
             # If Redis is down now, the reaper sends it later (enqueued_at stays NULL).
             send(job_id=self.job_id, queue=queued[0], priority=queued[1])
-            publish(self.settings, self.job_id, {"type": "status", "status": "queued"})
+            # The job keeps this attempt's number until the next claim (status_version).
+            events.publish_status(
+                self.settings, self.job_id, status=str(JobStatus.QUEUED), attempt=self.attempt
+            )
 
     def _read_outcome(self) -> dict[str, Any]:
         try:

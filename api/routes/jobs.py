@@ -21,6 +21,7 @@ from api.errors import Conflict, NotFound
 from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec
 from db import jobs
 from db.models import Job, JobStatus
+from traindepot import events
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.spec import JobSpec, task_examples
 from traindepot.validation import check_spec
@@ -198,7 +199,7 @@ def list_jobs(
         409: {"model": ErrorOut, "description": "The job has already finished"},
     },
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes `cancelling`, stops at the next
     step with a checkpoint, and ends `cancelled` with its partial TrainOutput."""
     job = jobs.request_cancel(session=session, job_id=job_id)
@@ -208,4 +209,13 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
         if current.status == JobStatus.CANCELLING:
             return JobOut.of(current)
         raise Conflict(f"job {job_id} is already {current.status}")
+    # After the commit: live readers (GET /jobs/{id}/events) see the change at once.
+    events.publish_status(
+        settings,
+        job_id,
+        status=str(job.status),
+        attempt=job.attempt,
+        result=job.result,
+        error=job.error,
+    )
     return JobOut.of(job)

@@ -9,9 +9,10 @@ charts, and its training log.
    row read first means the points read next are all of them).
 3. Stream live events from Redis, de-duplicated by point id (ids: traindepot/events.py). A
    live point whose `prev` the reader has not been given (a publish was dropped, a new
-   attempt began) sends the reader to the database for the gap instead. Every few idle
-   seconds the stream also checks the job row, for status changes nobody published
-   (cancelling, a requeue by the reaper) and a lost end event.
+   attempt began) sends the reader to the database for the gap instead. Status changes
+   are published by whoever commits them (the worker, `POST /jobs/{id}/cancel`, the
+   reaper); every few idle seconds the stream also checks the job row, for a change whose
+   publish was lost (Redis down for a moment) and a lost end event.
 4. On the job's end: a last catch-up from the database, the `end` event, and the stream
    closes. A job already finished is replayed from the database and closed.
 With Redis down (or failing mid-stream) the same stream polls the database instead.
@@ -167,6 +168,11 @@ class _Stream:
             else:  # a gap: the points between are in the database
                 async for caught in self.catch_up():
                     yield caught
+        elif kind == "status" and event.get("status") in events.TERMINAL:
+            # A terminal status is delivered as the `end` event (with the result), read from
+            # the row, as the backlog delivers it: never as a `status` event.
+            async for caught in self.catch_up():
+                yield caught
         elif kind == "status":
             attempt = event.get("attempt")
             status_event = self.status_event(
