@@ -129,7 +129,7 @@ class Supervisor:
         self.job_id = job_id
         self.attempt = attempt
         self.settings = settings
-        self.job_dir = settings.job_dir(job_id)
+        self.job_dir = settings.job_dir(job_id).resolve()
         self.stop_reason: str | None = None  # "cancelled" | "timeout" | "shutdown"
         self.lease_lost = False
         self._kill_at: float | None = None
@@ -162,7 +162,11 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     preexec_fn=_die_with_parent(os.getpid()),
                     start_new_session=True,  # terminal signals go to the worker, not the child
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    # The job's directory, not the worker's: `from_pretrained("gpt2")` looks
+                    # for a ./gpt2 directory first. The project is imported as an installed
+                    # package, whatever the directory.
+                    cwd=self.job_dir,
+                    env=self._child_env(),
                 )
                 self._watch(child)
                 log_file.write(
@@ -182,6 +186,16 @@ class Supervisor:
             self._finish(child.returncode, log_path)
         finally:
             self.lease.stop()
+
+    def _child_env(self) -> dict[str, str]:
+        """The worker's environment, with the paths it resolved against its own directory
+        made absolute: the child, started elsewhere, reads its settings from it."""
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "TRAINDEPOT_HOME": str(self.settings.home.resolve()),
+            "TRAINDEPOT_ALLOWED_PATHS": ",".join(map(str, self.settings.allowed_paths)),
+        }
 
     # --- while the child runs -------------------------------------------------------------
     def _watch(self, child: subprocess.Popen[bytes]) -> None:

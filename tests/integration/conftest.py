@@ -125,10 +125,13 @@ class Stack:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
             time.sleep(0.2)
 
-    def start_worker(self, name: str = "w") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str = "w", *, queues: str = "default", cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.home / "logs" / f"worker-{name}-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "traindepot.cli", "worker"],
+            [sys.executable, "-m", "traindepot.cli", "worker", "--queues", queues],
+            cwd=cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
