@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# `type` of what is published on a job's channel: a metric point (its `kind`), a status
-# change, a progress snapshot with no new point, and the job's end.
-EventType = Literal["train", "eval", "summary", "restart", "status", "progress", "end"]
+# `type` of what is published on a job's channel: a batch of metric points (`points`, each
+# with its own `type`: its kind), a status change, a progress snapshot with no new point, and
+# the job's end.
+EventType = Literal["points", "train", "eval", "summary", "restart", "status", "progress", "end"]
 POINT_TYPES = frozenset({"train", "eval", "summary", "restart"})
 
 
@@ -39,8 +40,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def dumps(value: Any) -> str:
+    """Compact JSON with non-finite floats as null. The walk that replaces them runs only
+    when there is one: this is on the flusher's per-point path."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(json_safe(value), separators=(",", ":"), default=str)
+
+
 def encode(event: dict[str, Any]) -> str:
-    return json.dumps(json_safe(event), separators=(",", ":"))
+    return dumps(event)
 
 
 def publish(settings: Settings, job_id: uuid.UUID, *events: dict[str, Any]) -> None:

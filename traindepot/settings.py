@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_inline_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
 
     # Background flusher of training events (see worker/flusher.py).
-    flush_interval_seconds: float = Field(default=0.5, gt=0)
+    flush_interval_seconds: float = Field(default=1.0, gt=0)
     flush_queue_size: int = Field(default=10_000, gt=0)
 
     @field_validator("allowed_paths", mode="before")

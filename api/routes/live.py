@@ -158,7 +158,16 @@ class _Stream:
 
     async def on_live(self, event: dict[str, Any]) -> AsyncIterator[ServerSentEvent]:
         kind = event.get("type")
-        if kind in events.POINT_TYPES:
+        if kind == "points":
+            # One flush's points; the snapshot rides on the newest one, as in the backlog.
+            points = [p for p in event.get("points") or [] if isinstance(p, dict)]
+            for n, point in enumerate(points, start=1):
+                point = {**point, "attempt": event.get("attempt")}
+                if n == len(points) and event.get("progress"):
+                    point["progress"] = event["progress"]
+                async for sse in self.on_live(point):
+                    yield sse
+        elif kind in events.POINT_TYPES:
             point_id = event.get("id")
             if not isinstance(point_id, int) or point_id <= self.point:
                 return  # already delivered (from the backlog, or a duplicate)
