@@ -80,29 +80,12 @@ def bench_spec(steps: int) -> dict[str, Any]:
 # --- (a) and (c): the bare script, in its own process -------------------------------------------
 def bare_train(spec_path: Path, out_path: Path, report_to: str) -> None:
     """What a user writes today, built from the spec by the worker's own builders."""
-    from transformers import Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     from traindepot.spec import JobSpec
     from worker import builders
 
     spec = JobSpec.model_validate(json.loads(spec_path.read_text()))
-    set_seed(builders.effective_seed(spec))
-    tokenizer = builders.build_tokenizer(spec)
-    data = builders.build_datasets(spec, tokenizer)
-    model = builders.build_model(spec, tokenizer, data.label_names)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = builders.build_training_args(spec, Path(output_dir))
-        args.report_to = [report_to] if report_to != "none" else []
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            data_collator=builders.build_collator(spec, tokenizer),
-            processing_class=tokenizer,
-        )
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
+        trainer = builders.build_trainer(spec, Path(output_dir), report_to=report_to)
         started = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - started
@@ -156,9 +139,9 @@ def hook_seconds_per_step(steps: int = 20_000) -> float:
         job_id=uuid.uuid4(), attempt=1, redis_url=os.environ["TRAINDEPOT_REDIS_URL"],
         interval=1e9, high_water=10**9,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as sink:
+    with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, use_cpu=True, report_to="none")
-        callback = TraindepotCallback(flusher, log_stream=sink)
+        callback = TraindepotCallback(flusher)
         state, control = TrainerState(), TrainerControl()
         state.max_steps = steps
         callback.on_train_begin(args, state, control)

@@ -10,26 +10,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from traindepot.client import Client
+from traindepot.spec import example_spec
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def demo_spec() -> dict[str, Any]:
+    """The documented example job (`traindepot.spec.example_spec`: a tiny GPT-2 from a config,
+    the byte-level tokenizer) trained on a few paragraphs of a public-domain book."""
     text = files("traindepot").joinpath("data/alice.txt").read_text()
     rows = [{"text": line} for line in text.splitlines() if line.strip()]
     return {
+        **example_spec(),
         "name": "demo-tiny-gpt2-alice",
-        "task": "causal-lm",
-        "model": {
-            "from_config": {
-                "model_type": "gpt2",
-                "n_layer": 2,
-                "n_head": 2,
-                "n_embd": 64,
-                "n_positions": 128,
-            }
-        },
-        "tokenizer": {"builtin": "byte-level"},
         "dataset": {"rows": rows, "text_column": "text"},
         "preprocessing": {"max_length": 128, "group_texts": True},
         "training_args": {

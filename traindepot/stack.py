@@ -61,6 +61,22 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]
         )
 
 
+def start_api(
+    env: dict[str, str], log_path: Path, *, port: int, host: str = "127.0.0.1"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The API in a process of its own (uvicorn); returns it and its base URL."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.app:app", "--host", host, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return process, f"http://{host}:{port}"
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

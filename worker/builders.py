@@ -3,7 +3,7 @@ and `TrainingArguments`. Runs in the training child only (imports torch)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -19,14 +19,19 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
+    EarlyStoppingCallback,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from traindepot.spec import DatasetSpec, JobSpec, Task
 from worker.byte_tokenizer import byte_level_tokenizer
-from worker.errors import ConfigError, DataError
+from worker.errors import ConfigError, DataError, Reason
 
 _MODEL_CLASSES: dict[Task, Any] = {
     Task.CAUSAL_LM: AutoModelForCausalLM,
@@ -282,18 +287,63 @@ def effective_seed(spec: JobSpec) -> int:
     return seed if isinstance(seed, int) else 42
 
 
-def build_training_args(spec: JobSpec, output_dir: Path) -> TrainingArguments:
-    """The user's `training_args` plus what the server owns."""
+def build_training_args(
+    spec: JobSpec, output_dir: Path, *, report_to: str = "none"
+) -> TrainingArguments:
+    """The user's `training_args` plus what the server owns. Jobs report to no integration
+    (`report_to` is for bench/overhead.py's comparison with one)."""
     kwargs: dict[str, Any] = dict(spec.training_args)
     if spec.seed is not None:
         kwargs["seed"] = spec.seed
     try:
         return TrainingArguments(
             output_dir=str(output_dir),
-            report_to="none",
+            report_to=report_to,
             push_to_hub=False,
             disable_tqdm=True,
             **kwargs,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"training_args: {exc}") from exc
+
+
+def build_trainer(
+    spec: JobSpec,
+    output_dir: Path,
+    *,
+    callbacks: Sequence[TrainerCallback] = (),
+    on_phase: Callable[[Reason], None] = lambda phase: None,
+    report_to: str = "none",
+) -> Trainer:
+    """The whole `Trainer` of a spec, seeded, built in the job's order. `on_phase` hears
+    which part is being built (`data` while the datasets load, else `config`), so that an
+    error is classified by where it happened. The Printer and Progress callbacks are
+    removed: they mutate the logs dict that `TrainOutput.metrics` shares and print bars."""
+    on_phase("config")
+    # Seed before the model is built: a `from_config` model's random init follows it.
+    set_seed(effective_seed(spec))
+    tokenizer = build_tokenizer(spec)
+    on_phase("data")
+    data = build_datasets(spec, tokenizer)
+    on_phase("config")
+    model = build_model(spec, tokenizer, data.label_names)
+    all_callbacks = list(callbacks)
+    if spec.early_stopping is not None:
+        all_callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=spec.early_stopping.patience,
+                early_stopping_threshold=spec.early_stopping.threshold,
+            )
+        )
+    trainer = Trainer(
+        model=model,
+        args=build_training_args(spec, output_dir, report_to=report_to),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=build_collator(spec, tokenizer),
+        processing_class=tokenizer,
+        callbacks=all_callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import redis
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -51,6 +51,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from db import jobs, metrics
 from db.session import session_scope
 from traindepot import events
+from traindepot.events import dumps
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Flusher:
         live_limit: int = 2000,
         redis_pause_seconds: float = 5.0,
         database_url: str | None = None,
+        log_stream: IO[str] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -77,9 +79,21 @@ class Flusher:
         self._live_limit = live_limit
         self._database_url = database_url
         # (step, kind, epoch, values, unix time): the training thread appends, this thread pops.
-        self._points: collections.deque[tuple[int, str, Any, dict[str, Any], float]] = (
+        self._points: collections.deque[tuple[int, str, Any, dict[str, Any], float, int]] = (
             collections.deque()
         )
+        self._seq = itertools.count(1)  # numbers the points, for the log lines
+        self._logged_seq = 0
+        # The training log (GET /jobs/{id}/logs): one JSON line per point, written here, off
+        # the training thread.
+        self._log_stream: IO[str] | None = log_stream
+        # The Trainer's live state (`watch_state`): the step progress is read from it at each
+        # flush, so a training step does not even build a snapshot.
+        self._state: Any = None
+        self._state_started = 0.0
+        self._state_start_step = 0
+        self._samples_per_step = 1
+        self._state_seen_step = -1
         self._progress: dict[str, Any] = {}
         self._progress_version = 0
         self._written_progress_version = 0
@@ -109,7 +123,7 @@ class Flusher:
         self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]
     ) -> None:
         """Queue a point; `values` must not be mutated afterwards (pass a copy)."""
-        self._points.append((step, kind, epoch, values, time.time()))
+        self._points.append((step, kind, epoch, values, time.time(), next(self._seq)))
         if len(self._points) >= self._high_water:
             self._wake.set()
 
@@ -117,6 +131,53 @@ class Flusher:
         # Coalesced: the flusher writes the latest value of each key, once per flush.
         self._progress.update(progress)
         self._progress_version += 1
+
+    def watch_state(self, state: Any, *, samples_per_step: int) -> None:
+        """Follow a `TrainerState` (at train begin, again after an `auto_find_batch_size`
+        restart): global_step, max_steps, epoch, samples per second and the ETA are derived
+        from it at each flush."""
+        self._state = state
+        self._state_started = time.monotonic()
+        self._state_start_step = state.global_step
+        self._samples_per_step = samples_per_step
+        self._state_seen_step = -1
+
+    def _progress_from_state(self, batch: list[tuple[Any, ...]]) -> None:
+        """Fold the watched state and the newest training point into the snapshot."""
+        state = self._state
+        if state is not None and state.global_step != self._state_seen_step:
+            step = state.global_step
+            self._state_seen_step = step
+            progress: dict[str, Any] = {
+                "global_step": step,
+                "max_steps": state.max_steps,
+                "epoch": state.epoch,
+            }
+            done, elapsed = step - self._state_start_step, time.monotonic() - self._state_started
+            if done > 0 and elapsed > 0:
+                steps_per_second = done / elapsed
+                progress["samples_per_second"] = steps_per_second * self._samples_per_step
+                progress["eta_seconds"] = max(state.max_steps - step, 0) / steps_per_second
+            self.set_progress(progress)
+        newest_train = next((p for p in reversed(batch) if p[1] == "train"), None)
+        if newest_train is not None:
+            values = newest_train[3]
+            self.set_progress(
+                {k: values[k] for k in ("loss", "learning_rate", "grad_norm") if k in values}
+            )
+
+    def _write_log_lines(self, batch: list[tuple[Any, ...]]) -> None:
+        if self._log_stream is None:
+            return
+        lines = [
+            dumps({"step": step, "epoch": epoch, **values}) + "\n"
+            for step, _kind, epoch, values, _at, seq in batch
+            if seq > self._logged_seq
+        ]
+        if lines:
+            self._logged_seq = batch[-1][5]
+            self._log_stream.write("".join(lines))
+            self._log_stream.flush()
 
     @property
     def pending(self) -> int:
@@ -187,6 +248,8 @@ class Flusher:
 
     def _flush_once(self) -> None:
         batch = list(itertools.islice(self._points, self._max_batch))
+        self._write_log_lines(batch)
+        self._progress_from_state(batch)
         version = self._progress_version
         progress = dict(self._progress) if version != self._written_progress_version else {}
         if not batch and not progress:
@@ -203,7 +266,7 @@ class Flusher:
                 "values": values,
                 "recorded_at": datetime.fromtimestamp(at, UTC),
             }
-            for step, kind, epoch, values, at in batch
+            for step, kind, epoch, values, at, _seq in batch
         ]
         with session_scope(self._database_url) as session:
             if not metrics.attempt_owns_job(

@@ -104,6 +104,7 @@ def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flush
         redis_url=settings.require_redis_url(),
         interval=settings.flush_interval_seconds,
         high_water=settings.flush_queue_size,
+        log_stream=sys.stdout,  # the job's training log (the supervisor's file)
     )
 
 
@@ -120,8 +121,6 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     # Heavy imports only here, in the child.
     import datasets
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from worker import builders, checkpoints
     from worker.callback import TraindepotCallback
@@ -132,36 +131,13 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     callback.stop_requested = stop_requested  # the event the SIGUSR1 handler sets
 
     phase: Reason = "config"
-    try:
-        # Seed before the model is built: a `from_config` model's random init follows it.
-        set_seed(builders.effective_seed(spec))
-        tokenizer = builders.build_tokenizer(spec)
-        phase = "data"
-        data = builders.build_datasets(spec, tokenizer)
-        phase = "config"
-        model = builders.build_model(spec, tokenizer, data.label_names)
-        args = builders.build_training_args(spec, output_dir)
-        callbacks: list[Any] = [callback]
-        if spec.early_stopping is not None:
-            callbacks.append(
-                EarlyStoppingCallback(
-                    early_stopping_patience=spec.early_stopping.patience,
-                    early_stopping_threshold=spec.early_stopping.threshold,
-                )
-            )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            data_collator=builders.build_collator(spec, tokenizer),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-        # Printer/Progress callbacks mutate the shared logs dict and print bars to the log.
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
 
+    def entering(part: Reason) -> None:
+        nonlocal phase
+        phase = part
+
+    try:
+        trainer = builders.build_trainer(spec, output_dir, callbacks=[callback], on_phase=entering)
         resume_from = resume_checkpoint(spec, attempt, output_dir, checkpoints.last_complete)
         if resume_from is not None and resume_from.parent == output_dir:
             _record_resume(job_id, attempt, resume_from)

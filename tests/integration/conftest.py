@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from traindepot.stack import stop_process, wait_until_up
+from traindepot.stack import start_api, stop_process, wait_until_up
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -193,26 +193,8 @@ def build_stack(
 
             get_settings.cache_clear()
 
-        port = free_port()
-        (home / "logs").mkdir(parents=True, exist_ok=True)
-        api_log = cleanup.enter_context((home / "logs" / "api.log").open("ab"))
-        api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=api_log,
-            stderr=subprocess.STDOUT,
-        )
+        api, url = start_api(env, home / "logs" / "api.log", port=free_port())
         cleanup.callback(stop_process, api)
-        url = f"http://127.0.0.1:{port}"
         wait_until_up(url)
         s = Stack(
             url=url,

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,27 +21,10 @@ pytestmark = pytest.mark.integration
 
 def plain_trainer_run(spec: dict[str, Any], output_dir: str) -> Any:
     """What a user writes today: the same configuration as a bare `Trainer.train()` script."""
-    from transformers import Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     from traindepot.spec import JobSpec
     from worker import builders
 
-    job_spec = JobSpec.model_validate(spec)
-    set_seed(builders.effective_seed(job_spec))
-    tokenizer = builders.build_tokenizer(job_spec)
-    data = builders.build_datasets(job_spec, tokenizer)
-    model = builders.build_model(job_spec, tokenizer, data.label_names)
-    args = builders.build_training_args(job_spec, __import__("pathlib").Path(output_dir))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data.train,
-        data_collator=builders.build_collator(job_spec, tokenizer),
-        processing_class=tokenizer,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    trainer = builders.build_trainer(JobSpec.model_validate(spec), Path(output_dir))
     return trainer.train()
 
 

@@ -3,8 +3,7 @@ API over HTTP, a real worker, Postgres and Redis."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from tests.integration.conftest import Stack
 from tests.specs import tiny_spec
 from traindepot.embedded import free_port
-from traindepot.stack import stop_process, wait_until_up
+from traindepot.stack import start_api, stop_process, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +261,9 @@ def test_logs_tail(stack: Stack, live_job: LiveJob) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text.splitlines() == log.splitlines()[-5:]
-    assert '"step": 30' in log  # the callback's JSON lines are in the log
+    # The flusher's JSON lines are in the log: one per logged point, the last step among them.
+    points = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert [p["step"] for p in points if "loss" in p] == list(range(1, 31))
     # follow=true on a finished job: the tail, then the stream ends.
     followed = stack.http.get(f"/jobs/{job_id}/logs", params={"tail": 3, "follow": True})
     assert followed.text.splitlines() == log.splitlines()[-3:]
@@ -289,25 +290,8 @@ def test_heartbeats_and_unpublished_status_changes(stack: Stack) -> None:
 @pytest.fixture
 def api_without_redis(stack: Stack) -> Iterator[str]:
     """A second API process whose Redis URL points at a port nobody listens on."""
-    port = free_port()
     env = {**stack.env, "TRAINDEPOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    with (stack.home / "logs" / "api-no-redis.log").open("ab") as out:
-        api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    api, url = start_api(env, stack.home / "logs" / "api-no-redis.log", port=free_port())
     try:
         wait_until_up(url)
         yield url

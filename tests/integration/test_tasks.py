@@ -24,36 +24,10 @@ pytestmark = pytest.mark.integration
 def plain_trainer_run(spec: dict[str, Any], output_dir: Path) -> Any:
     """The script a user writes without traindepot: the spec's pieces, an eval set and early
     stopping where the spec has them, `Trainer.train()`."""
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     from traindepot.spec import JobSpec
     from worker import builders
 
-    job_spec = JobSpec.model_validate(spec)
-    set_seed(builders.effective_seed(job_spec))
-    tokenizer = builders.build_tokenizer(job_spec)
-    data = builders.build_datasets(job_spec, tokenizer)
-    model = builders.build_model(job_spec, tokenizer, data.label_names)
-    callbacks: list[Any] = []
-    if job_spec.early_stopping is not None:
-        callbacks.append(
-            EarlyStoppingCallback(
-                early_stopping_patience=job_spec.early_stopping.patience,
-                early_stopping_threshold=job_spec.early_stopping.threshold,
-            )
-        )
-    trainer = Trainer(
-        model=model,
-        args=builders.build_training_args(job_spec, output_dir),
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        data_collator=builders.build_collator(job_spec, tokenizer),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    trainer = builders.build_trainer(JobSpec.model_validate(spec), output_dir)
     return trainer.train()
 
 

@@ -84,6 +84,9 @@ class RecordingFlusher:
     def set_progress(self, progress: dict[str, Any]) -> None:
         self.progress.update(progress)
 
+    def watch_state(self, state: Any, *, samples_per_step: int) -> None:
+        self.progress["samples_per_step"] = samples_per_step
+
 
 def test_auto_find_batch_size_retry_is_reported(tmp_path: Path) -> None:
     """A real Trainer with `auto_find_batch_size`: the first batch size runs out of memory
@@ -115,7 +118,7 @@ def test_auto_find_batch_size_retry_is_reported(tmp_path: Path) -> None:
     )
     rows = [{"input_ids": [i % 50] * 8, "labels": [i % 50] * 8} for i in range(16)]
     flusher = RecordingFlusher()
-    callback = TraindepotCallback(cast(Flusher, flusher), log_stream=open("/dev/null", "w"))  # noqa: SIM115
+    callback = TraindepotCallback(cast(Flusher, flusher))
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
