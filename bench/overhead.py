@@ -185,6 +185,7 @@ FLUSHER_CPU: list[float] = []  # per job: flusher thread CPU / train_runtime
 @contextmanager
 def mlflow_server(work: Path, env: dict[str, str]) -> Iterator[str]:
     from traindepot.embedded import free_port
+    from traindepot.stack import wait_until_up
 
     port = free_port()
     store = work / "mlflow"
@@ -204,16 +205,7 @@ def mlflow_server(work: Path, env: dict[str, str]) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start (see {work}/mlflow-server.log)")
-            time.sleep(0.5)
+        wait_until_up(url, 120, path="/health", process=proc)  # log: {work}/mlflow-server.log
         yield url
     finally:
         proc.terminate()

@@ -87,16 +87,23 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
             process.wait()
 
 
-def wait_until_up(url: str, timeout: float = 60) -> None:
+def wait_until_up(
+    url: str,
+    timeout: float = 60,
+    *,
+    path: str = "/healthz",
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait until `url + path` answers 200; fail early if `process` (the server) exits."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the API did not answer at {url}")
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"no answer at {url}{path}")
         time.sleep(0.1)
 
 
