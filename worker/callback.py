@@ -9,6 +9,7 @@ JSON, the log line, Postgres and Redis are all the flusher's work, on its own th
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from worker.flusher import Flusher
+
+log = logging.getLogger(__name__)
 
 # Keys of the end-of-training log (`Trainer` logs them once, with the TrainOutput metrics).
 _SUMMARY_KEYS = frozenset({"train_runtime", "train_loss", "train_samples_per_second"})
@@ -39,8 +42,9 @@ def non_finite(logs: dict[str, Any]) -> dict[str, Any]:
 
 
 class TraindepotCallback(TrainerCallback):
-    def __init__(self, flusher: Flusher) -> None:
+    def __init__(self, flusher: Flusher, *, checkpoint_flush_timeout: float = 30.0) -> None:
         self.flusher = flusher
+        self.checkpoint_flush_timeout = checkpoint_flush_timeout
         # Set from a signal handler (cancel / time limit) or by the runner.
         self.stop_requested = threading.Event()
         self.non_finite_step: int | None = None
@@ -82,6 +86,14 @@ class TraindepotCallback(TrainerCallback):
             control.should_training_stop = True
             # Without this no checkpoint is written at the stop step (DESIGN.md).
             control.should_save = not self.flusher.fenced
+        if control.should_save:
+            self._points_before_checkpoint()
+
+    def _points_before_checkpoint(self) -> None:
+        # A checkpoint follows in this step (Trainer logs, then saves). A restarted attempt
+        # resumes after the checkpoint's step, so every point up to it must be stored first.
+        if not self.flusher.flush_sync(self.checkpoint_flush_timeout):
+            log.warning("points not all stored before the checkpoint (database unavailable?)")
 
     def on_log(
         self,
@@ -97,6 +109,8 @@ class TraindepotCallback(TrainerCallback):
         kind = point_kind(values)
         epoch = values.pop("epoch", state.epoch)
         self.flusher.add_point(step=state.global_step, kind=kind, epoch=epoch, values=values)
+        if control.should_save:
+            self._points_before_checkpoint()
         bad = non_finite(values)
         if bad and kind == "train" and self.non_finite_step is None:
             # Trainer does not stop on NaN: weights would go NaN and later logs show 0.0.

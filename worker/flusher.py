@@ -82,8 +82,11 @@ class Flusher:
         self._points: collections.deque[tuple[int, str, Any, dict[str, Any], float, int]] = (
             collections.deque()
         )
-        self._seq = itertools.count(1)  # numbers the points, for the log lines
+        self._seq = itertools.count(1)  # numbers the points: log lines, flush_sync
         self._logged_seq = 0
+        self._added_seq = 0  # the last point added
+        self._done_seq = 0  # the last point committed (or dropped, once fenced)
+        self._done = threading.Condition()
         # The training log (GET /jobs/{id}/logs): one JSON line per point, written here, off
         # the training thread.
         self._log_stream: IO[str] | None = log_stream
@@ -123,7 +126,9 @@ class Flusher:
         self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]
     ) -> None:
         """Queue a point; `values` must not be mutated afterwards (pass a copy)."""
-        self._points.append((step, kind, epoch, values, time.time(), next(self._seq)))
+        seq = next(self._seq)
+        self._points.append((step, kind, epoch, values, time.time(), seq))
+        self._added_seq = seq
         if len(self._points) >= self._high_water:
             self._wake.set()
 
@@ -178,6 +183,31 @@ class Flusher:
             self._logged_seq = batch[-1][5]
             self._log_stream.write("".join(lines))
             self._log_stream.flush()
+
+    def flush_sync(self, timeout: float) -> bool:
+        """Block until every point added so far is committed; False after `timeout`.
+
+        For checkpoints only (the callback calls it on a step that saves, before the
+        checkpoint is written): a resumed attempt continues after its checkpoint's step, so
+        every point up to that step must be in the database first, or a worker killed in
+        between would leave a gap in the history. It costs one flush per checkpoint.
+        """
+        target = self._added_seq
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._done:
+            while self._done_seq < target and not self.fenced:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._done.wait(min(remaining, 0.5))
+        return True
+
+    def _mark_done(self, batch: list[tuple[Any, ...]]) -> None:
+        if batch:
+            with self._done:
+                self._done_seq = batch[-1][5]
+                self._done.notify_all()
 
     @property
     def pending(self) -> int:
@@ -256,6 +286,7 @@ class Flusher:
             return
         if self.fenced:
             self._discard(len(batch))
+            self._mark_done(batch)
             self._written_progress_version = version
             return
         points = [
@@ -274,6 +305,7 @@ class Flusher:
             ):
                 self.fenced = True
                 self._discard(len(batch))
+                self._mark_done(batch)
                 return
             ids = metrics.upsert_points(
                 session=session, job_id=self.job_id, attempt=self.attempt, points=points
@@ -289,6 +321,7 @@ class Flusher:
         # Committed: only now drop them from the buffer (a crash before this re-sends them,
         # and the upsert makes that harmless).
         self._discard(len(batch))
+        self._mark_done(batch)
         self._written_progress_version = version
         self.stored_points += len(batch)
         self._publish(points, ids, progress)

@@ -188,3 +188,20 @@ def wait_for(condition: Any, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.05)
+
+
+def test_flush_sync_stores_every_point_before_a_checkpoint(
+    stack: Stack, running_job: uuid.UUID
+) -> None:
+    """The callback calls flush_sync on a step that saves: the points up to it must be in
+    the database before the checkpoint exists, whatever the flush interval."""
+    flusher = Flusher(job_id=running_job, attempt=1, redis_url=stack.redis_url, interval=3600)
+    for step in range(1, 26):
+        flusher.add_point(step=step, kind="train", epoch=None, values={"loss": 1.0 / step})
+    assert flusher.flush_sync(timeout=30)
+    stored = stack.sql(
+        "SELECT step FROM job_metrics WHERE job_id = %s AND kind = 'train' ORDER BY step",
+        running_job,
+    )
+    assert [step for (step,) in stored] == list(range(1, 26))
+    assert flusher.close(timeout=30)

@@ -84,6 +84,9 @@ class RecordingFlusher:
     def set_progress(self, progress: dict[str, Any]) -> None:
         self.progress.update(progress)
 
+    def flush_sync(self, timeout: float) -> bool:
+        return True
+
     def watch_state(self, state: Any, *, samples_per_step: int) -> None:
         self.progress["samples_per_step"] = samples_per_step
 
