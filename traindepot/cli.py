@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run the API and one worker; embedded PostgreSQL and Redis unless configured."""
     from traindepot.stack import running_stack
 
+    # SIGTERM (docker stop, systemd) unwinds like Ctrl-C: the worker and the embedded
+    # servers are stopped on the way out, never left orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with running_stack(host=host, port=port) as stack:
         console.print(f"traindepot is up at [bold]{stack.url}[/] (docs: {stack.url}/docs)")
         try:
