@@ -103,26 +103,6 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def history(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    kinds: Sequence[str] | None = None,
-    after_id: int | None = None,
-    limit: int | None = None,
-) -> list[JobMetric]:
-    """Points of a job in step order (ties: kind order of insertion)."""
-    query = select(JobMetric).where(JobMetric.job_id == job_id)
-    if kinds:
-        query = query.where(JobMetric.kind.in_(kinds))
-    if after_id is not None:
-        query = query.where(JobMetric.id > after_id)
-    query = query.order_by(JobMetric.step, JobMetric.id)
-    if limit is not None:
-        query = query.limit(limit)
-    return list(session.scalars(query))
-
-
 def points_after_query(*, job_id: uuid.UUID, after_id: int, limit: int) -> Select[JobMetric]:
     """An index range scan on `ix_job_metrics_job_id_id`, already in id order."""
     return (
