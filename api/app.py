@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import dashboard, jobs, live
+from api.routes import dashboard, jobs, live, ops
 from traindepot import __version__, training_args
 
 
@@ -33,9 +33,7 @@ def create_app() -> FastAPI:
     app.include_router(live.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app.include_router(ops.router)
 
     return app
 

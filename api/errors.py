@@ -11,8 +11,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.database import Saturated
 from traindepot.problems import SpecInvalid
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,14 @@ def install(app: FastAPI) -> None:
         response.headers["Retry-After"] = "5"
         return response
 
+    async def saturated(request: Request, exc: Exception) -> JSONResponse:
+        # No log line per request here: under overload that would add to the load.
+        response = _body("service_unavailable", "the API is at capacity; retry shortly", 503)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    app.add_exception_handler(Saturated, saturated)
+    app.add_exception_handler(PoolTimeout, saturated)
     app.add_exception_handler(OperationalError, unavailable)
     app.add_exception_handler(DBAPIError, unavailable)
     app.add_exception_handler(ServiceUnavailable, unavailable)

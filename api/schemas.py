@@ -6,9 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 from db.models import Job, JobAttempt
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """`model` as a JSON response, serialized where this is called: in the database thread
+    for the read routes, so that the event loop does not validate and serialize it again
+    (FastAPI does both on the loop for an async route that returns a model)."""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")
 
 
 class Progress(BaseModel):

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     max_inline_rows: int = Field(default=10_000, gt=0)
     max_inline_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
 
+    # Database connections per process. In the API every request's database work runs in a
+    # thread that takes and returns its connection (api/database.py); at most
+    # `db_pool_capacity` such threads run at once, so none ever waits on the pool.
+    db_pool_size: int = Field(default=10, gt=0)
+    db_max_overflow: int = Field(default=10, ge=0)
+    # A checkout that still waits this long fails (503 in the API) instead of hanging.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long an API request waits for one of the `db_pool_capacity` slots before it is
+    # answered 503 with Retry-After: saturation is a fast answer, never a stall.
+    api_db_wait_seconds: float = Field(default=2.0, gt=0)
+
     # Background flusher of training events (see worker/flusher.py).
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     flush_queue_size: int = Field(default=10_000, gt=0)
@@ -51,6 +62,10 @@ class Settings(BaseSettings):
     @classmethod
     def _resolve_paths(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+    @property
+    def db_pool_capacity(self) -> int:
+        return self.db_pool_size + self.db_max_overflow
 
     @property
     def jobs_dir(self) -> Path:

@@ -15,10 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, SettingsDep
+from api.database import run_db
+from api.deps import SettingsDep
 from api.errors import Conflict, NotFound
-from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec
+from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec, json_response
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import events
@@ -78,18 +80,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 SpecBody = Annotated[JobSpec, Body(openapi_examples=task_examples())]
 
 
-def _get(session: SessionDep, job_id: uuid.UUID) -> Job:
+def _load(session: Session, job_id: uuid.UUID) -> Job:
     job = jobs.get(session=session, job_id=job_id)
     if job is None:
         raise NotFound(f"job {job_id}")
     return job
 
 
-async def _validated(
-    spec: JobSpec, session: SessionDep, settings: SettingsDep
-) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _validated(spec: JobSpec, settings: SettingsDep) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything `check_spec` checks, with the live workers of the spec's queue and the
     jobs table. Raises SpecInvalid (422) naming each problem."""
+    resume = spec.resume_from_checkpoint
+    resume_exists = (
+        await run_db(lambda s: jobs.get(session=s, job_id=resume) is not None)
+        if isinstance(resume, uuid.UUID)
+        else True
+    )
 
     def check() -> dict[str, Any]:
         devices = (
@@ -97,40 +103,23 @@ async def _validated(
             if settings.redis_url
             else None
         )
-        return check_spec(
-            spec,
-            settings,
-            devices=devices,
-            job_exists=lambda job_id: jobs.get(session=session, job_id=job_id) is not None,
-        )
+        return check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
 
-    # TrainingArguments' checks are CPU-bound (and the first one imports transformers).
+    # TrainingArguments' checks are CPU-bound (and the first one imports transformers); they
+    # hold no database connection.
     effective = await run_in_threadpool(check)
     return spec.model_dump(mode="json"), effective
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS)
-async def submit_job(
-    spec: SpecBody, session: SessionDep, settings: SettingsDep, response: Response
-) -> JobOut:
+async def submit_job(spec: SpecBody, settings: SettingsDep, response: Response) -> JobOut:
     """Validate the spec, store the job as `queued`, then queue its id for a worker."""
-    stored_spec, _ = await _validated(spec, session, settings)
-
-    def store() -> Job:
-        job = jobs.create(session=session, spec=stored_spec)
-        session.commit()
-        return job
-
-    job = await run_in_threadpool(store)
+    stored_spec, _ = await _validated(spec, settings)
+    job = await run_db(lambda s: jobs.create(session=s, spec=stored_spec), commit=True)
     # Only after the commit: the message must never name a row a worker cannot see.
     try:
         await run_in_threadpool(enqueue, job_id=job.id, queue=job.queue, priority=job.priority)
-
-        def mark() -> None:
-            jobs.mark_enqueued(session=session, job_id=job.id)
-            session.commit()
-
-        await run_in_threadpool(mark)
+        await run_db(lambda s: jobs.mark_enqueued(session=s, job_id=job.id), commit=True)
     except BrokerError as exc:
         # The row is stored; the reaper enqueues it once Redis is back. Nothing is lost.
         log.warning("job %s stored but not enqueued yet: %s", job.id, exc)
@@ -139,18 +128,22 @@ async def submit_job(
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
-async def validate_job(spec: SpecBody, session: SessionDep, settings: SettingsDep) -> ValidatedSpec:
+async def validate_job(spec: SpecBody, settings: SettingsDep) -> ValidatedSpec:
     """The same validation as `POST /jobs`; no job is created. Returns the spec with every
     default filled in and the effective `TrainingArguments` the worker will build."""
-    stored_spec, effective = await _validated(spec, session, settings)
+    stored_spec, effective = await _validated(spec, settings)
     return ValidatedSpec(spec=stored_spec, training_args=effective)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+async def get_job(job_id: uuid.UUID) -> Response:
     """The job, with the history of its attempts (`attempts`)."""
-    job = _get(session, job_id)
-    return JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id))
+
+    def read(session: Session) -> Response:
+        job = _load(session, job_id)
+        return json_response(JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id)))
+
+    return await run_db(read)
 
 
 def encode_cursor(job: Job) -> str:
@@ -170,25 +163,26 @@ def decode_cursor(cursor: str) -> jobs.Cursor:
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS)
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> JobPage:
+) -> Response:
     """Jobs, newest first, optionally with one status; follow `next_cursor` for more."""
-    page = jobs.list_page(
-        session=session,
-        status=status,
-        limit=limit + 1,
-        cursor=decode_cursor(cursor) if cursor else None,
-    )
-    more = len(page) > limit
-    page = page[:limit]
-    return JobPage(
-        items=[JobOut.of(j) for j in page],
-        next_cursor=encode_cursor(page[-1]) if more and page else None,
-    )
+    after = decode_cursor(cursor) if cursor else None
+
+    def read(session: Session) -> Response:
+        page = jobs.list_page(session=session, status=status, limit=limit + 1, cursor=after)
+        more = len(page) > limit
+        page = page[:limit]
+        return json_response(
+            JobPage(
+                items=[JobOut.of(j) for j in page],
+                next_cursor=encode_cursor(page[-1]) if more and page else None,
+            )
+        )
+
+    return await run_db(read)
 
 
 @router.post(
@@ -199,18 +193,23 @@ def list_jobs(
         409: {"model": ErrorOut, "description": "The job has already finished"},
     },
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+async def cancel_job(job_id: uuid.UUID, settings: SettingsDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes `cancelling`, stops at the next
     step with a checkpoint, and ends `cancelled` with its partial TrainOutput."""
-    job = jobs.request_cancel(session=session, job_id=job_id)
-    session.commit()
-    if job is None:
-        current = _get(session, job_id)
-        if current.status == JobStatus.CANCELLING:
-            return JobOut.of(current)
-        raise Conflict(f"job {job_id} is already {current.status}")
+
+    def cancel(session: Session) -> tuple[Job, bool]:
+        job = jobs.request_cancel(session=session, job_id=job_id)
+        session.commit()
+        return (job, True) if job is not None else (_load(session, job_id), False)
+
+    job, changed = await run_db(cancel)
+    if not changed:
+        if job.status == JobStatus.CANCELLING:
+            return JobOut.of(job)
+        raise Conflict(f"job {job_id} is already {job.status}")
     # After the commit: live readers (GET /jobs/{id}/events) see the change at once.
-    events.publish_status(
+    await run_in_threadpool(
+        events.publish_status,
         settings,
         job_id,
         status=str(job.status),
