@@ -32,6 +32,22 @@ class Settings(BaseSettings):
     # After a cancel or a time limit, the training child gets this long to checkpoint and exit.
     cancel_grace_seconds: float = Field(default=60.0, gt=0)
 
+    # API keys (api/access.py). With `auth` off every caller is an admin of the `default`
+    # tenant: for a single user on a trusted machine only.
+    auth: bool = True
+    # The key of the keyed hash under which API keys are stored. Unset: a random one is
+    # created (mode 0600) in `home/secret_key` and read from there; every API process and
+    # the `keys` commands must see the same one.
+    secret_key: str | None = Field(default=None, min_length=16)
+    # Per-tenant quotas; an admin can override both per tenant (PUT /tenants/{t}/quota).
+    max_active_jobs_per_tenant: int = Field(default=100, gt=0)  # queued + running
+    max_running_jobs_per_tenant: int = Field(default=8, gt=0)
+    quota_retry_after_seconds: int = Field(default=30, gt=0)
+    # How long an `Idempotency-Key` of POST /jobs is kept, and after how long a request that
+    # holds one and never finished (its process died) is treated as abandoned.
+    idempotency_ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    idempotency_in_flight_seconds: float = Field(default=120, gt=0)
+
     # Bounds on inline data.
     max_inline_rows: int = Field(default=10_000, gt=0)
     max_inline_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -74,6 +90,11 @@ class Settings(BaseSettings):
 
     def job_dir(self, job_id: object) -> Path:
         return self.jobs_dir / str(job_id)
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where `serve` and `demo` keep the first admin key (0600) for the local CLI."""
+        return self.home / "admin_key"
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -38,11 +38,12 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api.access import AccessDep, Caller, load_job
 from api.database import Saturated, run_db
 from api.deps import SettingsDep
-from api.errors import NotFound
 from api.schemas import ErrorOut, MetricSeries, MetricsOut, json_response
 from db import jobs, metrics
+from db.models import Job
 from traindepot import events, logtail
 from traindepot.downsample import downsample
 from traindepot.problems import Problem, SpecInvalid
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["live"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
     404: {"model": ErrorOut, "description": "No such job"},
     422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
     503: {"model": ErrorOut, "description": "The database is unreachable"},
@@ -69,6 +71,10 @@ class _JobState:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
 
+    @classmethod
+    def of(cls, job: Job) -> _JobState:
+        return cls(str(job.status), job.attempt, job.result, job.error)
+
     @property
     def version(self) -> int:
         return events.status_version(self.status, self.attempt)
@@ -81,9 +87,7 @@ class _JobState:
 async def _read_job(job_id: uuid.UUID) -> _JobState | None:
     def read(session: Session) -> _JobState | None:
         job = jobs.get(session=session, job_id=job_id)
-        if job is None:
-            return None
-        return _JobState(str(job.status), job.attempt, job.result, job.error)
+        return None if job is None else _JobState.of(job)
 
     return await run_db(read)
 
@@ -288,6 +292,7 @@ async def _event_stream(
 async def job_events(
     job_id: uuid.UUID,
     settings: SettingsDep,
+    access: AccessDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after: Annotated[
         str | None,
@@ -300,9 +305,7 @@ async def job_events(
     repeated. Ids are `P-V` (the last point id, the status version; see traindepot/events.py).
     Comment lines (`: ping`) are heartbeats. A reader that already had the `end` event gets
     204 No Content."""
-    job = await _read_job(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id}")
+    job = await access.run(lambda s, c: _JobState.of(load_job(s, c, job_id)))
     cursor = last_event_id or after
     if job.terminal and events.parse_event_id(cursor)[1] >= job.version:
         # The reader has had the end: 204 tells an EventSource not to reconnect again.
@@ -333,6 +336,7 @@ def _keys(raw: str) -> list[str]:
 @router.get("/{job_id}/metrics", response_model=MetricsOut, responses=_ERRORS)
 async def job_metrics(
     job_id: uuid.UUID,
+    access: AccessDep,
     keys: Annotated[
         str, Query(description="Comma-separated metric names, e.g. `loss,eval_loss`")
     ] = "loss",
@@ -344,9 +348,8 @@ async def job_metrics(
     server-side cursor: memory stays bounded however long the run."""
     names = _keys(keys)
 
-    def read(session: Session) -> Response:
-        if jobs.get(session=session, job_id=job_id) is None:
-            raise NotFound(f"job {job_id}")
+    def read(session: Session, caller: Caller) -> Response:
+        load_job(session, caller, job_id)
         series: dict[str, MetricSeries] = {}
         for key in names:
             count = metrics.series_length(session=session, job_id=job_id, key=key)
@@ -360,7 +363,7 @@ async def job_metrics(
             )
         return json_response(MetricsOut(job_id=job_id, max_points=max_points, series=series))
 
-    return await run_db(read)
+    return await access.run(read)
 
 
 # --- the training log -------------------------------------------------------------------------
@@ -395,6 +398,7 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
 async def job_logs(
     job_id: uuid.UUID,
     settings: SettingsDep,
+    access: AccessDep,
     tail: Annotated[int, Query(ge=0, le=100_000, description="How many last lines")] = 100,
     follow: Annotated[
         bool,
@@ -407,8 +411,7 @@ async def job_logs(
     """The job's training log (the training process's output: one JSON object per logged
     step, Python logging, one header line per attempt). Never read whole: the tail is read
     backwards in blocks and capped at 8 MiB."""
-    if await _read_job(job_id) is None:
-        raise NotFound(f"job {job_id}")
+    await access.run(lambda s, c: load_job(s, c, job_id))
     path = settings.job_dir(job_id) / "train.log"
     data, offset = await run_in_threadpool(logtail.tail, path, tail)
     if not follow:

@@ -129,7 +129,12 @@ def test_128_readers_on_every_read_route_are_answered_and_healthz_stays_instant(
         # spend this machine's CPU building TLS contexts, not talking to the API).
         limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
         with (
-            httpx.Client(base_url=starved_api, timeout=CLIENT_TIMEOUT, limits=limits) as http,
+            httpx.Client(
+                base_url=starved_api,
+                timeout=CLIENT_TIMEOUT,
+                limits=limits,
+                headers=stack.headers(),
+            ) as http,
             ThreadPoolExecutor(CLIENTS) as pool,
         ):
             # Each client walks the routes from a different start, so every route has
