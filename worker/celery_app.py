@@ -40,6 +40,7 @@ import uuid
 
 from celery import Celery
 
+from traindepot.queues import is_broker_name
 from traindepot.settings import get_settings
 
 TASK_NAME = "traindepot.run_job"
@@ -78,5 +79,8 @@ app = make_app()
 
 
 def enqueue(*, job_id: uuid.UUID, queue: str, priority: int) -> None:
-    """Send the job's id to its queue (call only after the row is committed)."""
+    """Send the job's id to its queue (call only after the row is committed). A name the
+    broker keeps for itself is never written to, whatever the row says."""
+    if is_broker_name(queue):
+        raise ValueError(f"{queue!r} is a name the broker uses internally; not a job queue")
     app.send_task(TASK_NAME, args=[str(job_id)], queue=queue, priority=9 - priority)
