@@ -32,6 +32,8 @@ from db.models import JobStatus
 from db.session import session_scope
 from traindepot import events
 from traindepot.settings import Settings
+from worker import budget
+from worker.child_env import child_environment
 from worker.runner import outcome_path
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class Supervisor:
         self.job_dir = settings.job_dir(job_id).resolve()
         self.stop_reason: str | None = None  # "cancelled" | "timeout" | "shutdown"
         self.lease_lost = False
+        self.overrun: budget.Overrun | None = None  # over its memory or disk budget
         self._kill_at: float | None = None
         # The time limit counts from the job's first start, across its attempts.
         self.max_runtime_seconds = max_runtime_seconds
@@ -190,12 +193,13 @@ class Supervisor:
     def _child_env(self) -> dict[str, str]:
         """The worker's environment, with the paths it resolved against its own directory
         made absolute: the child, started elsewhere, reads its settings from it."""
-        return {
-            **os.environ,
+        overrides = {
             "PYTHONUNBUFFERED": "1",
             "TRAINDEPOT_HOME": str(self.settings.home.resolve()),
             "TRAINDEPOT_ALLOWED_PATHS": ",".join(map(str, self.settings.allowed_paths)),
         }
+        # An allowlist: no operator secret the training does not use (worker/child_env.py).
+        return child_environment(os.environ, overrides, self.settings.child_env_allow)
 
     # --- while the child runs -------------------------------------------------------------
     def _watch(self, child: subprocess.Popen[bytes]) -> None:
@@ -203,12 +207,19 @@ class Supervisor:
         # renewal, so the child is killed well before that (0.8 of it) when the database
         # cannot be reached; two attempts never train at once.
         fence_after = self.settings.lease_seconds * 0.8
+        limits = budget.for_child(child.pid, self.job_dir, self.settings)
         while True:
             try:
                 child.wait(timeout=0.2)
                 return
             except subprocess.TimeoutExpired:
                 pass
+            self.overrun = limits.exceeded()
+            if self.overrun is not None:
+                log.warning("job %s: %s; killing the training process", self.job_id, self.overrun)
+                budget.kill_tree(child.pid)
+                child.wait()
+                return
             lost = self.lease.lost.is_set()
             if lost or self.lease.seconds_since_renewal() > fence_after:
                 log.warning(
@@ -249,7 +260,9 @@ class Supervisor:
         kind = outcome.get("status")  # succeeded | stopped | failed | None (no outcome file)
         result = outcome.get("result")
         error: dict[str, Any] | None = outcome.get("error")
-        if kind == "succeeded":
+        if self.overrun is not None:
+            status, error = JobStatus.FAILED, budget.error(self.overrun)
+        elif kind == "succeeded":
             # Every step ran: a stop that came too late changes nothing.
             status = JobStatus.SUCCEEDED
         elif kind == "failed" and self.stop_reason in (None, "shutdown"):
