@@ -179,10 +179,30 @@ def _model_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
     return problems
 
 
+def _nul_problems(value: Any, loc: tuple[str | int, ...]) -> list[Problem]:
+    """NUL characters: no PostgreSQL text or JSONB value can hold one."""
+    if isinstance(value, str):
+        if "\x00" not in value:
+            return []
+        return [Problem(loc, "contains a NUL character (\\u0000)", "nul_character")]
+    if isinstance(value, dict):
+        out: list[Problem] = []
+        for key, item in value.items():
+            if "\x00" in str(key):
+                out.append(
+                    Problem((*loc, str(key)), "the key contains a NUL character", "nul_character")
+                )
+            out += _nul_problems(item, (*loc, str(key)))
+        return out
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_problems(item, (*loc, i))]
+    return []
+
+
 def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True) -> list[Problem]:
     """Every limit the spec exceeds. The model is counted last, only when nothing else is
     wrong (and `count_model`): it is the slow check."""
-    problems: list[Problem] = []
+    problems = _nul_problems(spec.model_dump(mode="json"), ())
     queue_problem = check_queue_name(spec.queue)
     if queue_problem is not None:
         problems.append(Problem(("queue",), queue_problem, "queue_reserved"))

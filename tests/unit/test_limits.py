@@ -233,3 +233,9 @@ def test_stream_slots_per_key_and_in_all() -> None:
 def test_what_counts_as_a_stream(path: str, query: bytes, expected: bool) -> None:
     scope = {"type": "http", "method": "GET", "path": path, "query_string": query}
     assert is_stream(scope) is expected
+
+
+def test_nul_characters_are_refused_where_they_are() -> None:
+    found = problems(spec_of(name="a\x00b", tags={"k\x00": "v"}))
+    assert "NUL" in found[("name",)]
+    assert ("tags", "k\x00") in found
