@@ -10,9 +10,12 @@ event loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from functools import lru_cache
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +247,8 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
 # --- counting a model's parameters on the meta device ----------------------------------------
 def count_parameters(spec: JobSpec) -> int | None:
     """The parameters of the spec's model, or None when its config cannot be had here (a
-    Hub model offline, a config that does not build: the worker reports those)."""
+    Hub model offline, a config that does not build: the worker reports those, and its
+    memory budget bounds what it builds)."""
     model = spec.model
     vocab = _byte_level_vocab() if spec.tokenizer and spec.tokenizer.builtin else None
     try:
@@ -252,9 +256,14 @@ def count_parameters(spec: JobSpec) -> int | None:
             overrides = dict(model.from_config)
             if vocab is not None:
                 overrides.setdefault("vocab_size", vocab)
-            return _count(str(spec.task), json.dumps(overrides, sort_keys=True), None, None)
+            material = json.dumps([str(spec.task), overrides], sort_keys=True)
+            return _cached(material, lambda: _count(str(spec.task), overrides, None, None))
         assert model.name_or_path is not None
-        return _count(str(spec.task), None, model.name_or_path, model.revision)
+        name, revision = model.name_or_path, model.revision
+        if is_local_path(name):  # a directory may change: counted each time
+            return _count(str(spec.task), None, name, revision)
+        material = json.dumps([str(spec.task), name, revision])
+        return _cached(material, lambda: _count(str(spec.task), None, name, revision))
     except Exception as exc:
         log.info("model parameters not counted (%s: %s)", type(exc).__name__, exc)
         return None
@@ -264,9 +273,33 @@ def _byte_level_vocab() -> int:
     return 256 + 4  # the byte alphabet and the specials of worker/byte_tokenizer.py
 
 
-@lru_cache(maxsize=128)
+# Counts by a digest of what was counted (never the spec itself: a config can be large).
+_counted: OrderedDict[str, int] = OrderedDict()
+_counted_lock = threading.Lock()
+_CACHE_SIZE = 256
+
+
+def _cached(material: str, count: Callable[[], int]) -> int:
+    digest = hashlib.sha256(material.encode()).hexdigest()
+    with _counted_lock:
+        if digest in _counted:
+            _counted.move_to_end(digest)
+            return _counted[digest]
+    value = count()
+    with _counted_lock:
+        _counted[digest] = value
+        while len(_counted) > _CACHE_SIZE:
+            _counted.popitem(last=False)
+    return value
+
+
+# Above this many layers the model is not built whole, even on the meta device (module
+# objects are real Python objects): it is counted with 1 and 2 layers and extrapolated.
+_BUILD_LAYERS = 2
+
+
 def _count(
-    task: str, overrides_json: str | None, name_or_path: str | None, revision: str | None
+    task: str, overrides: dict[str, Any] | None, name_or_path: str | None, revision: str | None
 ) -> int:
     with training_args.import_lock():
         import torch
@@ -276,17 +309,27 @@ def _count(
             AutoModelForMaskedLM,
             AutoModelForSequenceClassification,
         )
-    classes: dict[str, Any] = {
+    model_class: Any = {
         Task.CAUSAL_LM: AutoModelForCausalLM,
         Task.MASKED_LM: AutoModelForMaskedLM,
         Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
-    }
-    if overrides_json is not None:
-        overrides = json.loads(overrides_json)
-        config = AutoConfig.for_model(str(overrides.pop("model_type")), **overrides)
+    }[Task(task)]
+    if overrides is not None:
+        given = dict(overrides)
+        config = AutoConfig.for_model(str(given.pop("model_type")), **given)
     else:
         assert name_or_path is not None
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
-    with torch.device("meta"):
-        built = classes[task].from_config(config)
-    return int(sum(p.numel() for p in built.parameters()))
+
+    def built_with(layers: int | None) -> int:
+        if layers is not None:
+            config.num_hidden_layers = layers
+        with torch.device("meta"):
+            built = model_class.from_config(config)
+        return int(sum(p.numel() for p in built.parameters()))
+
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int) or layers <= _BUILD_LAYERS:
+        return built_with(None)
+    one, two = built_with(1), built_with(2)
+    return one + (layers - 1) * (two - one)

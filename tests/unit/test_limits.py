@@ -130,6 +130,25 @@ def test_parameters_are_counted_on_the_meta_device() -> None:
     assert "1,000,000,000" in found[("model", "from_config")]
 
 
+def test_a_layer_bomb_is_counted_without_building_its_layers() -> None:
+    """A million layers are never built, even on the meta device: counted with 1 and 2
+    layers and extrapolated (exact for a stack of identical layers)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def counted(layers: int) -> int:
+        found = count_parameters(spec_of(model={"from_config": {**TINY_GPT2, "n_layer": layers}}))
+        assert found is not None
+        return found
+
+    config = {k: v for k, v in TINY_GPT2.items() if k != "model_type"}
+    built = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+        AutoConfig.for_model("gpt2", **{**config, "n_layer": 5, "vocab_size": 260})
+    )
+    assert counted(5) == sum(p.numel() for p in built.parameters())
+    one, two = counted(1), counted(2)
+    assert counted(1_000_000) == one + 999_999 * (two - one)
+
+
 def test_a_config_that_does_not_build_is_left_to_the_worker() -> None:
     spec = spec_of(model={"from_config": {**TINY_GPT2, "n_embd": 30, "n_head": 4}})
     assert count_parameters(spec) is None
