@@ -1,25 +1,27 @@
-"""At most N concurrent long-lived responses (event streams, log followers) per key and in
-all. A slot is taken before the route runs and given back when its response is over (the
-stream ended or the client went away); beyond the limits the answer is 429 with
-Retry-After.
+"""At most N concurrent long-lived responses (event streams, log followers) per tenant and
+in all; beyond them the answer is 429 with Retry-After.
 
-`StreamSlots` is the counter; `StreamLimit` the pure ASGI middleware that applies it to the
-streaming routes. The key is the client's address until tenants exist; `key_of` is where a
-tenant's id goes then.
+`StreamSlots` is the counter. The route takes a slot (`take`) once it knows the caller's
+tenant; `StreamLimit`, a pure ASGI middleware around the app, gives it back when the
+response is over, however it ends: a slot can never leak with a stream that was never
+started or a client that went away.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
 from urllib.parse import parse_qs
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["StreamLimit", "StreamSlots", "client_key", "is_stream"]
+from api.errors import TooManyRequests
+
+__all__ = ["StreamLimit", "StreamSlots", "is_stream", "take"]
+
+RETRY_AFTER_SECONDS = 5
 
 _EVENTS = re.compile(r"^/jobs/[^/]+/events/?$")
 _LOGS = re.compile(r"^/jobs/[^/]+/logs/?$")
@@ -65,56 +67,57 @@ def is_stream(scope: Scope) -> bool:
     return False
 
 
-def client_key(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"client:{client[0]}" if client else "client:unknown"
+class _Held:
+    """The slots one request took (normally one); given back when its response is over."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        self.slots = slots
+        self.keys: list[str] = []
+
+    def take(self, key: str) -> bool:
+        if not self.slots.acquire(key):
+            return False
+        self.keys.append(key)
+        return True
+
+    def release(self) -> None:
+        while self.keys:
+            self.slots.release(self.keys.pop())
 
 
 class StreamLimit:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        slots: StreamSlots,
-        key_of: Callable[[Scope], str] = client_key,
-        retry_after: int = 5,
-    ) -> None:
+    """Pure ASGI middleware: gives each streaming request a holder for its slot (the route
+    takes it with `take`, once it knows the caller's tenant) and gives the slot back when
+    the response is over, however it ends (the stream closed, the client went away)."""
+
+    def __init__(self, app: ASGIApp, *, slots: StreamSlots) -> None:
         self.app = app
         self.slots = slots
-        self.key_of = key_of
-        self.retry_after = retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_stream(scope):
             await self.app(scope, receive, send)
             return
-        key = self.key_of(scope)
-        if not self.slots.acquire(key):
-            await self._refuse(send)
-            return
+        held = _Held(self.slots)
+        scope.setdefault("state", {})["stream_slots"] = held
         try:
             await self.app(scope, receive, send)
         finally:
-            self.slots.release(key)
+            held.release()
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "too_many_streams",
-                "detail": f"at most {self.slots.per_key} event streams and log followers per"
-                f" client and {self.slots.total} in all may be open at once; close one or"
-                " retry later",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(self.retry_after).encode()),
-                ],
-            }
+
+def take(request: Request, key: str) -> None:
+    """Take a stream slot for `key` (the caller's tenant) or raise TooManyRequests (429 with
+    Retry-After). Without the middleware (an app built without it) there is no limit."""
+    held = getattr(request.state, "stream_slots", None)
+    if held is None:
+        return
+    assert isinstance(held, _Held)
+    if not held.take(key):
+        slots = held.slots
+        raise TooManyRequests(
+            f"at most {slots.per_key} event streams and log followers per tenant and"
+            f" {slots.total} in all may be open at once (TRAINDEPOT_MAX_STREAMS_PER_TENANT,"
+            " TRAINDEPOT_MAX_STREAMS_TOTAL); close one or retry later",
+            retry_after=RETRY_AFTER_SECONDS,
         )
-        await send({"type": "http.response.body", "body": body})

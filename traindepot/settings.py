@@ -92,9 +92,9 @@ class Settings(BaseSettings):
     # The queues a spec may name (comma-separated); never a name the broker uses itself.
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     # API: the largest request body, and how many event streams and log followers may be
-    # open at once per client (per tenant once tenants exist) and in all.
+    # open at once per tenant and in all.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    max_streams_per_client: int = Field(default=20, gt=0)
+    max_streams_per_tenant: int = Field(default=20, gt=0)
     max_streams_total: int = Field(default=500, gt=0)
 
     # Background flusher of training events (see worker/flusher.py).

@@ -16,13 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import submission
 from api.access import Access, AccessDep, Caller, load_job
 from api.database import run_db
 from api.deps import SettingsDep
 from api.errors import Conflict
-from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec, json_response
+from api.schemas import ErrorOut, JobOut, JobPage, JobSummary, ValidatedSpec, json_response
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import events
@@ -53,6 +54,12 @@ class _BodyErrorsRoute(APIRoute):
                 if any(p is not None for p in problems):
                     raise SpecInvalid([p for p in problems if p is not None]) from exc
                 raise
+            except StarletteHTTPException as exc:
+                # FastAPI's 400 for a body it cannot decode (not UTF-8): named at `body`.
+                if exc.status_code != 400:
+                    raise
+                problem = Problem(("body",), "the body is not JSON text (UTF-8)", "body_unreadable")
+                raise SpecInvalid([problem]) from exc
 
         return handle
 
@@ -224,7 +231,7 @@ async def list_jobs(
         page = page[:limit]
         return json_response(
             JobPage(
-                items=[JobOut.of(j) for j in page],
+                items=[JobSummary.of(j) for j in page],
                 next_cursor=encode_cursor(page[-1]) if more and page else None,
             )
         )

@@ -366,12 +366,16 @@ def test_500_event_streams_the_excess_gets_429(hostile_stack: Stack) -> None:
     async def main() -> tuple[list[tuple[int, str | None]], int]:
         limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=0)
         opened: list[int] = []
-        async with httpx.AsyncClient(base_url=stack.url, limits=limits, timeout=120) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.url, limits=limits, timeout=120, headers=stack.headers()
+        ) as client:
             tasks = [asyncio.create_task(follow(client, opened)) for _ in range(clients)]
             while len(opened) < clients:
                 await asyncio.sleep(0.1)
             # Every stream answered; the accepted ones are still open: the API still serves.
-            async with httpx.AsyncClient(base_url=stack.url, timeout=60) as other:
+            async with httpx.AsyncClient(
+                base_url=stack.url, timeout=60, headers=stack.headers()
+            ) as other:
                 reply = await other.get(f"/jobs/{job['id']}")
             release.set()
             return list(await asyncio.gather(*tasks)), reply.status_code
@@ -385,7 +389,7 @@ def test_500_event_streams_the_excess_gets_429(hostile_stack: Stack) -> None:
     print(f"{len(refused)} of {clients} event streams got 429, {len(accepted)} were served")
     assert get_status == 200
     assert len(accepted) + len(refused) == clients
-    assert len(accepted) == 20  # TRAINDEPOT_MAX_STREAMS_PER_CLIENT's default
+    assert len(accepted) == 20  # TRAINDEPOT_MAX_STREAMS_PER_TENANT's default (one tenant)
     assert all(retry_after for _, retry_after in refused)
 
 
