@@ -9,6 +9,8 @@ started or a client that went away.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 from collections import Counter
@@ -86,17 +88,29 @@ class _Held:
 
 
 class StreamLimit:
-    """Pure ASGI middleware: gives each streaming request a holder for its slot (the route
-    takes it with `take`, once it knows the caller's tenant) and gives the slot back when
-    the response is over, however it ends (the stream closed, the client went away)."""
+    """Pure ASGI middleware, in two steps.
+
+    1. Before the app, with no database work: each credential (the bearer key, else the
+       client's address) may have at most `per_key` streaming requests in flight or open,
+       and all of them at most `total`; beyond, 429 at once. A key belongs to one tenant, so
+       this never refuses what the tenant's limit would allow, and a burst of streams costs
+       the database nothing.
+    2. The route takes the tenant's slot with `take` once it knows the caller; the
+       middleware gives both back when the response is over, however it ends (the stream
+       closed, the client went away, the route failed)."""
 
     def __init__(self, app: ASGIApp, *, slots: StreamSlots) -> None:
         self.app = app
         self.slots = slots
+        self.gate = StreamSlots(per_key=slots.per_key, total=slots.total)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_stream(scope):
             await self.app(scope, receive, send)
+            return
+        credential = _credential(scope)
+        if not self.gate.acquire(credential):
+            await _refuse(send, _too_many(self.slots))
             return
         held = _Held(self.slots)
         scope.setdefault("state", {})["stream_slots"] = held
@@ -104,6 +118,39 @@ class StreamLimit:
             await self.app(scope, receive, send)
         finally:
             held.release()
+            self.gate.release(credential)
+
+
+def _credential(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return "key:" + hashlib.sha256(value).hexdigest()[:32]
+    client = scope.get("client")
+    return f"client:{client[0] if client else 'unknown'}"
+
+
+def _too_many(slots: StreamSlots) -> str:
+    return (
+        f"at most {slots.per_key} event streams and log followers per tenant and"
+        f" {slots.total} in all may be open at once (TRAINDEPOT_MAX_STREAMS_PER_TENANT,"
+        " TRAINDEPOT_MAX_STREAMS_TOTAL); close one or retry later"
+    )
+
+
+async def _refuse(send: Send, detail: str) -> None:
+    body = json.dumps({"error": "too_many_requests", "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def take(request: Request, key: str) -> None:
@@ -114,10 +161,4 @@ def take(request: Request, key: str) -> None:
         return
     assert isinstance(held, _Held)
     if not held.take(key):
-        slots = held.slots
-        raise TooManyRequests(
-            f"at most {slots.per_key} event streams and log followers per tenant and"
-            f" {slots.total} in all may be open at once (TRAINDEPOT_MAX_STREAMS_PER_TENANT,"
-            " TRAINDEPOT_MAX_STREAMS_TOTAL); close one or retry later",
-            retry_after=RETRY_AFTER_SECONDS,
-        )
+        raise TooManyRequests(_too_many(held.slots), retry_after=RETRY_AFTER_SECONDS)
