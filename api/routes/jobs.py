@@ -16,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import submission
 from api.access import Access, AccessDep, Caller, load_job
@@ -54,12 +53,6 @@ class _BodyErrorsRoute(APIRoute):
                 if any(p is not None for p in problems):
                     raise SpecInvalid([p for p in problems if p is not None]) from exc
                 raise
-            except StarletteHTTPException as exc:
-                # FastAPI's 400 for a body it cannot decode (not UTF-8): named at `body`.
-                if exc.status_code != 400:
-                    raise
-                problem = Problem(("body",), "the body is not JSON text (UTF-8)", "body_unreadable")
-                raise SpecInvalid([problem]) from exc
 
         return handle
 
