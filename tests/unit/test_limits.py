@@ -191,6 +191,8 @@ def test_the_child_environment_is_an_allowlist() -> None:
         "CUDA_VISIBLE_DEVICES": "0",
         "TRAINDEPOT_DATABASE_URL": "postgresql://x",
         "TRAINDEPOT_API_KEYS": "secret",
+        "TRAINDEPOT_SECRET_KEY": "the server secret that API keys are hashed under",
+        "TRAINDEPOT_API_KEY": "an admin key of the CLI",
         "AWS_SECRET_ACCESS_KEY": "secret",
         "GITHUB_TOKEN": "secret",
         "OPERATOR_THING": "kept on request",
