@@ -16,6 +16,7 @@ import json
 import select
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -418,3 +419,33 @@ def test_job_lists_carry_no_spec(hostile_stack: Stack) -> None:
         assert stack.get(job["id"])["spec"]["name"] == "listed"
     finally:
         stack.http.post(f"/jobs/{job['id']}/cancel")
+
+
+def test_the_reaper_sends_every_job_past_one_it_cannot_send(hostile_stack: Stack) -> None:
+    """A row naming a broker-internal queue (stored before queues were checked) is never
+    written to Redis, and the reaper's pass goes on to the next job. The bad job is sent
+    first (priority 9): a pass that stopped at it would never send the other one."""
+    stack = hostile_stack
+    bad = stack.submit(tiny_spec(name="reaper-bad", queue="nobody-listens", priority=9))
+    good = stack.submit(tiny_spec(name="reaper-good", queue="nobody-listens", priority=0))
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        stack.sql(
+            "UPDATE jobs SET queue = 'unacked', enqueued_at = NULL WHERE id = %s",
+            uuid.UUID(bad["id"]),
+        )
+        stack.sql("UPDATE jobs SET enqueued_at = NULL WHERE id = %s", uuid.UUID(good["id"]))
+        deadline = time.monotonic() + 90
+        while not stack.sql(
+            "SELECT 1 FROM jobs WHERE id = %s AND enqueued_at IS NOT NULL", uuid.UUID(good["id"])
+        ):
+            assert time.monotonic() < deadline, "the reaper never sent the good job"
+            time.sleep(0.5)
+        assert stack.sql("SELECT enqueued_at FROM jobs WHERE id = %s", uuid.UUID(bad["id"])) == [
+            (None,)
+        ]
+        assert r.type("unacked") in (b"hash", b"none")  # kombu's own, never a list
+        assert stack.workers[0].poll() is None
+    finally:
+        for job in (bad, good):
+            stack.http.post(f"/jobs/{job['id']}/cancel")
