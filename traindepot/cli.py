@@ -101,10 +101,11 @@ def worker(
 @app.command()
 def migrate() -> None:
     """Apply database migrations."""
-    from db.migrate import upgrade
     from traindepot.settings import get_settings
+    from traindepot.stack import migrate as apply_migrations
 
-    upgrade(get_settings().require_database_url())
+    get_settings().require_database_url()
+    apply_migrations(dict(os.environ))
     console.print("database is up to date")
 
 

@@ -128,11 +128,9 @@ class TraindepotCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         # `on_log` already received the same metrics (Trainer logs them before this hook);
-        # record the evaluation in the snapshot only.
-        if metrics:
-            self.flusher.set_progress(
-                {k: v for k, v in metrics.items() if k in ("eval_loss", "eval_accuracy")}
-            )
+        # record the evaluation's loss in the snapshot only (jobs compute no other metric).
+        if metrics and "eval_loss" in metrics:
+            self.flusher.set_progress({"eval_loss": metrics["eval_loss"]})
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
