@@ -27,6 +27,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from traindepot.spec import JobSpec, Task
+from traindepot.training_args import job_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
@@ -121,19 +122,13 @@ def effective_seed(spec: JobSpec) -> int:
 def build_training_args(
     spec: JobSpec, output_dir: Path, *, report_to: str = "none"
 ) -> TrainingArguments:
-    """The user's `training_args` plus what the server owns. Jobs report to no integration
-    (`report_to` is for bench/overhead.py's comparison with one)."""
-    kwargs: dict[str, Any] = dict(spec.training_args)
-    if spec.seed is not None:
-        kwargs["seed"] = spec.seed
+    """The user's `training_args` over the server's defaults, plus what the server owns
+    (`traindepot.training_args.job_kwargs`, which the API's validation builds too)."""
+    kwargs = job_kwargs(
+        spec.training_args, output_dir=str(output_dir), seed=spec.seed, report_to=report_to
+    )
     try:
-        return TrainingArguments(
-            output_dir=str(output_dir),
-            report_to=report_to,
-            push_to_hub=False,
-            disable_tqdm=True,
-            **kwargs,
-        )
+        return TrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"training_args: {exc}") from exc
 

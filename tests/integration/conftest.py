@@ -187,7 +187,7 @@ def build_stack(
             "TRAINDEPOT_ALLOWED_PATHS": f"{data},{home}",
         }
         if export_env:
-            # The test process reads the same settings (db/session, settings caches).
+            # The test process reads the same settings (db/session.py, settings caches).
             os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
             from traindepot.settings import get_settings
 

@@ -245,6 +245,13 @@ def test_effective_training_args() -> None:
     assert "output_dir" not in effective
 
 
+def test_logging_steps_has_a_server_default_that_a_spec_overrides() -> None:
+    effective, _ = training_args.check_values({"max_steps": 4})
+    assert effective["logging_steps"] == training_args.SERVER_DEFAULTS["logging_steps"] == 10
+    effective, _ = training_args.check_values({"max_steps": 4, "logging_steps": 3})
+    assert effective["logging_steps"] == 3
+
+
 def test_training_arguments_own_errors_name_the_field() -> None:
     _, problems = training_args.check_values({"logging_steps": 2.5})
     assert locs(problems) == [("training_args", "logging_steps")]

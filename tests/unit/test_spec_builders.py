@@ -180,3 +180,12 @@ def test_capabilities_probe_sees_this_machine() -> None:
     assert found["cuda"] == torch.cuda.is_available()
     assert found["gpus"] == (torch.cuda.device_count() if found["cuda"] else 0)
     assert set(found) >= {"cuda", "gpus", "bf16", "tf32"}
+
+
+def test_worker_builds_the_server_default_logging_steps(tmp_path: Path) -> None:
+    raw = tiny_spec()
+    del raw["training_args"]["logging_steps"]
+    args = builders.build_training_args(JobSpec.model_validate(raw), tmp_path)
+    assert args.logging_steps == 10
+    raw["training_args"]["logging_steps"] = 2
+    assert builders.build_training_args(JobSpec.model_validate(raw), tmp_path).logging_steps == 2
