@@ -53,6 +53,15 @@ def config_for(model_type: str, tokenizer: PreTrainedTokenizerBase, **overrides:
     )
 
 
+def model_from_config(
+    auto_class: Any, model_config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **extra: Any
+) -> Any:
+    """`model_config` is a spec's `from_config`: a `model_type` and config overrides."""
+    overrides = {k: v for k, v in model_config.items() if k != "model_type"}
+    config = config_for(model_config["model_type"], tokenizer, **overrides, **extra)
+    return auto_class.from_config(config)
+
+
 def group_texts(block_size: int) -> Callable[[dict[str, list[Any]]], dict[str, Any]]:
     """The guides' `group_texts`: concatenate, then cut blocks of `block_size` tokens."""
 
@@ -109,11 +118,8 @@ def causal_lm_from_config(
         batched=True,
         remove_columns=["text"],
     )
-    overrides = {k: v for k, v in model_config.items() if k != "model_type"}
-    config = config_for(model_config["model_type"], tokenizer, **overrides)
-    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     return train(
-        model=model,
+        model=model_from_config(AutoModelForCausalLM, model_config, tokenizer),
         tokenizer=tokenizer,
         train_dataset=tokenized,
         eval_dataset=None,
@@ -179,11 +185,8 @@ def masked_lm_on_csv(
         batched=True,
         remove_columns=raw.column_names,
     )
-    overrides = {k: v for k, v in model_config.items() if k != "model_type"}
-    config = config_for(model_config["model_type"], tokenizer, **overrides)
-    model = AutoModelForMaskedLM.from_config(config)  # type: ignore[no-untyped-call]
     return train(
-        model=model,
+        model=model_from_config(AutoModelForMaskedLM, model_config, tokenizer),
         tokenizer=tokenizer,
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["test"],
@@ -226,16 +229,14 @@ def pair_classification_on_parquet(
         return encoded
 
     tokenized = splits.map(preprocess, batched=True, remove_columns=raw.column_names)
-    overrides = {k: v for k, v in model_config.items() if k != "model_type"}
-    config = config_for(
-        model_config["model_type"],
+    model = model_from_config(
+        AutoModelForSequenceClassification,
+        model_config,
         tokenizer,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id=label2id,
-        **overrides,
     )
-    model = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
     return train(
         model=model,
         tokenizer=tokenizer,
