@@ -1,5 +1,5 @@
 """The reaper's queries: jobs whose lease expired, and queued jobs whose message may be lost.
-Keyword-only; the caller owns the commit (docs/architecture.md, "Leases and the reaper").
+Keyword-only; the caller owns the commit (docs/architecture.md, "Invariants").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A running attempt holds `jobs.lease_expires_at`; the reaper (worker/reaper.py) requeues a job
 whose lease expired. Renewing on a thread of its own means a slow or hung database call never
 delays the supervisor's other duties, and the supervisor can tell by the clock when the lease
-may already have expired (docs/architecture.md, "Leases and the reaper").
+may already have expired (docs/architecture.md, "Invariants").
 """
 
 from __future__ import annotations

@@ -80,6 +80,16 @@ def test_the_architecture_document_names_only_what_exists() -> None:
     assert sorted(m for m in modules if not module_exists(m)) == []
 
 
+def test_every_section_cited_in_the_architecture_document_exists() -> None:
+    headings = set(re.findall(r"^## (.+)$", (ROOT / "docs" / "architecture.md").read_text(), re.M))
+    cited: set[str] = set()
+    for path in repository_files():
+        # Comments continue on the next line: join them before looking.
+        text = re.sub(r"\n\s*#\s*", " ", text_of(path))
+        cited.update(re.findall(r'docs/architecture\.md,\s+"([^"]+)"', text))
+    assert cited and sorted(cited - headings) == []
+
+
 @pytest.mark.parametrize(
     "path",
     [p for p in repository_files() if p.suffix in (".py", ".md")],
