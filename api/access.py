@@ -9,7 +9,8 @@ key is refused by the very next request, in every API process.
 
 `work(session, caller)` scopes itself with `caller`: `caller.scope` is the tenant to filter
 by (None for an admin, who sees every tenant). A job of another tenant is reported as not
-found, never as forbidden: its existence is not the caller's business.
+found, never as forbidden: its existence is not the caller's business. See
+docs/architecture.md, "Tenants and keys".
 """
 
 from __future__ import annotations

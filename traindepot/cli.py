@@ -46,7 +46,7 @@ KeyOpt = Annotated[
 
 
 def _register_subcommands() -> None:
-    from traindepot import cli_keys
+    from api import cli_keys
 
     app.add_typer(cli_keys.app, name="keys")
 
@@ -121,10 +121,11 @@ def worker(
 @app.command()
 def migrate() -> None:
     """Apply database migrations."""
-    from db.migrate import upgrade
     from traindepot.settings import get_settings
+    from traindepot.stack import migrate as apply_migrations
 
-    upgrade(get_settings().require_database_url())
+    get_settings().require_database_url()
+    apply_migrations(dict(os.environ))
     console.print("database is up to date")
 
 

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from db import jobs
+from db import attempts, jobs
 from db.session import session_scope
+from traindepot.dispatch import TASK_NAME, worker_id
 from traindepot.settings import get_settings
 from worker import reaper
-from worker.celery_app import TASK_NAME, app
+from worker.celery_app import app
 from worker.supervisor import Supervisor, shutting_down
 
 log = logging.getLogger(__name__)
-
-
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -28,10 +23,10 @@ def run_job(job_id: str) -> None:
     settings = get_settings()
     job_uuid = uuid.UUID(job_id)
     with session_scope() as session:
-        attempt = jobs.claim(
+        attempt = attempts.claim(
             session=session,
             job_id=job_uuid,
-            worker=worker_identity(),
+            worker=worker_id(),
             lease_seconds=settings.lease_seconds,
         )
         if attempt is None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 
+from api import keyring
 from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
@@ -31,20 +32,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/keys", status_code=201, response_model=NewKeyOut, responses=_ERRORS)
 async def create_key(body: KeyIn, access: AccessDep, settings: SettingsDep) -> NewKeyOut:
     """A new key for `tenant`. The response is the only place the key ever appears."""
-    new = apikeys.generate()
-    digest = apikeys.digest(new.key, apikeys.server_secret(settings))
 
     def create(session: Session, caller: Caller) -> NewKeyOut:
         caller.require_admin()
-        row = keys.create(
+        row, key = keyring.issue(
             session=session,
-            prefix=new.prefix,
-            digest=digest,
+            settings=settings,
             tenant=body.tenant,
             name=body.name,
             admin=body.admin,
         )
-        return NewKeyOut(**KeyOut.of(row).model_dump(), key=new.key)
+        return NewKeyOut(**KeyOut.of(row).model_dump(), key=key)
 
     return await access.run(create, commit=True)
 

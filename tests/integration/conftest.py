@@ -75,12 +75,13 @@ class Stack:
 
     def new_key(self, tenant: str, *, admin: bool = False) -> str:
         """A new API key of `tenant` (as `traindepot keys create` makes one)."""
-        from traindepot import keyring
+        from api import keyring
+        from db.session import session_scope
 
         settings = Settings(home=self.home, database_url=self.database_url)
-        return keyring.issue(
-            settings, database_url=self.database_url, tenant=tenant, admin=admin
-        ).key
+        with session_scope(self.database_url) as session:
+            _, key = keyring.issue(session=session, settings=settings, tenant=tenant, admin=admin)
+        return key
 
     def stop_postgres(self) -> None:
         """Stop this stack's embedded PostgreSQL (`pg_ctl stop -w`, fast mode: clients are
@@ -196,15 +197,17 @@ def build_stack(
             redis_url = redis_server.url
         redis.Redis.from_url(redis_url).flushdb()
         upgrade(database_url)
-        from traindepot import keyring
+        from api import keyring
+        from db.session import session_scope
 
-        admin_key = keyring.issue(
-            Settings(home=home, database_url=database_url),
-            database_url=database_url,
-            tenant="admin",
-            name="tests",
-            admin=True,
-        ).key
+        with session_scope(database_url) as session:
+            _, admin_key = keyring.issue(
+                session=session,
+                settings=Settings(home=home, database_url=database_url),
+                tenant="admin",
+                name="tests",
+                admin=True,
+            )
         env = {
             **os.environ,
             **TEST_SETTINGS,
@@ -217,7 +220,7 @@ def build_stack(
             "TRAINDEPOT_API_KEY": admin_key,
         }
         if export_env:
-            # The test process reads the same settings (db/session, settings caches).
+            # The test process reads the same settings (db/session.py, settings caches).
             os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
             from traindepot.settings import get_settings
 
