@@ -76,13 +76,18 @@ def _producer() -> Celery:
     return make_app()
 
 
-def enqueue(*, job_id: uuid.UUID, queue: str, priority: int) -> None:
-    """Send the job's id to its queue (call only after the row is committed). Raises
-    `kombu.exceptions.OperationalError` when the broker cannot be reached.
+def enqueue(
+    *, job_id: uuid.UUID, queue: str, priority: int, countdown: float | None = None
+) -> None:
+    """Send the job's id to its queue (call only after the row is committed), to be
+    delivered now or after `countdown` seconds. Raises `kombu.exceptions.OperationalError`
+    when the broker cannot be reached.
 
     The Redis transport serves priority 0 first; the spec's `priority` is 0..9 with 9 the
     most urgent, so it is inverted here."""
-    _producer().send_task(TASK_NAME, args=[str(job_id)], queue=queue, priority=9 - priority)
+    _producer().send_task(
+        TASK_NAME, args=[str(job_id)], queue=queue, priority=9 - priority, countdown=countdown
+    )
 
 
 def worker_id() -> str:

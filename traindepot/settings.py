@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(default=100, gt=0)  # queued + running
     max_running_jobs_per_tenant: int = Field(default=8, gt=0)
     quota_retry_after_seconds: int = Field(default=30, gt=0)
+    # A worker that gets a job whose tenant already runs `max_running_jobs` leaves it queued
+    # and has its message delivered again after this long.
+    tenant_busy_retry_seconds: float = Field(default=5.0, gt=0)
     # How long an `Idempotency-Key` of POST /jobs is kept, and after how long a request that
     # holds one and never finished (its process died) is treated as abandoned.
     idempotency_ttl_seconds: float = Field(default=24 * 3600, gt=0)

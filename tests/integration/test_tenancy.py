@@ -238,3 +238,31 @@ def test_keys_cli_creates_lists_and_revokes(stack: Stack) -> None:
     bad = cli("create", "--tenant", "Not A Tenant")
     assert bad.returncode == 2 and "--tenant" in bad.stderr
     assert cli("revoke", "not-a-uuid").returncode == 2
+
+
+def test_running_quota_leaves_the_rest_queued_even_with_free_workers(stack: Stack) -> None:
+    """Two workers, two jobs of a tenant allowed one running job: they run one after the
+    other (their attempts never overlap), and both succeed."""
+    key = stack.new_key("team-run")
+    assert (
+        stack.http.put("/tenants/team-run/quota", json={"max_running_jobs": 1}).status_code == 200
+    )
+    second_worker = stack.start_worker("second")
+    try:
+        with client(stack, key) as r:
+            ids = [
+                submit(r, tiny_spec(name=f"run-{n}", training_args={"max_steps": 20})).json()["id"]
+                for n in range(2)
+            ]
+        finals = [wait_done(stack, job_id) for job_id in ids]
+    finally:
+        from traindepot.stack import stop_process
+
+        stop_process(second_worker, timeout=20)
+        stack.workers.remove(second_worker)
+    assert [f["status"] for f in finals] == ["succeeded", "succeeded"]
+    spans = sorted(
+        (a["started_at"], a["ended_at"]) for job_id in ids for a in stack.attempts(job_id)
+    )
+    assert len(spans) == 2
+    assert spans[0][1] <= spans[1][0], spans  # one ended before the other started
