@@ -25,11 +25,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.database import run_db
+from api.deps import SettingsDep
 from api.errors import Forbidden, NotFound, Unauthorized
+from api.keycache import cache
 from db import jobs, keys
 from db.models import Job
 from traindepot import apikeys
-from traindepot.settings import Settings, get_settings
+from traindepot.settings import Settings
 
 T = TypeVar("T")
 _bearer = HTTPBearer(
@@ -69,10 +71,11 @@ class Access:
         if self.caller is None:
             assert self._key is not None
             digest = apikeys.digest(self._key, apikeys.server_secret(self._settings))
-            row = keys.find_active(session=session, digest=digest)
-            if row is None:
+            holder = cache.get(digest) or keys.find_active(session=session, digest=digest)
+            if holder is None:
                 raise Unauthorized("the API key is unknown or revoked")
-            self.caller = Caller(tenant=row.tenant, admin=row.admin, key_id=row.id)
+            cache.put(digest, holder)
+            self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
         return self.caller
 
     async def run(self, work: Callable[[Session, Caller], T], *, commit: bool = False) -> T:
@@ -89,9 +92,9 @@ class Access:
         return self.caller
 
 
-def _access(
+async def _access(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
 ) -> Access:
     if not settings.auth:
         return Access(None, settings)

@@ -6,18 +6,26 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, keycache
 from api.routes import admin, dashboard, jobs, live, ops
 from traindepot import __version__, training_args
+from traindepot.settings import get_settings
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Import transformers off the request path: the first POST would otherwise pay for it.
     threading.Thread(target=training_args.warm_up, name="warm-up", daemon=True).start()
-    yield
+    settings = get_settings()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(
+            keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds
+        )
+        yield
+        tasks.cancel_scope.cancel()
 
 
 def create_app() -> FastAPI:

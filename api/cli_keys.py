@@ -84,8 +84,10 @@ def list_keys(
 @app.command()
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
     """Revoke a key: the next request with it gets 401."""
+    from api import keycache
     from db import keys
     from db.session import session_scope
+    from traindepot.settings import get_settings
 
     try:
         parsed = uuid.UUID(key_id)
@@ -97,4 +99,5 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys l
     if key is None:
         err.print(f"[red]no key {key_id}[/]")
         raise typer.Exit(1)
+    keycache.announce_revoked(get_settings().redis_url, parsed)
     console.print(f"{key.id} ({key.prefix}) revoked at {key.revoked_at}")

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # created (mode 0600) in `home/secret_key` and read from there; every API process and
     # the `keys` commands must see the same one.
     secret_key: str | None = Field(default=None, min_length=16)
+    # How long an API process trusts a key it has checked (api/keycache.py: only while it
+    # hears revocations on Redis; 0 checks every request against the database).
+    api_key_cache_seconds: float = Field(default=30.0, ge=0)
     # Per-tenant quotas; an admin can override both per tenant (PUT /tenants/{t}/quota).
     max_active_jobs_per_tenant: int = Field(default=100, gt=0)  # queued + running
     max_running_jobs_per_tenant: int = Field(default=8, gt=0)

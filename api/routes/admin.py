@@ -9,9 +9,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from api import keyring
+from api import keycache, keyring
 from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
@@ -66,7 +67,7 @@ async def list_keys(
     response_model=KeyOut,
     responses={**_ERRORS, 404: {"model": ErrorOut, "description": "No such key"}},
 )
-async def revoke_key(key_id: uuid.UUID, access: AccessDep) -> KeyOut:
+async def revoke_key(key_id: uuid.UUID, access: AccessDep, settings: SettingsDep) -> KeyOut:
     """Revoke a key: the next request with it gets 401, in every API process."""
 
     def revoke(session: Session, caller: Caller) -> KeyOut:
@@ -76,7 +77,10 @@ async def revoke_key(key_id: uuid.UUID, access: AccessDep) -> KeyOut:
             raise NotFound(f"key {key_id}")
         return KeyOut.of(row)
 
-    return await access.run(revoke, commit=True)
+    revoked = await access.run(revoke, commit=True)
+    # After the commit: every API process drops the key from its cache.
+    await run_in_threadpool(keycache.announce_revoked, settings.redis_url, key_id)
+    return revoked
 
 
 TenantPath = Path(pattern=apikeys.TENANT_PATTERN)
