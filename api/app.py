@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import dashboard, jobs, live
+from api.routes import admin, dashboard, jobs, live, ops
 from traindepot import __version__, training_args
 
 
@@ -31,11 +31,10 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(live.router)
+    app.include_router(admin.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app.include_router(ops.router)
 
     return app
 

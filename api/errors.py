@@ -11,8 +11,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.database import Saturated
 from traindepot.problems import SpecInvalid
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,22 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     pass
+
+
+class Unauthorized(Exception):
+    """No key, a malformed one, or one that is unknown or revoked: 401."""
+
+
+class Forbidden(Exception):
+    """A valid key that may not do this (a tenant key on an admin route): 403."""
+
+
+class TooManyRequests(Exception):
+    """A quota or a limit: 429 with `Retry-After`."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(Exception):
@@ -62,6 +80,23 @@ def install(app: FastAPI) -> None:
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
         return _body("conflict", str(exc), 409)
 
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        # Never echo the key: the message names the problem only.
+        response = _body("unauthorized", str(exc), 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="traindepot"'
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return _body("forbidden", str(exc), 403)
+
+    @app.exception_handler(TooManyRequests)
+    async def too_many(request: Request, exc: TooManyRequests) -> JSONResponse:
+        response = _body("too_many_requests", str(exc), 429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("service unavailable: %s", exc)
         detail = (
@@ -73,6 +108,14 @@ def install(app: FastAPI) -> None:
         response.headers["Retry-After"] = "5"
         return response
 
+    async def saturated(request: Request, exc: Exception) -> JSONResponse:
+        # No log line per request here: under overload that would add to the load.
+        response = _body("service_unavailable", "the API is at capacity; retry shortly", 503)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    app.add_exception_handler(Saturated, saturated)
+    app.add_exception_handler(PoolTimeout, saturated)
     app.add_exception_handler(OperationalError, unavailable)
     app.add_exception_handler(DBAPIError, unavailable)
     app.add_exception_handler(ServiceUnavailable, unavailable)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from fastapi import Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import Job, JobAttempt
+from db.models import ApiKey, Job, JobAttempt
+from traindepot import apikeys
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """`model` as a JSON response, serialized where this is called: in the database thread
+    for the read routes, so that the event loop does not validate and serialize it again
+    (FastAPI does both on the loop for an async route that returns a model)."""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")
 
 
 class Progress(BaseModel):
@@ -70,6 +79,10 @@ class AttemptOut(BaseModel):
 class JobOut(BaseModel):
     id: uuid.UUID
     name: str
+    tenant: str
+    submitted_by: uuid.UUID | None = Field(description="The id of the key that submitted it.")
+    cancelled_by: uuid.UUID | None = Field(description="The id of the key that cancelled it.")
+    cancel_requested_at: datetime | None
     status: str
     attempt: int
     queue: str
@@ -92,6 +105,10 @@ class JobOut(BaseModel):
         return cls(
             id=job.id,
             name=job.name,
+            tenant=job.tenant,
+            submitted_by=job.submitted_by,
+            cancelled_by=job.cancelled_by,
+            cancel_requested_at=job.cancel_requested_at,
             status=job.status,
             attempt=job.attempt,
             queue=job.queue,
@@ -138,3 +155,64 @@ class MetricsOut(BaseModel):
     series: dict[str, MetricSeries] = Field(
         description="Per requested key; a key the job never logged has no points."
     )
+
+
+TenantName = Annotated[
+    str,
+    Field(
+        pattern=apikeys.TENANT_PATTERN,
+        description=apikeys.TENANT_RULE,
+    ),
+]
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantName
+    name: str = Field(default="", max_length=200)
+    admin: bool = Field(default=False, description="Sees and manages every tenant.")
+
+
+class KeyOut(BaseModel):
+    id: uuid.UUID
+    prefix: str = Field(description="The start of the key, shown so a leaked key can be found.")
+    tenant: str
+    name: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        return cls(
+            id=key.id,
+            prefix=key.prefix,
+            tenant=key.tenant,
+            name=key.name,
+            admin=key.admin,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself: shown this once, never stored.")
+
+
+class QuotaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_active_jobs: int | None = Field(
+        default=None, gt=0, le=1_000_000, description="Queued + running; null: the default."
+    )
+    max_running_jobs: int | None = Field(
+        default=None, gt=0, le=100_000, description="Running at once; null: the default."
+    )
+
+
+class QuotaOut(BaseModel):
+    tenant: str
+    max_active_jobs: int
+    max_running_jobs: int
+    active_jobs: int

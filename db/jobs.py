@@ -19,10 +19,18 @@ from sqlalchemy.orm import Session
 from db.models import Job, JobAttempt, JobStatus
 
 
-def create(*, session: Session, spec: dict[str, Any]) -> Job:
+def create(
+    *,
+    session: Session,
+    spec: dict[str, Any],
+    tenant: str = "default",
+    submitted_by: uuid.UUID | None = None,
+) -> Job:
     job = Job(
         id=uuid.uuid4(),
         name=spec["name"],
+        tenant=tenant,
+        submitted_by=submitted_by,
         status=JobStatus.QUEUED,
         spec=spec,
         queue=spec.get("queue", "default"),
@@ -36,8 +44,13 @@ def create(*, session: Session, spec: dict[str, Any]) -> Job:
     return job
 
 
-def get(*, session: Session, job_id: uuid.UUID) -> Job | None:
-    return session.get(Job, job_id)
+def get(*, session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job | None:
+    """The job; with `tenant`, only if it belongs to that tenant (else None, as if it did
+    not exist)."""
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        return None
+    return job
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,18 @@ class Cursor:
 
 
 def list_page(
-    *, session: Session, status: JobStatus | None, limit: int, cursor: Cursor | None
+    *,
+    session: Session,
+    status: JobStatus | None,
+    limit: int,
+    cursor: Cursor | None,
+    tenant: str | None = None,
 ) -> list[Job]:
-    """Newest first; keyset pagination on (created_at, id). Returns up to `limit` jobs."""
+    """Newest first; keyset pagination on (created_at, id). Returns up to `limit` jobs,
+    of one tenant when `tenant` is given."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
@@ -76,26 +97,26 @@ def attempts(*, session: Session, job_id: uuid.UUID) -> list[JobAttempt]:
     )
 
 
-def request_cancel(*, session: Session, job_id: uuid.UUID) -> Job | None:
-    """Cancel a queued job at once; move a running one to `cancelling`.
+def request_cancel(
+    *, session: Session, job_id: uuid.UUID, by: uuid.UUID | None = None
+) -> Job | None:
+    """Cancel a queued job at once; move a running one to `cancelling`. Records when, and
+    which key (`by`) asked.
 
     Returns the updated job, or None when the job is already finished or cancelling.
     """
+    asked = {"cancel_requested_at": func.now(), "cancelled_by": by}
     queued = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.CANCELLED,
-            cancel_requested_at=func.now(),
-            finished_at=func.now(),
-        )
+        .values(status=JobStatus.CANCELLED, finished_at=func.now(), **asked)
         .returning(Job.id)
     ).first()
     if queued is None:
         running = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(status=JobStatus.CANCELLING, cancel_requested_at=func.now())
+            .values(status=JobStatus.CANCELLING, **asked)
             .returning(Job.id)
         ).first()
         if running is None:

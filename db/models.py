@@ -1,4 +1,6 @@
-"""The two tables: ``jobs`` (the truth about each job) and ``job_metrics`` (its history)."""
+"""The tables: ``jobs`` (the truth about each job), ``job_metrics`` (its history),
+``job_attempts`` (who ran it when), and the tenancy tables: ``api_keys``,
+``tenant_quotas`` and ``idempotency_keys``."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
     String,
     UniqueConstraint,
     func,
@@ -36,6 +41,15 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
+    # Every read and write of the API is scoped to the caller's tenant (api/access.py).
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    # The key that submitted it and the one that cancelled it (null with auth off).
+    submitted_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    cancelled_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     spec: Mapped[dict[str, Any]]
     queue: Mapped[str] = mapped_column(String(64), default="default")
@@ -69,6 +83,9 @@ class Job(Base):
         # GET /jobs: newest first, optionally by status, keyset-paginated on (created_at, id).
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+        # A tenant's jobs (GET /jobs with a tenant key), and its active jobs (quotas).
+        Index("ix_jobs_tenant_created_id", "tenant", "created_at", "id"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),
         # The reaper: active jobs by lease expiry.
         Index(
             "ix_jobs_lease_expires",
@@ -130,3 +147,50 @@ class JobAttempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     # The checkpoint step this attempt resumed from (None: from the start).
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    """An API key. The key itself is never stored: only its keyed hash (HMAC-SHA256 with the
+    server's secret; a random 256-bit token needs no slow password hash) and its prefix,
+    which is shown in lists and in the key itself, so that a leaked key can be identified."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TenantQuota(Base):
+    """An admin's override of the server's per-tenant quotas (null: the server default)."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` of `POST /jobs`, per tenant. `job_id` is null while the first
+    request with it is in flight; `request_hash` is the hash of its spec."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (PrimaryKeyConstraint("tenant", "key", name="pk_idempotency_keys"),)

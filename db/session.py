@@ -22,11 +22,13 @@ def sqlalchemy_url(url: str) -> str:
 
 @lru_cache(maxsize=4)
 def get_engine(url: str | None = None) -> Engine:
+    settings = get_settings()
     return create_engine(
-        sqlalchemy_url(url or get_settings().require_database_url()),
+        sqlalchemy_url(url or settings.require_database_url()),
         pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
         # Fail fast when the database is down: the API answers 503 rather than hanging.
         connect_args={"connect_timeout": 5},
     )

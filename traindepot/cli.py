@@ -20,6 +20,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from traindepot.client import Client
+    from traindepot.stack import Stack
 
 app = typer.Typer(
     help="traindepot: run Hugging Face Trainer jobs as a service.",
@@ -33,6 +34,24 @@ HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOpt = Annotated[str, typer.Option(envvar="TRAINDEPOT_URL", help="The API's base URL.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="TRAINDEPOT_API_KEY",
+        show_default=False,
+        help="API key (default: the admin key `serve`/`demo` keep in TRAINDEPOT_HOME).",
+    ),
+]
+
+
+def _register_subcommands() -> None:
+    from api import cli_keys
+
+    app.add_typer(cli_keys.app, name="keys")
+
+
+_register_subcommands()
 
 
 @app.command()
@@ -45,6 +64,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with running_stack(host=host, port=port) as stack:
         console.print(f"traindepot is up at [bold]{stack.url}[/] (docs: {stack.url}/docs)")
+        _show_admin_key(stack)
         try:
             while True:
                 time.sleep(3600)
@@ -120,7 +140,8 @@ def demo(port: PortOpt = 0) -> None:
 
     with running_stack(host="127.0.0.1", port=port or free_port()) as stack:
         console.print(f"traindepot is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
-        with Client(stack.url) as client:
+        _show_admin_key(stack)
+        with Client(stack.url, key=stack.admin_key) as client:
             job = client.submit(demo_spec())
             console.print(f"submitted job [bold]{job['id']}[/] ({job['name']})")
             final = follow(client, job["id"], console)
@@ -133,6 +154,26 @@ def demo(port: PortOpt = 0) -> None:
         console.print(
             f"job: {stack.url}/jobs/{final['id']}   files: {stack.home / 'jobs' / final['id']}"
         )
+
+
+def _show_admin_key(stack: Stack) -> None:
+    if stack.admin_key_is_new:
+        console.print(
+            f"admin API key (shown once; kept for this machine's CLI in {stack.admin_key_file}):"
+            f"\n  {stack.admin_key}"
+        )
+    else:
+        console.print(f"admin API key: the one kept in {stack.admin_key_file}")
+
+
+def _key(key: str | None) -> str | None:
+    """--key / TRAINDEPOT_API_KEY, else the admin key kept under TRAINDEPOT_HOME."""
+    if key:
+        return key
+    from traindepot import apikeys
+    from traindepot.settings import get_settings
+
+    return apikeys.local_admin_key(get_settings())
 
 
 def _load_spec(path: Path) -> dict[str, Any]:
@@ -154,12 +195,12 @@ def _load_spec(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def _api(url: str) -> Iterator[Client]:
+def _api(url: str, key: str | None) -> Iterator[Client]:
     """A client whose failures end the command with a message and a non-zero exit."""
     from traindepot.client import ApiError, Client
 
     try:
-        with Client(url) as client:
+        with Client(url, key=_key(key)) as client:
             yield client
     except ApiError as exc:
         err.print(f"[red]HTTP {exc.status}[/]")
@@ -174,13 +215,14 @@ def _api(url: str) -> Iterator[Client]:
 def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec, JSON or YAML ('-' for stdin).")],
     url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
     wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
 ) -> None:
     """Submit a job spec; prints the job id."""
     from traindepot.demo import follow
 
     body = _load_spec(spec)
-    with _api(url) as client:
+    with _api(url, key) as client:
         job = client.submit(body)
         console.print(job["id"])
         if wait:
@@ -194,19 +236,23 @@ def submit(
 
 @app.command()
 def status(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")], url: UrlOpt = DEFAULT_URL
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
 ) -> None:
     """Print a job (status, progress, result or error)."""
-    with _api(url) as client:
+    with _api(url, key) as client:
         console.print_json(data=client.get(job_id))
 
 
 @app.command()
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")], url: UrlOpt = DEFAULT_URL
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
 ) -> None:
     """Cancel a job: at once if queued, at the next step (with a checkpoint) if running."""
-    with _api(url) as client:
+    with _api(url, key) as client:
         job = client.cancel(job_id)
         console.print(f"{job['id']} {job['status']}")
 
@@ -214,6 +260,7 @@ def cancel(
 @app.command("list")
 def list_jobs(
     url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
     job_status: Annotated[
         str | None, typer.Option("--status", help="Only jobs with this status.")
     ] = None,
@@ -223,7 +270,7 @@ def list_jobs(
     params: dict[str, Any] = {"limit": limit}
     if job_status:
         params["status"] = job_status
-    with _api(url) as client:
+    with _api(url, key) as client:
         page = client.list(**params)
     table = Table("id", "name", "status", "step", "loss", "created")
     for job in page["items"]:

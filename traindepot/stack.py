@@ -30,6 +30,9 @@ class Stack:
     database_url: str
     redis_url: str
     home: Path
+    admin_key: str  # the first admin key, kept in `admin_key_file` for the local CLI
+    admin_key_is_new: bool  # created by this start: print it (once)
+    admin_key_file: Path
 
 
 @contextmanager
@@ -122,6 +125,9 @@ def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stac
         os.environ["TRAINDEPOT_REDIS_URL"] = redis_url
         get_settings.cache_clear()
         migrate(dict(os.environ))
+        from api import keyring  # the stack starts the API; its key store comes with it
+
+        admin_key, new = keyring.ensure_local_admin_key(settings, database_url=database_url)
         if worker:
             proc = start_worker(dict(os.environ), settings.home / "logs" / "worker.log")
             stack.callback(stop_process, proc)
@@ -137,4 +143,12 @@ def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stac
         stack.callback(stop_api)
         url = f"http://{host}:{port}"
         wait_until_up(url)
-        yield Stack(url=url, database_url=database_url, redis_url=redis_url, home=settings.home)
+        yield Stack(
+            url=url,
+            database_url=database_url,
+            redis_url=redis_url,
+            home=settings.home,
+            admin_key=admin_key,
+            admin_key_is_new=new,
+            admin_key_file=settings.admin_key_file,
+        )

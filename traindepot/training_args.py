@@ -176,6 +176,12 @@ def warm_up() -> None:
     fields()
 
 
+def is_warm() -> bool:
+    """Whether TrainingArguments is imported and its validators built (a first POST /jobs
+    would otherwise pay seconds for it)."""
+    return fields.cache_info().currsize > 0
+
+
 def owned_reason(name: str) -> str | None:
     """Why the server owns `name`, or None when a spec may set it."""
     return SERVER_OWNED.get(name) or next(

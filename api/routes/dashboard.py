@@ -13,10 +13,10 @@ _PAGE = files("api").joinpath("static/dashboard.html")
 
 
 @router.get("/", include_in_schema=False)
-def root() -> RedirectResponse:
+async def root() -> RedirectResponse:
     return RedirectResponse("/dashboard")
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-def dashboard() -> HTMLResponse:
+async def dashboard() -> HTMLResponse:
     return HTMLResponse(_PAGE.read_text(encoding="utf-8"))

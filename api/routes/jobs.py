@@ -10,15 +10,19 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, SettingsDep
-from api.errors import Conflict, NotFound
-from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec
+from api import submission
+from api.access import Access, AccessDep, Caller, load_job
+from api.database import run_db
+from api.deps import SettingsDep
+from api.errors import Conflict
+from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec, json_response
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
@@ -71,6 +75,7 @@ def _body_problem(error: Any) -> Problem | None:
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=_BodyErrorsRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
     404: {"model": ErrorOut, "description": "No such job"},
     422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
     503: {"model": ErrorOut, "description": "The database is unreachable"},
@@ -79,18 +84,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 SpecBody = Annotated[JobSpec, Body(openapi_examples=task_examples())]
 
 
-def _get(session: SessionDep, job_id: uuid.UUID) -> Job:
-    job = jobs.get(session=session, job_id=job_id)
-    if job is None:
-        raise NotFound(f"job {job_id}")
-    return job
-
-
 async def _validated(
-    spec: JobSpec, session: SessionDep, settings: SettingsDep
+    spec: JobSpec, settings: SettingsDep, access: Access
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything `check_spec` checks, with the live workers of the spec's queue and the
-    jobs table. Raises SpecInvalid (422) naming each problem."""
+    caller's jobs (a job of another tenant to resume from does not exist). Raises
+    SpecInvalid (422) naming each problem."""
+    resume = spec.resume_from_checkpoint
+    resume_exists = True
+    if isinstance(resume, uuid.UUID):
+        resume_exists = await access.run(
+            lambda s, c: jobs.get(session=s, job_id=resume, tenant=c.scope) is not None
+        )
 
     def check() -> dict[str, Any]:
         devices = (
@@ -98,40 +103,60 @@ async def _validated(
             if settings.redis_url
             else None
         )
-        return check_spec(
-            spec,
-            settings,
-            devices=devices,
-            job_exists=lambda job_id: jobs.get(session=session, job_id=job_id) is not None,
-        )
+        return check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
 
-    # TrainingArguments' checks are CPU-bound (and the first one imports transformers).
+    # TrainingArguments' checks are CPU-bound (and the first one imports transformers); they
+    # hold no database connection.
     effective = await run_in_threadpool(check)
     return spec.model_dump(mode="json"), effective
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=_ERRORS)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Submit at most once: the same key (per tenant, for 24 h) with the same "
+        "spec returns the job it created (200); with another spec, 422; while the first "
+        "request is in flight, 409.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        **_ERRORS,
+        200: {"model": JobOut, "description": "The job this Idempotency-Key created before"},
+        409: {"model": ErrorOut, "description": "The Idempotency-Key's request is in flight"},
+        429: {"model": ErrorOut, "description": "The tenant's quota of active jobs is used up"},
+    },
+)
 async def submit_job(
-    spec: SpecBody, session: SessionDep, settings: SettingsDep, response: Response
-) -> JobOut:
-    """Validate the spec, store the job as `queued`, then queue its id for a worker."""
-    stored_spec, _ = await _validated(spec, session, settings)
-
-    def store() -> Job:
-        job = jobs.create(session=session, spec=stored_spec)
-        session.commit()
-        return job
-
-    job = await run_in_threadpool(store)
+    spec: SpecBody,
+    settings: SettingsDep,
+    access: AccessDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Response | JobOut:
+    """Validate the spec, store the job as `queued` (within the tenant's quota), then queue
+    its id for a worker."""
+    await access.who()  # 401 before any work
+    stored_spec, _ = await _validated(spec, settings, access)
+    if idempotency_key is not None:
+        earlier = await submission.replay(access, settings, idempotency_key, stored_spec)
+        if earlier is not None:
+            replayed = json_response(JobOut.of(earlier), 200)
+            replayed.headers["Location"] = f"/jobs/{earlier.id}"
+            return replayed
+    job = await submission.create(access, settings, stored_spec, idempotency_key)
     # Only after the commit: the message must never name a row a worker cannot see.
     try:
         await run_in_threadpool(enqueue, job_id=job.id, queue=job.queue, priority=job.priority)
-
-        def mark() -> None:
-            jobs.mark_enqueued(session=session, job_id=job.id)
-            session.commit()
-
-        await run_in_threadpool(mark)
+        await run_db(lambda s: jobs.mark_enqueued(session=s, job_id=job.id), commit=True)
     except BrokerError as exc:
         # The row is stored; the reaper enqueues it once Redis is back. Nothing is lost.
         log.warning("job %s stored but not enqueued yet: %s", job.id, exc)
@@ -140,18 +165,23 @@ async def submit_job(
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
-async def validate_job(spec: SpecBody, session: SessionDep, settings: SettingsDep) -> ValidatedSpec:
+async def validate_job(spec: SpecBody, settings: SettingsDep, access: AccessDep) -> ValidatedSpec:
     """The same validation as `POST /jobs`; no job is created. Returns the spec with every
     default filled in and the effective `TrainingArguments` the worker will build."""
-    stored_spec, effective = await _validated(spec, session, settings)
+    await access.who()
+    stored_spec, effective = await _validated(spec, settings, access)
     return ValidatedSpec(spec=stored_spec, training_args=effective)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+async def get_job(job_id: uuid.UUID, access: AccessDep) -> Response:
     """The job, with the history of its attempts (`attempts`)."""
-    job = _get(session, job_id)
-    return JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id))
+
+    def read(session: Session, caller: Caller) -> Response:
+        job = load_job(session, caller, job_id)
+        return json_response(JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id)))
+
+    return await access.run(read)
 
 
 def encode_cursor(job: Job) -> str:
@@ -171,25 +201,36 @@ def decode_cursor(cursor: str) -> jobs.Cursor:
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS)
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    access: AccessDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
-) -> JobPage:
-    """Jobs, newest first, optionally with one status; follow `next_cursor` for more."""
-    page = jobs.list_page(
-        session=session,
-        status=status,
-        limit=limit + 1,
-        cursor=decode_cursor(cursor) if cursor else None,
-    )
-    more = len(page) > limit
-    page = page[:limit]
-    return JobPage(
-        items=[JobOut.of(j) for j in page],
-        next_cursor=encode_cursor(page[-1]) if more and page else None,
-    )
+    tenant: Annotated[
+        str | None, Query(description="Admin keys only: the jobs of this tenant alone")
+    ] = None,
+) -> Response:
+    """The caller's jobs (an admin's: every tenant's), newest first, optionally with one
+    status; follow `next_cursor` for more."""
+    after = decode_cursor(cursor) if cursor else None
+
+    def read(session: Session, caller: Caller) -> Response:
+        if tenant is not None and tenant != caller.tenant:
+            caller.require_admin()
+        scope = tenant if tenant is not None else caller.scope
+        page = jobs.list_page(
+            session=session, status=status, limit=limit + 1, cursor=after, tenant=scope
+        )
+        more = len(page) > limit
+        page = page[:limit]
+        return json_response(
+            JobPage(
+                items=[JobOut.of(j) for j in page],
+                next_cursor=encode_cursor(page[-1]) if more and page else None,
+            )
+        )
+
+    return await access.run(read)
 
 
 @router.post(
@@ -200,18 +241,25 @@ def list_jobs(
         409: {"model": ErrorOut, "description": "The job has already finished"},
     },
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobOut:
+async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> JobOut:
     """A queued job is cancelled at once; a running one goes `cancelling`, stops at the next
-    step with a checkpoint, and ends `cancelled` with its partial TrainOutput."""
-    job = jobs.request_cancel(session=session, job_id=job_id)
-    session.commit()
-    if job is None:
-        current = _get(session, job_id)
-        if current.status == JobStatus.CANCELLING:
-            return JobOut.of(current)
-        raise Conflict(f"job {job_id} is already {current.status}")
+    step with a checkpoint, and ends `cancelled` with its partial TrainOutput. The job
+    records when and by which key it was asked."""
+
+    def cancel(session: Session, caller: Caller) -> tuple[Job, bool]:
+        load_job(session, caller, job_id)  # 404 for a job the caller may not see
+        job = jobs.request_cancel(session=session, job_id=job_id, by=caller.key_id)
+        session.commit()
+        return (job, True) if job is not None else (load_job(session, caller, job_id), False)
+
+    job, changed = await access.run(cancel)
+    if not changed:
+        if job.status == JobStatus.CANCELLING:
+            return JobOut.of(job)
+        raise Conflict(f"job {job_id} is already {job.status}")
     # After the commit: live readers (GET /jobs/{id}/events) see the change at once.
-    events.publish_status(
+    await run_in_threadpool(
+        events.publish_status,
         settings,
         job_id,
         status=str(job.status),

@@ -35,13 +35,15 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.deps import SessionDep, SettingsDep
-from api.errors import NotFound
-from api.schemas import ErrorOut, MetricSeries, MetricsOut
+from api.access import AccessDep, Caller, load_job
+from api.database import Saturated, run_db
+from api.deps import SettingsDep
+from api.schemas import ErrorOut, MetricSeries, MetricsOut, json_response
 from db import jobs, metrics
-from db.session import session_scope
+from db.models import Job
 from traindepot import events, logtail
 from traindepot.downsample import downsample
 from traindepot.problems import Problem, SpecInvalid
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["live"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
     404: {"model": ErrorOut, "description": "No such job"},
     422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
     503: {"model": ErrorOut, "description": "The database is unreachable"},
@@ -68,6 +71,10 @@ class _JobState:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
 
+    @classmethod
+    def of(cls, job: Job) -> _JobState:
+        return cls(str(job.status), job.attempt, job.result, job.error)
+
     @property
     def version(self) -> int:
         return events.status_version(self.status, self.attempt)
@@ -77,19 +84,18 @@ class _JobState:
         return self.status in events.TERMINAL
 
 
-def _read_job(job_id: uuid.UUID) -> _JobState | None:
-    with session_scope() as session:
+async def _read_job(job_id: uuid.UUID) -> _JobState | None:
+    def read(session: Session) -> _JobState | None:
         job = jobs.get(session=session, job_id=job_id)
-        if job is None:
-            return None
-        return _JobState(str(job.status), job.attempt, job.result, job.error)
+        return None if job is None else _JobState.of(job)
+
+    return await run_db(read)
 
 
-def _read_points(job_id: uuid.UUID, after: int) -> list[dict[str, Any]]:
-    with session_scope() as session:
-        return metrics.points_after(
-            session=session, job_id=job_id, after_id=after, limit=BACKLOG_PAGE
-        )
+async def _read_points(job_id: uuid.UUID, after: int) -> list[dict[str, Any]]:
+    return await run_db(
+        lambda s: metrics.points_after(session=s, job_id=job_id, after_id=after, limit=BACKLOG_PAGE)
+    )
 
 
 class _Stream:
@@ -141,14 +147,14 @@ class _Stream:
 
     async def catch_up(self) -> AsyncIterator[ServerSentEvent]:
         """Everything the database has that this reader lacks; the end if the job ended."""
-        job = await run_in_threadpool(_read_job, self.job_id)
+        job = await _read_job(self.job_id)
         if job is None:  # deleted while streamed
             self.ended = True
             return
         if not job.terminal and (event := self.status_event(job.status, job.attempt)):
             yield event
         while True:
-            page = await run_in_threadpool(_read_points, self.job_id, self.point)
+            page = await _read_points(self.job_id, self.point)
             for point in page:
                 yield self.point_event(point)
             if len(page) < BACKLOG_PAGE:
@@ -234,8 +240,11 @@ async def _event_stream(
     stream = _Stream(job_id, last_event_id)
     pubsub = await _subscribe(redis_url, events.channel(job_id))
     try:
-        async for event in stream.catch_up():
-            yield event
+        try:
+            async for event in stream.catch_up():
+                yield event
+        except Saturated:
+            pass  # the idle check below catches up as soon as the database has a slot
         checked = time.monotonic()
         while not stream.ended:
             message = None
@@ -255,8 +264,13 @@ async def _event_stream(
                     yield event
             elif pubsub is None or time.monotonic() - checked >= IDLE_CHECK_SECONDS:
                 checked = time.monotonic()
-                async for event in stream.catch_up():
-                    yield event
+                try:
+                    async for event in stream.catch_up():
+                        yield event
+                except Saturated:
+                    # The database is busy: a background check can wait for the next round
+                    # (the stream's cursor only moves with what it delivered).
+                    continue
     finally:
         if pubsub is not None:
             with anyio.CancelScope(shield=True):
@@ -278,6 +292,7 @@ async def _event_stream(
 async def job_events(
     job_id: uuid.UUID,
     settings: SettingsDep,
+    access: AccessDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after: Annotated[
         str | None,
@@ -290,9 +305,7 @@ async def job_events(
     repeated. Ids are `P-V` (the last point id, the status version; see traindepot/events.py).
     Comment lines (`: ping`) are heartbeats. A reader that already had the `end` event gets
     204 No Content."""
-    job = await run_in_threadpool(_read_job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id}")
+    job = await access.run(lambda s, c: _JobState.of(load_job(s, c, job_id)))
     cursor = last_event_id or after
     if job.terminal and events.parse_event_id(cursor)[1] >= job.version:
         # The reader has had the end: 204 tells an EventSource not to reconnect again.
@@ -321,32 +334,36 @@ def _keys(raw: str) -> list[str]:
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut, responses=_ERRORS)
-def job_metrics(
+async def job_metrics(
     job_id: uuid.UUID,
-    session: SessionDep,
+    access: AccessDep,
     keys: Annotated[
         str, Query(description="Comma-separated metric names, e.g. `loss,eval_loss`")
     ] = "loss",
     max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
-) -> MetricsOut:
+) -> Response:
     """Each metric's history as (step, value) pairs, at most `max_points` per metric: a
     longer history is split into `max_points // 4` buckets, each keeping its first, last,
     minimum and maximum point, so spikes and the global extremes survive. Read through a
     server-side cursor: memory stays bounded however long the run."""
-    if jobs.get(session=session, job_id=job_id) is None:
-        raise NotFound(f"job {job_id}")
-    series: dict[str, MetricSeries] = {}
-    for key in _keys(keys):
-        count = metrics.series_length(session=session, job_id=job_id, key=key)
-        points = downsample(
-            metrics.iter_series(session=session, job_id=job_id, key=key),
-            count=count,
-            max_points=max_points,
-        )
-        series[key] = MetricSeries(
-            count=count, points=[(int(step), value) for step, value in points]
-        )
-    return MetricsOut(job_id=job_id, max_points=max_points, series=series)
+    names = _keys(keys)
+
+    def read(session: Session, caller: Caller) -> Response:
+        load_job(session, caller, job_id)
+        series: dict[str, MetricSeries] = {}
+        for key in names:
+            count = metrics.series_length(session=session, job_id=job_id, key=key)
+            points = downsample(
+                metrics.iter_series(session=session, job_id=job_id, key=key),
+                count=count,
+                max_points=max_points,
+            )
+            series[key] = MetricSeries(
+                count=count, points=[(int(step), value) for step, value in points]
+            )
+        return json_response(MetricsOut(job_id=job_id, max_points=max_points, series=series))
+
+    return await access.run(read)
 
 
 # --- the training log -------------------------------------------------------------------------
@@ -355,7 +372,11 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
     if start:
         yield start
     while True:
-        job = await run_in_threadpool(_read_job, job_id)
+        try:
+            job = await _read_job(job_id)
+        except Saturated:  # the database is busy: look again at the next round
+            await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
+            continue
         ended = job is None or job.terminal
         # Read everything there is (in blocks); after the end, this is the last of it.
         while True:
@@ -377,6 +398,7 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
 async def job_logs(
     job_id: uuid.UUID,
     settings: SettingsDep,
+    access: AccessDep,
     tail: Annotated[int, Query(ge=0, le=100_000, description="How many last lines")] = 100,
     follow: Annotated[
         bool,
@@ -389,8 +411,7 @@ async def job_logs(
     """The job's training log (the training process's output: one JSON object per logged
     step, Python logging, one header line per attempt). Never read whole: the tail is read
     backwards in blocks and capped at 8 MiB."""
-    if await run_in_threadpool(_read_job, job_id) is None:
-        raise NotFound(f"job {job_id}")
+    await access.run(lambda s, c: load_job(s, c, job_id))
     path = settings.job_dir(job_id) / "train.log"
     data, offset = await run_in_threadpool(logtail.tail, path, tail)
     if not follow:

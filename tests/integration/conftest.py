@@ -29,6 +29,7 @@ import pytest
 import redis
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from traindepot.settings import Settings
 from traindepot.stack import start_api, stop_process, wait_until_up
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -47,6 +48,11 @@ TEST_SETTINGS = {
 }
 
 
+def api_key_headers() -> dict[str, str]:
+    """The session stack's admin key (exported to this process), for raw HTTP clients."""
+    return {"Authorization": f"Bearer {os.environ['TRAINDEPOT_API_KEY']}"}
+
+
 @dataclass
 class Stack:
     """The running service, as a test sees it."""
@@ -62,6 +68,20 @@ class Stack:
     redis_server: EmbeddedRedis | None = None  # None when TRAINDEPOT_TEST_REDIS_URL is set
     postgres: EmbeddedPostgres | None = None  # set on a stack with its own PostgreSQL
     postgres_dir: Path | None = None
+    admin_key: str = ""  # `http` sends it; `headers()` gives it to other clients
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    def new_key(self, tenant: str, *, admin: bool = False) -> str:
+        """A new API key of `tenant` (as `traindepot keys create` makes one)."""
+        from api import keyring
+        from db.session import session_scope
+
+        settings = Settings(home=self.home, database_url=self.database_url)
+        with session_scope(self.database_url) as session:
+            _, key = keyring.issue(session=session, settings=settings, tenant=tenant, admin=admin)
+        return key
 
     def stop_postgres(self) -> None:
         """Stop this stack's embedded PostgreSQL (`pg_ctl stop -w`, fast mode: clients are
@@ -177,6 +197,17 @@ def build_stack(
             redis_url = redis_server.url
         redis.Redis.from_url(redis_url).flushdb()
         upgrade(database_url)
+        from api import keyring
+        from db.session import session_scope
+
+        with session_scope(database_url) as session:
+            _, admin_key = keyring.issue(
+                session=session,
+                settings=Settings(home=home, database_url=database_url),
+                tenant="admin",
+                name="tests",
+                admin=True,
+            )
         env = {
             **os.environ,
             **TEST_SETTINGS,
@@ -185,6 +216,8 @@ def build_stack(
             "TRAINDEPOT_REDIS_URL": redis_url,
             "TRAINDEPOT_HOME": str(home),
             "TRAINDEPOT_ALLOWED_PATHS": f"{data},{home}",
+            # The CLI and clients started by tests act as the admin.
+            "TRAINDEPOT_API_KEY": admin_key,
         }
         if export_env:
             # The test process reads the same settings (db/session.py, settings caches).
@@ -202,7 +235,12 @@ def build_stack(
             redis_url=redis_url,
             home=home,
             env=env,
-            http=cleanup.enter_context(httpx.Client(base_url=url, timeout=60)),
+            http=cleanup.enter_context(
+                httpx.Client(
+                    base_url=url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}
+                )
+            ),
+            admin_key=admin_key,
         )
         s.data_dir = data
         s.redis_server = redis_server

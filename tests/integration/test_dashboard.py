@@ -18,7 +18,9 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "<script>" in html and "EventSource" in html
+    assert "<script>" in html
+    # The key goes in a header, never in a URL: no EventSource (it cannot send headers).
+    assert "Authorization" in html and "new EventSource" not in html
 
     # Every API path the page calls, with `${...}` placeholders, must be a route of the app.
     called = {

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, api_key_headers
 from tests.specs import tiny_spec
 from traindepot.embedded import free_port
 from traindepot.stack import start_api, stop_process, wait_until_up
@@ -71,7 +71,7 @@ def read_events(
     until a given count, then disconnects)."""
     import json
 
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", **api_key_headers()}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     read = Read()
@@ -308,7 +308,9 @@ def test_redis_down_falls_back_to_polling_the_database(
 
     def follow_log() -> None:
         with (
-            httpx.Client(base_url=stack.url, timeout=httpx.Timeout(10, read=120)) as client,
+            httpx.Client(
+                base_url=stack.url, timeout=httpx.Timeout(10, read=120), headers=stack.headers()
+            ) as client,
             client.stream(
                 "GET", f"/jobs/{job['id']}/logs", params={"tail": 100_000, "follow": True}
             ) as response,

@@ -1,0 +1,113 @@
+"""Who is calling, and the database work done on their behalf.
+
+Every route but `/healthz`, `/readyz`, the docs and the (data-free) dashboard page takes
+`access: AccessDep`. The `Authorization: Bearer <key>` header is checked for its shape at
+once (401 before anything else); the key itself is looked up inside the route's first
+database call (`access.run`), in the same thread and session as the route's own work, so
+authentication costs one indexed query and no extra thread hop. Nothing is cached: a revoked
+key is refused by the very next request, in every API process.
+
+`work(session, caller)` scopes itself with `caller`: `caller.scope` is the tenant to filter
+by (None for an admin, who sees every tenant). A job of another tenant is reported as not
+found, never as forbidden: its existence is not the caller's business. See
+docs/architecture.md, "Tenants and keys".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.database import run_db
+from api.errors import Forbidden, NotFound, Unauthorized
+from db import jobs, keys
+from db.models import Job
+from traindepot import apikeys
+from traindepot.settings import Settings, get_settings
+
+T = TypeVar("T")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: `traindepot keys create --tenant T`, or `POST /keys` as an admin.",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    admin: bool
+    key_id: uuid.UUID | None  # None with auth off
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant to restrict queries to; None (every tenant) for an admin."""
+        return None if self.admin else self.tenant
+
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise Forbidden("this needs an admin key")
+
+
+ANONYMOUS = Caller(tenant="default", admin=True, key_id=None)
+
+
+class Access:
+    """The request's credentials and its database work (see the module docstring)."""
+
+    def __init__(self, key: str | None, settings: Settings) -> None:
+        self._key = key
+        self._settings = settings
+        self.caller: Caller | None = None if settings.auth else ANONYMOUS
+
+    def _authenticate(self, session: Session) -> Caller:
+        if self.caller is None:
+            assert self._key is not None
+            digest = apikeys.digest(self._key, apikeys.server_secret(self._settings))
+            row = keys.find_active(session=session, digest=digest)
+            if row is None:
+                raise Unauthorized("the API key is unknown or revoked")
+            self.caller = Caller(tenant=row.tenant, admin=row.admin, key_id=row.id)
+        return self.caller
+
+    async def run(self, work: Callable[[Session, Caller], T], *, commit: bool = False) -> T:
+        """`work(session, caller)` in one database thread, after the caller is known."""
+        return await run_db(
+            lambda session: work(session, self._authenticate(session)), commit=commit
+        )
+
+    async def who(self) -> Caller:
+        """The caller, for a route that needs it before (or without) its own work."""
+        if self.caller is None:
+            await self.run(lambda _session, caller: caller)
+        assert self.caller is not None
+        return self.caller
+
+
+def _access(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> Access:
+    if not settings.auth:
+        return Access(None, settings)
+    if credentials is None:
+        raise Unauthorized("send an API key: `Authorization: Bearer <key>`")
+    if not apikeys.well_formed(credentials.credentials):
+        raise Unauthorized("the API key is malformed")
+    return Access(credentials.credentials, settings)
+
+
+AccessDep = Annotated[Access, Depends(_access)]
+
+
+def load_job(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
+    """The job if the caller may see it; 404 otherwise (another tenant's job included)."""
+    job = jobs.get(session=session, job_id=job_id, tenant=caller.scope)
+    if job is None:
+        raise NotFound(f"job {job_id}")
+    return job
