@@ -18,6 +18,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from traindepot.statuses import JobStatus
+
 if TYPE_CHECKING:
     from traindepot.client import Client
     from traindepot.stack import Stack
@@ -145,7 +147,7 @@ def demo(port: PortOpt = 0) -> None:
             job = client.submit(demo_spec())
             console.print(f"submitted job [bold]{job['id']}[/] ({job['name']})")
             final = follow(client, job["id"], console)
-        if final["status"] != "succeeded":
+        if final["status"] != JobStatus.SUCCEEDED:
             err.print(f"[red]job {final['status']}[/]")
             err.print_json(data=final.get("error"))
             raise typer.Exit(1)
@@ -230,7 +232,7 @@ def submit(
             console.print_json(
                 data={"status": final["status"], "result": final["result"], "error": final["error"]}
             )
-            if final["status"] != "succeeded":
+            if final["status"] != JobStatus.SUCCEEDED:
                 raise typer.Exit(1)
 
 

@@ -13,7 +13,8 @@ its transaction committed; the final flush in `close()` writes whatever is left.
 place the training thread waits is `flush_sync`, on a step that saves a checkpoint.
 
 Failure handling:
-- Postgres down: the batch stays in the buffer and is retried with backoff; nothing is lost.
+- Postgres down: the batch stays in the buffer and is retried with the project's backoff
+  (db/retry.py), for as long as it takes; nothing is lost.
   The buffer is then bounded only by memory (a point is a few hundred bytes: logging 10
   points a second, an hour of outage holds about 10 MB).
 - Redis down: live events are dropped (worker/live_publisher.py).
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from db import attempts, metrics
-from db.retry import TRANSIENT
+from db.retry import TRANSIENT, retrying_forever
 from db.session import session_scope
 from traindepot import events
 from worker.live_publisher import LivePublisher
@@ -194,26 +195,23 @@ class Flusher:
             log.warning("flusher: database unavailable at start (%s); will retry", exc)
 
     def _loop(self) -> None:
-        backoff = self._interval
         while True:
             if not self._closing.is_set():
                 self._wake.wait(self._interval)
                 self._wake.clear()
-            try:
-                self._flush_once()
-                backoff = self._interval
-            except TRANSIENT as exc:
-                self.failed_flushes += 1
-                backoff = min(backoff * 2, 10.0)
-                log.warning("flusher: database unavailable (%s); retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                continue
-            except Exception:  # never let the thread die silently: log and keep the data
-                log.exception("flusher: unexpected error; retrying")
-                time.sleep(backoff)
-                continue
+            # The batch stays in the buffer until it is written, however long that takes.
+            for attempt in retrying_forever(on_failure=self._flush_failed):
+                with attempt:
+                    self._flush_once()
             if self._closing.is_set() and not self._points and not self.progress.dirty:
                 return
+
+    def _flush_failed(self, error: BaseException) -> None:
+        if isinstance(error, TRANSIENT):
+            self.failed_flushes += 1
+            log.warning("flusher: database unavailable (%s); retrying", error)
+        else:  # never let the thread die silently: log and keep the data
+            log.error("flusher: unexpected error; retrying", exc_info=error)
 
     def _flush_once(self) -> None:
         batch = list(itertools.islice(self._points, self._max_batch))
