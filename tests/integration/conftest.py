@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.settings import Settings
@@ -170,8 +171,9 @@ def _fresh_database(admin_url: str) -> tuple[str, str]:
     name = f"traindepot_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    return name, f"{base}/{name}"
+    # make_url keeps a query string (`?host=/socket/dir` of an embedded server) intact.
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url
 
 
 @contextmanager
