@@ -9,7 +9,8 @@ key is refused by the very next request, in every API process.
 
 `work(session, caller)` scopes itself with `caller`: `caller.scope` is the tenant to filter
 by (None for an admin, who sees every tenant). A job of another tenant is reported as not
-found, never as forbidden: its existence is not the caller's business.
+found, never as forbidden: its existence is not the caller's business. See
+docs/architecture.md, "Tenants and keys".
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.database import run_db
+from api.deps import SettingsDep
 from api.errors import Forbidden, NotFound, Unauthorized
+from api.keycache import cache
 from db import jobs, keys
 from db.models import Job
 from traindepot import apikeys
-from traindepot.settings import Settings, get_settings
+from traindepot.settings import Settings
 
 T = TypeVar("T")
 _bearer = HTTPBearer(
@@ -68,10 +71,11 @@ class Access:
         if self.caller is None:
             assert self._key is not None
             digest = apikeys.digest(self._key, apikeys.server_secret(self._settings))
-            row = keys.find_active(session=session, digest=digest)
-            if row is None:
+            holder = cache.get(digest) or keys.find_active(session=session, digest=digest)
+            if holder is None:
                 raise Unauthorized("the API key is unknown or revoked")
-            self.caller = Caller(tenant=row.tenant, admin=row.admin, key_id=row.id)
+            cache.put(digest, holder)
+            self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
         return self.caller
 
     async def run(self, work: Callable[[Session, Caller], T], *, commit: bool = False) -> T:
@@ -88,9 +92,9 @@ class Access:
         return self.caller
 
 
-def _access(
+async def _access(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
 ) -> Access:
     if not settings.auth:
         return Access(None, settings)

@@ -6,9 +6,10 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
-from api import db_errors, errors
+from api import db_errors, errors, keycache
 from api.body_limit import BodyLimit
 from api.routes import admin, dashboard, jobs, live, ops
 from api.stream_slots import StreamLimit, StreamSlots
@@ -20,7 +21,13 @@ from traindepot.settings import get_settings
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Import transformers off the request path: the first POST would otherwise pay for it.
     threading.Thread(target=training_args.warm_up, name="warm-up", daemon=True).start()
-    yield
+    settings = get_settings()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(
+            keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds
+        )
+        yield
+        tasks.cancel_scope.cancel()
 
 
 def create_app() -> FastAPI:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import ApiKey, Job, JobAttempt
+from db.models import Job, JobAttempt
 from traindepot import apikeys
 
 
@@ -190,6 +190,8 @@ class KeyIn(BaseModel):
 
 
 class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # KeyOut.model_validate(api_key_row)
+
     id: uuid.UUID
     prefix: str = Field(description="The start of the key, shown so a leaked key can be found.")
     tenant: str
@@ -197,18 +199,6 @@ class KeyOut(BaseModel):
     admin: bool
     created_at: datetime
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> KeyOut:
-        return cls(
-            id=key.id,
-            prefix=key.prefix,
-            tenant=key.tenant,
-            name=key.name,
-            admin=key.admin,
-            created_at=key.created_at,
-            revoked_at=key.revoked_at,
-        )
 
 
 class NewKeyOut(KeyOut):

@@ -248,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     with (
         running_stack(host="127.0.0.1", port=free_port()) as stack,
         contextmanager_or_none(None if args.no_mlflow else mlflow_server(work, env)) as mlflow_url,
-        httpx.Client(base_url=stack.url, timeout=30) as client,
+        httpx.Client(
+            base_url=stack.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {stack.admin_key}"},
+        ) as client,
     ):
         mlflow_env = {**env, "MLFLOW_TRACKING_URI": mlflow_url or ""}
         # One warm-up of each (page cache, first compilation of kernels), not counted.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -22,11 +23,24 @@ def create(
     return key
 
 
-def find_active(*, session: Session, digest: bytes) -> ApiKey | None:
-    """The key with this hash, unless it has been revoked (one indexed lookup)."""
-    return session.scalars(
-        select(ApiKey).where(ApiKey.digest == digest, ApiKey.revoked_at.is_(None))
+@dataclass(frozen=True)
+class Holder:
+    """Who a valid key speaks for."""
+
+    key_id: uuid.UUID
+    tenant: str
+    admin: bool
+
+
+def find_active(*, session: Session, digest: bytes) -> Holder | None:
+    """Who holds the key with this hash, unless it has been revoked: one indexed lookup of
+    three columns (no ORM object: it runs on every request)."""
+    row = session.execute(
+        select(ApiKey.id, ApiKey.tenant, ApiKey.admin).where(
+            ApiKey.digest == digest, ApiKey.revoked_at.is_(None)
+        )
     ).first()
+    return None if row is None else Holder(row[0], row[1], row[2])
 
 
 def list_keys(*, session: Session, tenant: str | None = None) -> list[ApiKey]:

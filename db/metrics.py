@@ -18,18 +18,8 @@ from typing import Any
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobMetric
+from db.models import JobMetric
 from traindepot.events import dumps
-
-
-def attempt_owns_job(*, session: Session, job_id: uuid.UUID, attempt: int) -> bool:
-    """Lock the job row (shared) and check `attempt` is still the current one.
-
-    Held until the caller commits, so the reaper cannot hand the job to a newer attempt
-    between this check and the writes that follow it.
-    """
-    current = session.scalar(select(Job.attempt).where(Job.id == job_id).with_for_update(read=True))
-    return current == attempt
 
 
 def merge_points(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

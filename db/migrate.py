@@ -1,4 +1,5 @@
-"""Run Alembic migrations programmatically (``traindepot migrate``, test fixtures)."""
+"""Run Alembic migrations programmatically (test fixtures), or as
+``python -m db.migrate`` on ``TRAINDEPOT_DATABASE_URL`` (``traindepot migrate``, ``serve``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 from db.session import sqlalchemy_url
+from traindepot.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -22,3 +24,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+if __name__ == "__main__":
+    upgrade(get_settings().require_database_url())

@@ -62,6 +62,19 @@ def active_jobs(*, session: Session, tenant: str) -> int:
     )
 
 
+def may_start_another(*, session: Session, tenant: str, default: Quota) -> bool:
+    """Whether the tenant runs fewer jobs than its `max_running_jobs`. Takes the tenant's
+    lock: the caller's claim in the same transaction cannot race another worker's."""
+    lock(session=session, tenant=tenant)
+    limit = quota(session=session, tenant=tenant, default=default).max_running_jobs
+    running = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant == tenant, Job.status.in_(list(ACTIVE_STATUSES)))
+    )
+    return (running or 0) < limit
+
+
 # --- Idempotency-Key ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Claimed:

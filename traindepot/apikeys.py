@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from traindepot.settings import Settings
@@ -70,7 +71,13 @@ def server_secret(settings: Settings) -> bytes:
     """`TRAINDEPOT_SECRET_KEY`, or the one kept in `home/secret_key` (created once)."""
     if settings.secret_key:
         return settings.secret_key.encode()
-    path = settings.home / "secret_key"
+    return _secret_in(settings.home)
+
+
+@lru_cache(maxsize=8)
+def _secret_in(home: Path) -> bytes:
+    """Read once per process: every authenticated request needs it."""
+    path = home / "secret_key"
     if not path.exists():
         _write_private(path, secrets.token_hex(32).encode(), replace=False)
     return path.read_bytes().strip()

@@ -18,6 +18,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from traindepot.statuses import JobStatus
+
 if TYPE_CHECKING:
     from traindepot.client import Client
     from traindepot.stack import Stack
@@ -46,7 +48,7 @@ KeyOpt = Annotated[
 
 
 def _register_subcommands() -> None:
-    from traindepot import cli_keys
+    from api import cli_keys
 
     app.add_typer(cli_keys.app, name="keys")
 
@@ -121,10 +123,11 @@ def worker(
 @app.command()
 def migrate() -> None:
     """Apply database migrations."""
-    from db.migrate import upgrade
     from traindepot.settings import get_settings
+    from traindepot.stack import migrate as apply_migrations
 
-    upgrade(get_settings().require_database_url())
+    get_settings().require_database_url()
+    apply_migrations(dict(os.environ))
     console.print("database is up to date")
 
 
@@ -140,11 +143,11 @@ def demo(port: PortOpt = 0) -> None:
     with running_stack(host="127.0.0.1", port=port or free_port()) as stack:
         console.print(f"traindepot is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
         _show_admin_key(stack)
-        with Client(stack.url, key=stack.admin_key) as client:
+        with Client(stack.url, key=stack.admin_key, timeout=120) as client:
             job = client.submit(demo_spec())
             console.print(f"submitted job [bold]{job['id']}[/] ({job['name']})")
             final = follow(client, job["id"], console)
-        if final["status"] != "succeeded":
+        if final["status"] != JobStatus.SUCCEEDED:
             err.print(f"[red]job {final['status']}[/]")
             err.print_json(data=final.get("error"))
             raise typer.Exit(1)
@@ -229,7 +232,7 @@ def submit(
             console.print_json(
                 data={"status": final["status"], "result": final["result"], "error": final["error"]}
             )
-            if final["status"] != "succeeded":
+            if final["status"] != JobStatus.SUCCEEDED:
                 raise typer.Exit(1)
 
 

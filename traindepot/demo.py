@@ -10,14 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from traindepot.client import Client
-from traindepot.spec import example_spec
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from traindepot.spec_examples import example_spec
+from traindepot.statuses import TERMINAL_STATUSES
 
 
 def demo_spec() -> dict[str, Any]:
-    """The documented example job (`traindepot.spec.example_spec`: a tiny GPT-2 from a config,
-    the byte-level tokenizer) trained on a few paragraphs of a public-domain book."""
+    """The documented example job (`traindepot.spec_examples.example_spec`: a tiny GPT-2
+    from a config, the byte-level tokenizer) trained on a few paragraphs of a public-domain
+    book."""
     text = files("traindepot").joinpath("data/alice.txt").read_text()
     rows = [{"text": line} for line in text.splitlines() if line.strip()]
     return {
@@ -60,6 +60,6 @@ def follow(client: Client, job_id: str, console: Console, poll: float = 0.5) -> 
                 completed=progress.get("global_step") or 0,
                 loss=f"{loss:.4f}" if isinstance(loss, float) else "-",
             )
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_STATUSES:
                 return job
             time.sleep(poll)

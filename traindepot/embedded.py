@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from traindepot.redis_client import client
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -71,16 +73,14 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         while True:
             try:
-                client.ping()
+                client(self.url).ping()
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self._process.poll() is not None:
                     raise RuntimeError("embedded redis-server did not start") from None
                 time.sleep(0.05)
-        client.close()
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

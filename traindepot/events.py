@@ -9,19 +9,21 @@ import json
 import logging
 import math
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+from traindepot.redis_client import client
+from traindepot.statuses import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from traindepot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# `type` of what is published on a job's channel: a batch of metric points (`points`, each
-# with its own `type`: its kind), a status change, a progress snapshot with no new point, and
-# the job's end.
-EventType = Literal["points", "train", "eval", "summary", "restart", "status", "progress", "end"]
+# What is published on a job's channel, by `type`: a batch of metric points (`points`, each
+# with its own `type`: its kind, one of POINT_TYPES), a status change (`status`), a progress
+# snapshot with no new point (`progress`), and the job's end (`end`).
 POINT_TYPES = frozenset({"train", "eval", "summary", "restart"})
 
 
@@ -59,12 +61,10 @@ def publish(settings: Settings, job_id: uuid.UUID, *events: dict[str, Any]) -> N
     if not settings.redis_url:
         return
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=1, socket_connect_timeout=1
-        )
-        with client:
+        with client(settings.redis_url).pipeline(transaction=False) as pipe:
             for event in events:
-                client.publish(channel(job_id), encode({"job_id": str(job_id), **event}))
+                pipe.publish(channel(job_id), encode({"job_id": str(job_id), **event}))
+            pipe.execute()
     except redis.RedisError as exc:
         log.warning("job %s: live event not published (%s)", job_id, exc)
 
@@ -102,7 +102,8 @@ def publish_status(
 # came and went while the reader was away (e.g. `cancelling`) collapses into the current one.
 
 _STATUS_RANK = {"running": 1, "cancelling": 2, "queued": 3}
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# api/routes/live.py reads this name; it is the one set of traindepot/statuses.py.
+TERMINAL = TERMINAL_STATUSES
 
 
 def status_version(status: str, attempt: int) -> int:

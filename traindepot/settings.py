@@ -41,10 +41,16 @@ class Settings(BaseSettings):
     # created (mode 0600) in `home/secret_key` and read from there; every API process and
     # the `keys` commands must see the same one.
     secret_key: str | None = Field(default=None, min_length=16)
+    # How long an API process trusts a key it has checked (api/keycache.py: only while it
+    # hears revocations on Redis; 0 checks every request against the database).
+    api_key_cache_seconds: float = Field(default=30.0, ge=0)
     # Per-tenant quotas; an admin can override both per tenant (PUT /tenants/{t}/quota).
     max_active_jobs_per_tenant: int = Field(default=100, gt=0)  # queued + running
     max_running_jobs_per_tenant: int = Field(default=8, gt=0)
     quota_retry_after_seconds: int = Field(default=30, gt=0)
+    # A worker that gets a job whose tenant already runs `max_running_jobs` leaves it queued
+    # and has its message delivered again after this long.
+    tenant_busy_retry_seconds: float = Field(default=5.0, gt=0)
     # How long an `Idempotency-Key` of POST /jobs is kept, and after how long a request that
     # holds one and never finished (its process died) is treated as abandoned.
     idempotency_ttl_seconds: float = Field(default=24 * 3600, gt=0)

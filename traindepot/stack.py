@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from traindepot import keyring
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis
 from traindepot.settings import Settings, get_settings
 
@@ -111,16 +110,23 @@ def wait_until_up(
         time.sleep(0.1)
 
 
+def migrate(env: dict[str, str]) -> None:
+    """Apply the database migrations to `TRAINDEPOT_DATABASE_URL` of `env`, in a process of
+    their own (`python -m db.migrate`), as every service of the stack runs: this package
+    never imports `db` (the dependency runs one way, db -> traindepot)."""
+    subprocess.run([sys.executable, "-m", "db.migrate"], env=env, check=True)
+
+
 @contextmanager
 def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stack]:
-    from db.migrate import upgrade
-
     settings = get_settings()
     with backing_services(settings) as (database_url, redis_url), ExitStack() as stack:
         os.environ["TRAINDEPOT_DATABASE_URL"] = database_url
         os.environ["TRAINDEPOT_REDIS_URL"] = redis_url
         get_settings.cache_clear()
-        upgrade(database_url)
+        migrate(dict(os.environ))
+        from api import keyring  # the stack starts the API; its key store comes with it
+
         admin_key, new = keyring.ensure_local_admin_key(settings, database_url=database_url)
         if worker:
             proc = start_worker(dict(os.environ), settings.home / "logs" / "worker.log")
@@ -136,7 +142,9 @@ def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stac
 
         stack.callback(stop_api)
         url = f"http://{host}:{port}"
-        wait_until_up(url)
+        # Ready, not just up: the validator's warm-up (importing transformers) is done, so
+        # the first submit does not wait for it.
+        wait_until_up(url, timeout=300, path="/readyz")
         yield Stack(
             url=url,
             database_url=database_url,

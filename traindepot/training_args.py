@@ -49,6 +49,14 @@ SERVER_OWNED_PREFIXES: dict[str, str] = {
     "push_to_hub_": "workers do not push to the Hub",
     "trackio_": "traindepot records every log itself; integrations are not run on workers",
 }
+# The server's defaults for what a spec leaves unset, where the library's do not suit a job.
+SERVER_DEFAULTS: dict[str, Any] = {
+    # Only logged steps are kept and streamed (every `logging_steps`-th step, plus each
+    # evaluation and the end-of-train summary). The library's 500 would leave a live chart
+    # empty for most of a short run; every step (1) costs a device sync per step on a GPU.
+    # Every 10th step draws a curve while a job runs at no measurable cost to training.
+    "logging_steps": 10,
+}
 # Names removed or renamed in transformers 5, with what to write instead.
 RENAMED: dict[str, str] = {
     "evaluation_strategy": "`eval_strategy`",
@@ -243,20 +251,40 @@ def check_names_and_types(args: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def job_kwargs(
+    args: dict[str, Any], *, output_dir: str, seed: int | None = None, report_to: str = "none"
+) -> dict[str, Any]:
+    """The keyword arguments of a job's `TrainingArguments`: the spec's `training_args` over
+    the server's defaults, the spec's top-level `seed`, and what the server owns. Jobs
+    report to no integration (`report_to` is for bench/overhead.py's comparison with one)."""
+    kwargs = {**SERVER_DEFAULTS, **args}
+    if seed is not None:
+        kwargs["seed"] = seed
+    return {
+        **kwargs,
+        "output_dir": output_dir,
+        "report_to": report_to,
+        "push_to_hub": False,
+        "disable_tqdm": True,
+    }
+
+
 def effective(args: dict[str, Any], *, seed: int | None = None) -> dict[str, Any]:
     """Build `TrainingArguments` the way the worker will (raises what it raises) and return
     it as a dict, less the server's own paths. Device-dependent flags are left out of the
-    build (this host may have no GPU) and reported as given."""
+    build (this host may have no GPU) and reported as given.
+
+    The build never touches a device: `use_cpu` is forced on for it (and reported as given).
+    Without that, `TrainingArguments` sets up CUDA when it can, and an API process on a GPU
+    machine would hold a CUDA context (about 500 MiB, seen on an H100) for good."""
     TrainingArguments = _training_arguments()
 
     kwargs = {k: v for k, v in args.items() if k not in DEVICE_DEPENDENT}
-    if seed is not None:
-        kwargs["seed"] = seed
+    kwargs["use_cpu"] = True
     with tempfile.TemporaryDirectory(prefix="traindepot-validate-") as tmp:
-        built = TrainingArguments(
-            output_dir=f"{tmp}/output", report_to="none", disable_tqdm=True, **kwargs
-        )
+        built = TrainingArguments(**job_kwargs(kwargs, output_dir=f"{tmp}/output", seed=seed))
         out: dict[str, Any] = built.to_dict()
+    out["use_cpu"] = bool(args.get("use_cpu", False))
     for name in DEVICE_DEPENDENT:
         if name in args:
             out[name] = args[name]

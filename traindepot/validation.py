@@ -24,11 +24,10 @@ __all__ = ["WorkerDevices", "check_devices", "check_spec", "consistency_problems
 
 @dataclass(frozen=True)
 class WorkerDevices:
-    """What a live worker registered about its devices (see worker/capabilities.py)."""
+    """What a live worker registered about its devices (traindepot/dispatch.py)."""
 
     worker: str
     cuda: bool
-    gpus: int
     bf16: bool
     tf32: bool
 

@@ -1,10 +1,12 @@
 """The Trainer callback: turns Trainer events into points for the flusher, and stops
 training cooperatively (cancel, time limit, non-finite loss, lost lease).
 
-A training step never waits on the network or the database, and does almost nothing here:
-`on_step_end` checks one flag; a logged step copies the log dict into the flusher's buffer
-and checks two values for NaN. The progress snapshot (read from the Trainer's state), the
-JSON, the log line, Postgres and Redis are all the flusher's work, on its own thread.
+A training step does almost nothing here: `on_step_end` checks one flag; a logged step copies
+the log dict into the flusher's buffer and checks two values for NaN. The one place the
+training thread waits on the database is a step that saves a checkpoint: the points up to it
+are committed first (`Flusher.flush_sync`, at most `checkpoint_flush_timeout`). The progress
+snapshot (read from the Trainer's state), the JSON, the log line, Postgres and Redis are all
+the flusher's work, on its own thread.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class TraindepotCallback(TrainerCallback):
         # The only per-step work: the flusher reads the step progress from `state` itself.
         if self.stop_requested.is_set() or self.flusher.fenced:
             control.should_training_stop = True
-            # Without this no checkpoint is written at the stop step (DESIGN.md).
+            # Without this no checkpoint is written at the stop step (docs/architecture.md,
+            # "Stopping a job").
             control.should_save = not self.flusher.fenced
         if control.should_save:
             self._points_before_checkpoint()
@@ -128,11 +131,9 @@ class TraindepotCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         # `on_log` already received the same metrics (Trainer logs them before this hook);
-        # record the evaluation in the snapshot only.
-        if metrics:
-            self.flusher.set_progress(
-                {k: v for k, v in metrics.items() if k in ("eval_loss", "eval_accuracy")}
-            )
+        # record the evaluation's loss in the snapshot only (jobs compute no other metric).
+        if metrics and "eval_loss" in metrics:
+            self.flusher.set_progress({"eval_loss": metrics["eval_loss"]})
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -1,18 +1,19 @@
 """Workers register their devices, so that `POST /jobs` can refuse what no worker can run.
 
 On Celery's `worker_ready`, a worker probes its devices in a short child process (the worker
-parent must never initialise CUDA: see DESIGN.md, "Prefork pool + CUDA"), then writes one
-Redis key per queue it consumes:
+parent must never initialise CUDA, which does not survive a fork: docs/architecture.md,
+"The worker"), then writes one Redis key per queue it consumes (the key layout is
+traindepot/dispatch.py's):
 
-    traindepot:workers:{queue}:{worker id}  ->  {"cuda", "gpus", "bf16", "tf32", ...}
+    traindepot:workers:{queue}:{worker id}  ->  {"worker", "cuda", "bf16", "tf32", ...}
 
 with a TTL of `TTL_SECONDS`, refreshed every `REFRESH_SECONDS` by a daemon thread, so a
 worker that dies disappears within the TTL and a Redis restart is repaired by the next
-refresh. The API reads the live keys of the spec's queue (`live_workers`); no key at all
-means "unknown" and the job is accepted (a GPU worker may start later).
+refresh. The API reads the live keys of the spec's queue (`dispatch.live_workers`); no key
+at all means "unknown" and the job is accepted (a GPU worker may start later).
 
-This module is imported by the worker (`app.conf.imports`) and by the API; it imports
-neither torch nor anything that does.
+Imported by the worker only (`app.conf.imports`); it imports neither torch nor anything
+that does.
 """
 
 from __future__ import annotations
@@ -20,23 +21,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import threading
-from functools import lru_cache
 from typing import Any
 
 import redis
 from celery.signals import worker_ready, worker_shutting_down
 
+from traindepot.dispatch import registry_key, worker_id
+from traindepot.redis_client import client
 from traindepot.settings import get_settings
-from traindepot.validation import WorkerDevices
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "traindepot:workers"
 TTL_SECONDS = 45
 REFRESH_SECONDS = 15
 PROBE_TIMEOUT_SECONDS = 120
@@ -58,14 +56,6 @@ print(json.dumps({
 """
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def key(queue: str, worker: str) -> str:
-    return f"{KEY_PREFIX}:{queue}:{worker}"
-
-
 def probe_devices(timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
     """This machine's devices, as a child process with torch sees them (it inherits
     CUDA_VISIBLE_DEVICES, as the training child will)."""
@@ -80,51 +70,17 @@ def probe_devices(timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
     return found
 
 
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
 def register(*, redis_url: str, queues: list[str], worker: str, devices: dict[str, Any]) -> None:
-    client = _client(redis_url)
+    redis_client = client(redis_url)
     value = json.dumps({"worker": worker, **devices})
-    with client.pipeline() as pipe:
+    with redis_client.pipeline() as pipe:
         for queue in queues:
-            pipe.set(key(queue, worker), value, ex=TTL_SECONDS)
+            pipe.set(registry_key(queue, worker), value, ex=TTL_SECONDS)
         pipe.execute()
 
 
 def unregister(*, redis_url: str, queues: list[str], worker: str) -> None:
-    _client(redis_url).delete(*(key(queue, worker) for queue in queues))
-
-
-def live_workers(*, redis_url: str, queue: str) -> list[WorkerDevices] | None:
-    """The registered live workers of `queue`; None when Redis cannot be read (unknown)."""
-    try:
-        client = _client(redis_url)
-        keys = list(client.scan_iter(match=f"{KEY_PREFIX}:{queue}:*", count=200))
-        values = client.mget(keys) if keys else []
-    except redis.RedisError as exc:
-        log.warning("cannot read worker devices from Redis: %s", exc)
-        return None
-    found: list[WorkerDevices] = []
-    for raw in values:
-        if raw is None:  # expired between SCAN and MGET
-            continue
-        try:
-            data = json.loads(raw)
-            found.append(
-                WorkerDevices(
-                    worker=str(data["worker"]),
-                    cuda=bool(data["cuda"]),
-                    gpus=int(data["gpus"]),
-                    bf16=bool(data["bf16"]),
-                    tf32=bool(data.get("tf32", False)),
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed worker registration: %r", raw)
-    return found
+    client(redis_url).delete(*(registry_key(queue, worker) for queue in queues))
 
 
 class _Registration:

@@ -21,7 +21,6 @@ _WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",
-    "adapter_model.safetensors",
 )
 _REQUIRED = ("optimizer.pt", "scheduler.pt")
 

@@ -4,32 +4,20 @@ The training callback only appends to an in-memory buffer (a deque append and a 
 update: no lock wait, no I/O, no serialisation). A daemon thread wakes every
 `interval` seconds, or as soon as the buffer passes `high_water` points, and writes what it
 holds in one transaction: the points upserted into `job_metrics` (at most `max_batch` rows
-per statement), the progress snapshot merged into the job row. Then it publishes the stored
-points on Redis `job:{id}`.
+per statement), the progress snapshot (worker/progress.py) merged into the job row. Then it
+announces the stored points on Redis (worker/live_publisher.py).
 
-When the buffer is full (training logs faster than the database takes it), nothing blocks
-and this is what is coalesced, precisely:
-- The progress snapshot, always: it is one dict, each key holds its latest value, and it is
-  written once per flush however many steps that flush covers.
-- Live publishes: one Redis message per flush (`{"type": "points", "points": [...]}`); a
-  batch of more than `live_limit` points (the flusher fell behind) is
-  announced on Redis by one event, its newest point, marked `"prev": null`, which tells SSE
-  readers to read the points before it from the database. While Redis fails, publishes are
-  skipped for `redis_pause_seconds`. Live events are a convenience; the database is the record.
-- Points are never dropped and never coalesced (but for one (step, kind) logged twice in one
-  batch, merged exactly as the upsert would merge them). A point leaves the buffer only after
-  its transaction committed; the final flush in `close()` writes whatever is left.
-
-Each published point carries `prev`: the id of the point this flusher stored just before it
-(None for the first one of an attempt). Only this flusher writes the job's points, one
-transaction after the other, so a reader that has delivered point `prev` may deliver this
-one directly; any other reader has a gap and reads it from the database (api/routes/live.py).
+Points are never dropped and never coalesced (but for one (step, kind) logged twice in one
+batch, merged exactly as the upsert would merge them). A point leaves the buffer only after
+its transaction committed; the final flush in `close()` writes whatever is left. The one
+place the training thread waits is `flush_sync`, on a step that saves a checkpoint.
 
 Failure handling:
-- Postgres down: the batch stays in the buffer and is retried with backoff; nothing is lost.
+- Postgres down: the batch stays in the buffer and is retried with the project's backoff
+  (db/retry.py), for as long as it takes; nothing is lost.
   The buffer is then bounded only by memory (a point is a few hundred bytes: logging 10
   points a second, an hour of outage holds about 10 MB).
-- Redis down: live events are dropped (see above).
+- Redis down: live events are dropped (worker/live_publisher.py).
 - The attempt no longer owns the job (reaped, cancelled elsewhere): writes are dropped and
   `fenced` is set, which the callback turns into a stop.
 """
@@ -45,13 +33,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import IO, Any
 
-import redis
-from sqlalchemy.exc import DBAPIError, OperationalError
-
-from db import jobs, metrics
+from db import attempts, metrics
+from db.retry import TRANSIENT, retrying_forever
 from db.session import session_scope
 from traindepot import events
-from traindepot.events import dumps
+from worker.live_publisher import LivePublisher
+from worker.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +63,6 @@ class Flusher:
         self._interval = interval
         self._high_water = high_water
         self._max_batch = max_batch
-        self._live_limit = live_limit
         self._database_url = database_url
         # (step, kind, epoch, values, unix time): the training thread appends, this thread pops.
         self._points: collections.deque[tuple[int, str, Any, dict[str, Any], float, int]] = (
@@ -90,29 +76,18 @@ class Flusher:
         # The training log (GET /jobs/{id}/logs): one JSON line per point, written here, off
         # the training thread.
         self._log_stream: IO[str] | None = log_stream
-        # The Trainer's live state (`watch_state`): the step progress is read from it at each
-        # flush, so a training step does not even build a snapshot.
-        self._state: Any = None
-        self._state_started = 0.0
-        self._state_start_step = 0
-        self._samples_per_step = 1
-        self._state_seen_step = -1
-        self._progress: dict[str, Any] = {}
-        self._progress_version = 0
-        self._written_progress_version = 0
+        self.progress = Progress()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self.fenced = False
-        self._channel = events.channel(job_id)
-        self._redis = redis.Redis.from_url(
-            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        self.live = LivePublisher(
+            job_id=job_id,
+            attempt=attempt,
+            redis_url=redis_url,
+            live_limit=live_limit,
+            pause_seconds=redis_pause_seconds,
         )
-        self._redis_pause = redis_pause_seconds
-        self._redis_paused_until = 0.0
-        self._last_id: int | None = None  # the last point this flusher stored
         self.stored_points = 0
-        self.published_points = 0
-        self.coalesced_publishes = 0
         self.failed_flushes = 0
         # CPU time the flusher thread used after its warm-up (set when it ends): what
         # following the job live cost this process beyond the callback's hooks
@@ -134,48 +109,17 @@ class Flusher:
 
     def set_progress(self, progress: dict[str, Any]) -> None:
         # Coalesced: the flusher writes the latest value of each key, once per flush.
-        self._progress.update(progress)
-        self._progress_version += 1
+        self.progress.update(progress)
 
     def watch_state(self, state: Any, *, samples_per_step: int) -> None:
-        """Follow a `TrainerState` (at train begin, again after an `auto_find_batch_size`
-        restart): global_step, max_steps, epoch, samples per second and the ETA are derived
-        from it at each flush."""
-        self._state = state
-        self._state_started = time.monotonic()
-        self._state_start_step = state.global_step
-        self._samples_per_step = samples_per_step
-        self._state_seen_step = -1
-
-    def _progress_from_state(self, batch: list[tuple[Any, ...]]) -> None:
-        """Fold the watched state and the newest training point into the snapshot."""
-        state = self._state
-        if state is not None and state.global_step != self._state_seen_step:
-            step = state.global_step
-            self._state_seen_step = step
-            progress: dict[str, Any] = {
-                "global_step": step,
-                "max_steps": state.max_steps,
-                "epoch": state.epoch,
-            }
-            done, elapsed = step - self._state_start_step, time.monotonic() - self._state_started
-            if done > 0 and elapsed > 0:
-                steps_per_second = done / elapsed
-                progress["samples_per_second"] = steps_per_second * self._samples_per_step
-                progress["eta_seconds"] = max(state.max_steps - step, 0) / steps_per_second
-            self.set_progress(progress)
-        newest_train = next((p for p in reversed(batch) if p[1] == "train"), None)
-        if newest_train is not None:
-            values = newest_train[3]
-            self.set_progress(
-                {k: values[k] for k in ("loss", "learning_rate", "grad_norm") if k in values}
-            )
+        """Follow a `TrainerState`: see `Progress.watch_state`."""
+        self.progress.watch_state(state, samples_per_step=samples_per_step)
 
     def _write_log_lines(self, batch: list[tuple[Any, ...]]) -> None:
         if self._log_stream is None:
             return
         lines = [
-            dumps({"step": step, "epoch": epoch, **values}) + "\n"
+            events.dumps({"step": step, "epoch": epoch, **values}) + "\n"
             for step, _kind, epoch, values, _at, seq in batch
             if seq > self._logged_seq
         ]
@@ -220,12 +164,11 @@ class Flusher:
         self._closing.set()
         self._wake.set()
         self._thread.join(timeout)
-        self._redis.close()
         log.info(
             "flusher: %d points stored, %d published live (%d coalesced), %.3f s of CPU",
             self.stored_points,
-            self.published_points,
-            self.coalesced_publishes,
+            self.live.published_points,
+            self.live.coalesced_publishes,
             self.cpu_seconds,
         )
         return not self._points and not self._thread.is_alive()
@@ -244,50 +187,43 @@ class Flusher:
         and the first statements' compilation then cost nothing inside the training loop."""
         try:
             with session_scope(self._database_url) as session:
-                if not metrics.attempt_owns_job(
+                if not attempts.attempt_owns_job(
                     session=session, job_id=self.job_id, attempt=self.attempt
                 ):
                     self.fenced = True
-        except (OperationalError, DBAPIError) as exc:
+        except TRANSIENT as exc:
             log.warning("flusher: database unavailable at start (%s); will retry", exc)
 
     def _loop(self) -> None:
-        backoff = self._interval
         while True:
             if not self._closing.is_set():
                 self._wake.wait(self._interval)
                 self._wake.clear()
-            try:
-                self._flush_once()
-                backoff = self._interval
-            except (OperationalError, DBAPIError) as exc:
-                self.failed_flushes += 1
-                backoff = min(backoff * 2, 10.0)
-                log.warning("flusher: database unavailable (%s); retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                continue
-            except Exception:  # never let the thread die silently: log and keep the data
-                log.exception("flusher: unexpected error; retrying")
-                time.sleep(backoff)
-                continue
-            if self._closing.is_set() and not self._points and not self._progress_dirty():
+            # The batch stays in the buffer until it is written, however long that takes.
+            for attempt in retrying_forever(on_failure=self._flush_failed):
+                with attempt:
+                    self._flush_once()
+            if self._closing.is_set() and not self._points and not self.progress.dirty:
                 return
 
-    def _progress_dirty(self) -> bool:
-        return self._progress_version != self._written_progress_version
+    def _flush_failed(self, error: BaseException) -> None:
+        if isinstance(error, TRANSIENT):
+            self.failed_flushes += 1
+            log.warning("flusher: database unavailable (%s); retrying", error)
+        else:  # never let the thread die silently: log and keep the data
+            log.error("flusher: unexpected error; retrying", exc_info=error)
 
     def _flush_once(self) -> None:
         batch = list(itertools.islice(self._points, self._max_batch))
         self._write_log_lines(batch)
-        self._progress_from_state(batch)
-        version = self._progress_version
-        progress = dict(self._progress) if version != self._written_progress_version else {}
+        self.progress.fold(next((p[3] for p in reversed(batch) if p[1] == "train"), None))
+        version, progress = self.progress.pending()
         if not batch and not progress:
             return
         if self.fenced:
             self._discard(len(batch))
             self._mark_done(batch)
-            self._written_progress_version = version
+            self.progress.written(version)
             return
         points = [
             {
@@ -300,7 +236,7 @@ class Flusher:
             for step, kind, epoch, values, at, _seq in batch
         ]
         with session_scope(self._database_url) as session:
-            if not metrics.attempt_owns_job(
+            if not attempts.attempt_owns_job(
                 session=session, job_id=self.job_id, attempt=self.attempt
             ):
                 self.fenced = True
@@ -312,7 +248,7 @@ class Flusher:
             )
             if progress:
                 progress["updated_at"] = datetime.now(UTC).isoformat()
-                jobs.update_progress(
+                attempts.update_progress(
                     session=session,
                     job_id=self.job_id,
                     attempt=self.attempt,
@@ -322,65 +258,10 @@ class Flusher:
         # and the upsert makes that harmless).
         self._discard(len(batch))
         self._mark_done(batch)
-        self._written_progress_version = version
+        self.progress.written(version)
         self.stored_points += len(batch)
-        self._publish(points, ids, progress)
+        self.live.publish(points, ids, progress)
 
     def _discard(self, count: int) -> None:
         for _ in range(count):
             self._points.popleft()
-
-    def _publish(
-        self,
-        points: list[dict[str, Any]],
-        ids: dict[tuple[int, str], int],
-        progress: dict[str, Any],
-    ) -> None:
-        stored = sorted(
-            ((ids[(p["step"], p["kind"])], p) for p in metrics.merge_points(points)),
-            key=lambda item: item[0],
-        )
-        prev = self._last_id
-        if stored:
-            self._last_id = stored[-1][0]
-        if time.monotonic() < self._redis_paused_until:
-            return
-        if len(stored) > self._live_limit:
-            # Fallen behind: announce the newest point only; readers fetch the rest from the
-            # database (prev=None says "there may be a gap before me").
-            self.coalesced_publishes += len(stored) - 1
-            stored, prev = stored[-1:], None
-        # One message per flush, however many points it carries: a publish costs the
-        # training process ~25 us of GIL time, which per point is a visible share of a step.
-        message: dict[str, Any] | None = None
-        if stored:
-            batch_points = []
-            for point_id, point in stored:
-                batch_points.append(
-                    {
-                        "id": point_id,
-                        "prev": prev,
-                        "type": point["kind"],
-                        "step": point["step"],
-                        "epoch": point["epoch"],
-                        "values": point["values"],
-                    }
-                )
-                prev = point_id
-            message = {
-                "type": "points",
-                "job_id": str(self.job_id),
-                "attempt": self.attempt,
-                "points": batch_points,
-                "progress": progress or None,
-            }
-        elif progress:
-            message = {"type": "progress", "job_id": str(self.job_id), "progress": progress}
-        if message is None:
-            return
-        try:
-            self._redis.publish(self._channel, events.encode(message))
-            self.published_points += len(stored)
-        except redis.RedisError as exc:
-            self._redis_paused_until = time.monotonic() + self._redis_pause
-            log.warning("flusher: Redis unavailable (%s); live events dropped", exc)

@@ -14,19 +14,19 @@ import uuid
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import jobs
+from db import jobs, reaping
 from db.session import session_scope
 from traindepot import events
+from traindepot.dispatch import enqueue
 from traindepot.settings import Settings
-from worker.celery_app import enqueue
 
 log = logging.getLogger(__name__)
 
 
-def reap_once(settings: Settings) -> jobs.Reaped:
+def reap_once(settings: Settings) -> reaping.Reaped:
     with session_scope() as session:
-        reaped = jobs.reap_expired(session=session)
-        stale = jobs.stale_queued(
+        reaped = reaping.reap_expired(session=session)
+        stale = reaping.stale_queued(
             session=session, older_than_seconds=settings.requeue_stale_seconds
         )
         to_send = list(reaped.requeued) + [j for j in stale if j not in reaped.requeued]

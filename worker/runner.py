@@ -3,7 +3,8 @@
 A fresh process per job gives a fresh CUDA context, frees all GPU memory at exit, and can be
 killed without harming the worker. It builds everything from the spec, runs
 `Trainer.train()`, flushes every event, and writes its outcome (the TrainOutput or the error)
-to a file that the supervisor (worker/supervisor.py) turns into the job's terminal status.
+to a file (worker/outcome.py) that the supervisor (worker/supervisor.py) turns into the job's
+terminal status.
 
 SIGUSR1 asks for a cooperative stop (cancel, time limit): training stops at the next step
 boundary and saves a checkpoint there.
@@ -11,7 +12,6 @@ boundary and saves a checkpoint there.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,30 +22,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
-
-from db import jobs
+from db import attempts, jobs
+from db.retry import TRANSIENT, retry_db
 from db.session import session_scope
-from traindepot.events import json_safe
 from traindepot.settings import Settings, get_settings
 from traindepot.spec import JobSpec
 from worker.errors import NonFiniteLossError, Reason, describe
+from worker.outcome import outcome_path, write_outcome
 
 if TYPE_CHECKING:
     from worker.flusher import Flusher
 
 log = logging.getLogger("traindepot.runner")
-
-
-def outcome_path(job_dir: Path, attempt: int) -> Path:
-    return job_dir / f"attempt-{attempt}.outcome.json"
-
-
-def write_outcome(path: Path, outcome: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json_safe(outcome)))
-    tmp.replace(path)
 
 
 def train_output_dict(output: Any) -> dict[str, Any]:
@@ -67,12 +55,7 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
     stop_requested.set()
 
 
-@retry(
-    retry=retry_if_exception_type((OperationalError, DBAPIError)),
-    wait=wait_exponential(multiplier=0.5, max=5),
-    stop=stop_after_delay(120),
-    reraise=True,
-)
+@retry_db(give_up_after_seconds=120)
 def _load_spec(job_id: uuid.UUID, attempt: int) -> JobSpec | None:
     """The spec, or None if `attempt` no longer owns the job. Retried through a short
     database outage (the supervisor kills this process if the outage outlasts the lease)."""
@@ -88,8 +71,8 @@ def _record_resume(job_id: uuid.UUID, attempt: int, checkpoint: Path | None) -> 
     step = None if checkpoint is None else int(checkpoint.name.rsplit("-", 1)[1])
     try:
         with session_scope() as session:
-            jobs.record_resume(session=session, job_id=job_id, attempt=attempt, step=step)
-    except (OperationalError, DBAPIError) as exc:
+            attempts.record_resume(session=session, job_id=job_id, attempt=attempt, step=step)
+    except TRANSIENT as exc:
         log.warning("attempt %s: resume step not recorded (%s)", attempt, exc)
 
 

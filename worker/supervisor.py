@@ -1,5 +1,6 @@
-"""Supervises one attempt of a job: runs the training child, keeps the lease alive, turns a
-cancel or a time limit into a cooperative stop, and writes the terminal status.
+"""Supervises one attempt of a job: starts the training child, watches it while the lease
+(worker/lease.py) is renewed, turns a cancel, the time limit or a warm shutdown into a
+cooperative stop, and writes what the outcome (worker/outcome.py) means for the job.
 
 The supervisor never imports torch: CUDA lives only in the child, which gets a fresh
 context and gives all of its memory back when it exits.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -18,23 +18,23 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
-
-from db import jobs
+from db import attempts, jobs
 from db.models import JobStatus
+from db.retry import retry_db
 from db.session import session_scope
 from traindepot import events
+from traindepot.logtail import tail
 from traindepot.settings import Settings
 from worker import budget
 from worker.child_env import child_environment
-from worker.runner import outcome_path
+from worker.lease import Lease
+from worker.outcome import StopReason, read_outcome, verdict
+from worker.reaper import send
 
 log = logging.getLogger(__name__)
 
@@ -61,63 +61,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-_db_retry = retry(
-    retry=retry_if_exception_type((OperationalError, DBAPIError)),
-    wait=wait_exponential(multiplier=0.5, max=5),
-    stop=stop_after_delay(3600),
-    reraise=True,
-)
-
-
-class _Lease:
-    """Renews the attempt's lease on its own thread, so that a slow or hung database call
-    never delays the supervisor's other duties (and the supervisor can tell, by the clock,
-    when the lease may already have expired)."""
-
-    def __init__(self, *, job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.settings = settings
-        # Monotonic time taken *before* the last successful renewal was sent: the database
-        # set `lease_expires_at = now() + lease_seconds` with a `now()` no earlier than this,
-        # so the lease is certainly valid until `renewed_at + lease_seconds`.
-        self.renewed_at = time.monotonic()
-        self.status: JobStatus | None = JobStatus.RUNNING
-        self.lost = threading.Event()  # the job was reaped or finished by someone else
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traindepot-lease", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def seconds_since_renewal(self) -> float:
-        return time.monotonic() - self.renewed_at
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_seconds):
-            sent_at = time.monotonic()
-            try:
-                with session_scope() as session:
-                    status = jobs.heartbeat(
-                        session=session,
-                        job_id=self.job_id,
-                        attempt=self.attempt,
-                        lease_seconds=self.settings.lease_seconds,
-                    )
-            except (OperationalError, DBAPIError) as exc:
-                log.warning("job %s: heartbeat failed (%s)", self.job_id, exc)
-                continue
-            if status is None:
-                self.lost.set()
-                return
-            self.status = status
-            self.renewed_at = sent_at
-
-
 class Supervisor:
     def __init__(
         self,
@@ -132,7 +75,7 @@ class Supervisor:
         self.attempt = attempt
         self.settings = settings
         self.job_dir = settings.job_dir(job_id).resolve()
-        self.stop_reason: str | None = None  # "cancelled" | "timeout" | "shutdown"
+        self.stop_reason: StopReason | None = None
         self.lease_lost = False
         self.overrun: budget.Overrun | None = None  # over its memory or disk budget
         self._kill_at: float | None = None
@@ -143,7 +86,7 @@ class Supervisor:
             if max_runtime_seconds is None or started_at is None
             else started_at.timestamp() + max_runtime_seconds
         )
-        self.lease = _Lease(job_id=job_id, attempt=attempt, settings=settings)
+        self.lease = Lease(job_id=job_id, attempt=attempt, settings=settings)
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +188,7 @@ class Supervisor:
                 child.kill()
                 self._kill_at = None
 
-    def _stop(self, child: subprocess.Popen[bytes], reason: str) -> None:
+    def _stop(self, child: subprocess.Popen[bytes], reason: StopReason) -> None:
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
@@ -256,55 +199,28 @@ class Supervisor:
 
     # --- after the child exited -----------------------------------------------------------
     def _finish(self, returncode: int, log_path: Path) -> None:
-        outcome = self._read_outcome()
-        kind = outcome.get("status")  # succeeded | stopped | failed | None (no outcome file)
-        result = outcome.get("result")
-        error: dict[str, Any] | None = outcome.get("error")
         if self.overrun is not None:
-            status, error = JobStatus.FAILED, budget.error(self.overrun)
-        elif kind == "succeeded":
-            # Every step ran: a stop that came too late changes nothing.
-            status = JobStatus.SUCCEEDED
-        elif kind == "failed" and self.stop_reason in (None, "shutdown"):
-            status = JobStatus.FAILED
-        elif self.stop_reason == "shutdown":
-            # Stopped at a checkpoint (or killed after the grace period): the next attempt
-            # resumes it.
-            self._release(result)
+            # Over its memory or disk budget: the supervisor killed it (worker/budget.py).
+            self._write_terminal(JobStatus.FAILED, None, budget.error(self.overrun))
             return
-        elif self.stop_reason == "timeout":
-            status = JobStatus.FAILED
-            error = {
-                "type": "TimeoutError",
-                "message": "the job ran past limits.max_runtime_seconds="
-                f"{self.max_runtime_seconds:g}",
-                "traceback": None,
-                "reason": "timeout",
-            }
-        elif self.stop_reason == "cancelled" or kind == "stopped":
-            status = JobStatus.CANCELLED
+        ended = verdict(
+            read_outcome(self.job_dir, self.attempt),
+            stop_reason=self.stop_reason,
+            returncode=returncode,
+            max_runtime_seconds=self.max_runtime_seconds,
+            log_tail=lambda: tail(log_path, 60)[0].decode(errors="replace"),
+        )
+        if ended.status is None:
+            self._release(ended.result)
         else:
-            status = JobStatus.FAILED
-            how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-            error = {
-                "type": "TrainingProcessDied",
-                "message": f"the training process ended with {how} before reporting a result"
-                + (
-                    " (killed: possibly out of host memory)"
-                    if returncode == -signal.SIGKILL
-                    else ""
-                ),
-                "traceback": _tail(log_path, 60),
-                "reason": "internal",
-            }
-        self._write_terminal(status, result, error)
+            self._write_terminal(ended.status, ended.result, ended.error)
 
-    @_db_retry
+    @retry_db(give_up_after_seconds=3600)
     def _write_terminal(
         self, status: JobStatus, result: dict[str, Any] | None, error: dict[str, Any] | None
     ) -> None:
         with session_scope() as session:
-            written = jobs.finish(
+            written = attempts.finish(
                 session=session,
                 job_id=self.job_id,
                 attempt=self.attempt,
@@ -325,13 +241,11 @@ class Supervisor:
             {"type": "end", "status": str(status), "result": result, "error": error},
         )
 
-    @_db_retry
+    @retry_db(give_up_after_seconds=3600)
     def _release(self, result: dict[str, Any] | None) -> None:
-        from worker.reaper import send
-
         cancelled: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
         with session_scope() as session:
-            job = jobs.release(
+            job = attempts.release(
                 session=session, job_id=self.job_id, attempt=self.attempt, result=result
             )
             queued = None if job is None else (job.queue, job.priority)
@@ -362,20 +276,6 @@ class Supervisor:
                 self.settings, self.job_id, status=str(JobStatus.QUEUED), attempt=self.attempt
             )
 
-    def _read_outcome(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(outcome_path(self.job_dir, self.attempt).read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
-
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _tail(path: Path, lines: int) -> str:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64 * 1024))
-        return "\n".join(deque(f.read().decode(errors="replace").splitlines(), maxlen=lines))

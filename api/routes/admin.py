@@ -9,8 +9,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from api import keycache, keyring
 from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
@@ -31,20 +33,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/keys", status_code=201, response_model=NewKeyOut, responses=_ERRORS)
 async def create_key(body: KeyIn, access: AccessDep, settings: SettingsDep) -> NewKeyOut:
     """A new key for `tenant`. The response is the only place the key ever appears."""
-    new = apikeys.generate()
-    digest = apikeys.digest(new.key, apikeys.server_secret(settings))
 
     def create(session: Session, caller: Caller) -> NewKeyOut:
         caller.require_admin()
-        row = keys.create(
+        row, key = keyring.issue(
             session=session,
-            prefix=new.prefix,
-            digest=digest,
+            settings=settings,
             tenant=body.tenant,
             name=body.name,
             admin=body.admin,
         )
-        return NewKeyOut(**KeyOut.of(row).model_dump(), key=new.key)
+        return NewKeyOut(**KeyOut.model_validate(row).model_dump(), key=key)
 
     return await access.run(create, commit=True)
 
@@ -58,7 +57,7 @@ async def list_keys(
 
     def read(session: Session, caller: Caller) -> list[KeyOut]:
         caller.require_admin()
-        return [KeyOut.of(k) for k in keys.list_keys(session=session, tenant=tenant)]
+        return [KeyOut.model_validate(k) for k in keys.list_keys(session=session, tenant=tenant)]
 
     return await access.run(read)
 
@@ -68,7 +67,7 @@ async def list_keys(
     response_model=KeyOut,
     responses={**_ERRORS, 404: {"model": ErrorOut, "description": "No such key"}},
 )
-async def revoke_key(key_id: uuid.UUID, access: AccessDep) -> KeyOut:
+async def revoke_key(key_id: uuid.UUID, access: AccessDep, settings: SettingsDep) -> KeyOut:
     """Revoke a key: the next request with it gets 401, in every API process."""
 
     def revoke(session: Session, caller: Caller) -> KeyOut:
@@ -76,9 +75,12 @@ async def revoke_key(key_id: uuid.UUID, access: AccessDep) -> KeyOut:
         row = keys.revoke(session=session, key_id=key_id)
         if row is None:
             raise NotFound(f"key {key_id}")
-        return KeyOut.of(row)
+        return KeyOut.model_validate(row)
 
-    return await access.run(revoke, commit=True)
+    revoked = await access.run(revoke, commit=True)
+    # After the commit: every API process drops the key from its cache.
+    await run_in_threadpool(keycache.announce_revoked, settings.redis_url, key_id)
+    return revoked
 
 
 TenantPath = Path(pattern=apikeys.TENANT_PATTERN)

@@ -25,12 +25,13 @@ from api.errors import Conflict
 from api.schemas import ErrorOut, JobOut, JobPage, JobSummary, ValidatedSpec, json_response
 from db import jobs
 from db.models import Job, JobStatus
+from traindepot import dispatch as capabilities
 from traindepot import events
+from traindepot.dispatch import enqueue
 from traindepot.problems import Problem, SpecInvalid
-from traindepot.spec import JobSpec, task_examples
+from traindepot.spec import JobSpec
+from traindepot.spec_examples import task_examples
 from traindepot.validation import check_spec
-from worker import capabilities
-from worker.celery_app import enqueue
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.settings import Settings
@@ -78,12 +79,13 @@ class Stack:
 
     def new_key(self, tenant: str, *, admin: bool = False) -> str:
         """A new API key of `tenant` (as `traindepot keys create` makes one)."""
-        from traindepot import keyring
+        from api import keyring
+        from db.session import session_scope
 
         settings = Settings(home=self.home, database_url=self.database_url)
-        return keyring.issue(
-            settings, database_url=self.database_url, tenant=tenant, admin=admin
-        ).key
+        with session_scope(self.database_url) as session:
+            _, key = keyring.issue(session=session, settings=settings, tenant=tenant, admin=admin)
+        return key
 
     def stop_postgres(self) -> None:
         """Stop this stack's embedded PostgreSQL (`pg_ctl stop -w`, fast mode: clients are
@@ -172,8 +174,9 @@ def _fresh_database(admin_url: str) -> tuple[str, str]:
     name = f"traindepot_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    return name, f"{base}/{name}"
+    # make_url keeps a query string (`?host=/socket/dir` of an embedded server) intact.
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url
 
 
 @contextmanager
@@ -199,15 +202,17 @@ def build_stack(
             redis_url = redis_server.url
         redis.Redis.from_url(redis_url).flushdb()
         upgrade(database_url)
-        from traindepot import keyring
+        from api import keyring
+        from db.session import session_scope
 
-        admin_key = keyring.issue(
-            Settings(home=home, database_url=database_url),
-            database_url=database_url,
-            tenant="admin",
-            name="tests",
-            admin=True,
-        ).key
+        with session_scope(database_url) as session:
+            _, admin_key = keyring.issue(
+                session=session,
+                settings=Settings(home=home, database_url=database_url),
+                tenant="admin",
+                name="tests",
+                admin=True,
+            )
         env = {
             **os.environ,
             **TEST_SETTINGS,
@@ -220,7 +225,7 @@ def build_stack(
             "TRAINDEPOT_API_KEY": admin_key,
         }
         if export_env:
-            # The test process reads the same settings (db/session, settings caches).
+            # The test process reads the same settings (db/session.py, settings caches).
             os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
             from traindepot.settings import get_settings
 

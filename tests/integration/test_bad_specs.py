@@ -334,10 +334,6 @@ def test_bad_spec_is_422_naming_the_field(
     assert {q: queue_lengths(broker, q) for q in queues} == queued_before
 
 
-def test_table_has_forty_cases() -> None:
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
-
-
 def test_messages_say_what_to_write_instead(stack: Stack) -> None:
     body = args(evaluation_strategy="steps", no_cuda=True, warmup_ratio=0.1, output_dir="/x")
     detail = stack.http.post("/jobs/validate", json=body).json()["detail"]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from db import jobs
+from db import attempts, jobs
 from db.models import JobStatus
 from db.session import get_engine, session_scope
 from tests.integration.conftest import Stack
@@ -32,12 +32,14 @@ def running_job(stack: Stack) -> Iterator[uuid.UUID]:
         job = jobs.create(session=session, spec={"name": "flusher", "queue": "nobody-listens"})
         job_id = job.id
     with session_scope() as session:
-        assert jobs.claim(session=session, job_id=job_id, worker="test", lease_seconds=3600) == 1
+        assert (
+            attempts.claim(session=session, job_id=job_id, worker="test", lease_seconds=3600) == 1
+        )
     try:
         yield job_id
     finally:
         with session_scope() as session:
-            jobs.finish(
+            attempts.finish(
                 session=session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED, result={}
             )
 
@@ -77,8 +79,8 @@ def test_burst_past_the_bound_loses_no_point(stack: Stack, running_job: uuid.UUI
     # point names its predecessor only when it really is the previous one stored.
     messages = subscriber.close()
     published = [m for m in messages if m["type"] in ("train", "eval")]
-    assert flusher.coalesced_publishes > 0
-    assert len(published) == flusher.published_points < n + 1
+    assert flusher.live.coalesced_publishes > 0
+    assert len(published) == flusher.live.published_points < n + 1
     assert published[-1]["type"] == "eval"
     ids = [m["id"] for m in published]
     assert ids == sorted(ids)

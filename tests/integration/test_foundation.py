@@ -19,13 +19,18 @@ from traindepot.events import channel
 pytestmark = pytest.mark.integration
 
 
-def plain_trainer_run(spec: dict[str, Any], output_dir: str) -> Any:
-    """What a user writes today: the same configuration as a bare `Trainer.train()` script."""
-    from traindepot.spec import JobSpec
-    from worker import builders
+def plain_trainer_run(spec: dict[str, Any], output_dir: Path) -> Any:
+    """What a user writes without traindepot: `tiny_spec`'s configuration as a plain
+    `Trainer.train()` script (tests/integration/plain_scripts.py)."""
+    from tests.integration import plain_scripts
 
-    trainer = builders.build_trainer(JobSpec.model_validate(spec), Path(output_dir))
-    return trainer.train()
+    return plain_scripts.causal_lm_from_config(
+        [row["text"] for row in spec["dataset"]["rows"]],
+        model_config=spec["model"]["from_config"],
+        max_length=spec["preprocessing"]["max_length"],
+        training_args=spec["training_args"],
+        output_dir=output_dir,
+    )
 
 
 class Subscriber:
@@ -58,7 +63,7 @@ class Subscriber:
         return self.messages
 
 
-def test_job_succeeds_and_stores_train_output(stack: Stack, tmp_path: Any) -> None:
+def test_job_succeeds_and_stores_train_output(stack: Stack, tmp_path: Path) -> None:
     spec = tiny_spec(name="foundation-success")
     response = stack.http.post("/jobs", json=spec)
     assert response.status_code == 201
@@ -83,7 +88,7 @@ def test_job_succeeds_and_stores_train_output(stack: Stack, tmp_path: Any) -> No
     started, ended = (datetime.fromisoformat(attempt[k]) for k in ("started_at", "ended_at"))
     assert started <= ended
 
-    expected = plain_trainer_run(spec, str(tmp_path / "plain"))
+    expected = plain_trainer_run(spec, tmp_path / "plain")
     result = done["result"]
     assert result["global_step"] == expected.global_step == 6
     assert result["training_loss"] == pytest.approx(expected.training_loss, rel=1e-6)

@@ -269,9 +269,10 @@ def test_logs_tail(stack: Stack, live_job: LiveJob) -> None:
     assert followed.text.splitlines() == log.splitlines()[-3:]
 
 
-def test_heartbeats_and_unpublished_status_changes(stack: Stack) -> None:
-    """A queued job nobody serves: the stream sends heartbeats while nothing happens, and a
-    cancel (which publishes nothing) still reaches the reader, which then gets the end."""
+def test_heartbeats_then_a_cancel_ends_the_stream(stack: Stack) -> None:
+    """A queued job nobody serves: the stream sends heartbeats while nothing happens; a cancel
+    sent meanwhile (`POST /jobs/{id}/cancel` publishes the new status after its commit)
+    reaches the reader as the `cancelled` status, and the stream ends with the job."""
     job = stack.submit(tiny_spec(name="sse-idle", queue="nobody-listens"))
     cancelled = threading.Event()
 

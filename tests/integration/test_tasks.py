@@ -1,5 +1,6 @@
 """Issue 3: one end-to-end job per task, each compared with the same configuration run as a
-plain `Trainer.train()` script; a local `save_pretrained` directory fine-tuned through
+plain `Trainer.train()` script (tests/integration/plain_scripts.py, which shares no code with
+the service's builders); a local `save_pretrained` directory fine-tuned through
 `model.name_or_path`; a job that continues from another job's checkpoint.
 
 Each job is a few steps of a tiny model on CPU. The data goes through the `files` source
@@ -10,33 +11,28 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration import plain_scripts
 from tests.integration.conftest import Stack
-from tests.specs import SENTENCES, TINY_GPT2, tiny_bert_spec, tiny_spec
+from tests.specs import SENTENCES, TINY_BERT, TINY_GPT2, tiny_bert_spec, tiny_spec
 
 pytestmark = pytest.mark.integration
 
 
-def plain_trainer_run(spec: dict[str, Any], output_dir: Path) -> Any:
-    """The script a user writes without traindepot: the spec's pieces, an eval set and early
-    stopping where the spec has them, `Trainer.train()`."""
-    from traindepot.spec import JobSpec
-    from worker import builders
-
-    trainer = builders.build_trainer(JobSpec.model_validate(spec), output_dir)
-    return trainer.train()
-
-
-def run_and_compare(stack: Stack, spec: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    """Submit `spec`, wait for success, and check its TrainOutput against the plain run."""
+def run_and_compare(
+    stack: Stack, spec: dict[str, Any], plain_run: Callable[[Path], Any], tmp_path: Path
+) -> dict[str, Any]:
+    """Submit `spec`, wait for success, and check its TrainOutput against `plain_run`, the
+    same configuration as a plain script (given its output directory)."""
     job = stack.submit(spec)
     done = stack.wait(job["id"])
     assert done["status"] == "succeeded", done["error"]
-    expected = plain_trainer_run(spec, tmp_path / "plain")
+    expected = plain_run(tmp_path / "plain")
     result = done["result"]
     assert result["global_step"] == expected.global_step
     assert result["training_loss"] == pytest.approx(expected.training_loss, rel=1e-6)
@@ -111,7 +107,18 @@ def test_causal_lm_fine_tunes_a_local_pretrained_dir(
     )
     spec["model"].pop("from_config")
     spec["dataset"].pop("rows")
-    done = run_and_compare(stack, spec, tmp_path)
+
+    def plain(output_dir: Path) -> Any:
+        return plain_scripts.causal_lm_pretrained_grouped(
+            pretrained_gpt2,
+            train_file=train,
+            validation_file=validation,
+            block_size=16,
+            training_args=spec["training_args"],
+            output_dir=output_dir,
+        )
+
+    done = run_and_compare(stack, spec, plain, tmp_path)
     assert done["result"]["global_step"] == 4
     assert len(eval_losses(stack, done["id"])) == 2  # evaluated at steps 2 and 4
     assert done["spec"]["tokenizer"] is None and done["spec"]["preprocessing"]["group_texts"]
@@ -154,7 +161,21 @@ def test_masked_lm_on_csv_with_eval_fraction(stack: Stack, tmp_path: Path) -> No
         training_args={"max_steps": 4, "eval_strategy": "steps", "eval_steps": 2},
     )
     spec["dataset"].pop("rows")
-    done = run_and_compare(stack, spec, tmp_path)
+
+    def plain(output_dir: Path) -> Any:
+        return plain_scripts.masked_lm_on_csv(
+            path,
+            text_column="sentence",
+            max_samples=16,
+            eval_fraction=0.25,
+            split_seed=3,
+            max_length=32,
+            model_config=TINY_BERT,
+            training_args=spec["training_args"],
+            output_dir=output_dir,
+        )
+
+    done = run_and_compare(stack, spec, plain, tmp_path)
     assert done["result"]["global_step"] == 4
     assert len(eval_losses(stack, done["id"])) == 2
 
@@ -194,7 +215,23 @@ def test_sequence_classification_pairs_on_parquet(stack: Stack, tmp_path: Path) 
         early_stopping={"patience": 2, "threshold": 0.0},
     )
     spec["dataset"].pop("rows")
-    done = run_and_compare(stack, spec, tmp_path)
+
+    def plain(output_dir: Path) -> Any:
+        return plain_scripts.pair_classification_on_parquet(
+            path,
+            text_column="question",
+            pair_column="answer",
+            label_column="verdict",
+            eval_fraction=0.25,
+            split_seed=42,  # `dataset.seed`'s default
+            max_length=48,
+            model_config=TINY_BERT,
+            training_args=spec["training_args"],
+            patience=2,
+            output_dir=output_dir,
+        )
+
+    done = run_and_compare(stack, spec, plain, tmp_path)
     assert eval_losses(stack, done["id"])
     config = checkpoint_config(stack, done["id"])
     assert config["architectures"] == ["BertForSequenceClassification"]

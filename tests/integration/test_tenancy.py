@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -129,6 +130,9 @@ def test_a_revoked_key_is_refused_at_once(stack: Stack) -> None:
         assert key not in refused.text
     listed = {k["id"]: k for k in stack.http.get("/keys").json()}
     assert listed[key_id]["revoked_at"] is not None and "key" not in listed[key_id]
+    # Nothing the service wrote down holds the key: the API's access log, the workers' logs.
+    for log in (stack.home / "logs").glob("*.log"):
+        assert key.encode() not in log.read_bytes(), log
 
 
 def test_keys_are_stored_only_as_keyed_hashes(stack: Stack) -> None:
@@ -234,7 +238,39 @@ def test_keys_cli_creates_lists_and_revokes(stack: Stack) -> None:
     key_id = next(k["id"] for k in stack.http.get("/keys").json() if key.startswith(k["prefix"]))
     assert cli("revoke", key_id).returncode == 0
     with client(stack, key) as k:
-        assert k.get("/jobs").status_code == 401
+        # The API process hears of it on Redis (it had the key cached): within moments.
+        deadline = time.monotonic() + 5
+        while (status := k.get("/jobs").status_code) == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 401
     bad = cli("create", "--tenant", "Not A Tenant")
     assert bad.returncode == 2 and "--tenant" in bad.stderr
     assert cli("revoke", "not-a-uuid").returncode == 2
+
+
+def test_running_quota_leaves_the_rest_queued_even_with_free_workers(stack: Stack) -> None:
+    """Two workers, two jobs of a tenant allowed one running job: they run one after the
+    other (their attempts never overlap), and both succeed."""
+    key = stack.new_key("team-run")
+    assert (
+        stack.http.put("/tenants/team-run/quota", json={"max_running_jobs": 1}).status_code == 200
+    )
+    second_worker = stack.start_worker("second")
+    try:
+        with client(stack, key) as r:
+            ids = [
+                submit(r, tiny_spec(name=f"run-{n}", training_args={"max_steps": 20})).json()["id"]
+                for n in range(2)
+            ]
+        finals = [wait_done(stack, job_id) for job_id in ids]
+    finally:
+        from traindepot.stack import stop_process
+
+        stop_process(second_worker, timeout=20)
+        stack.workers.remove(second_worker)
+    assert [f["status"] for f in finals] == ["succeeded", "succeeded"]
+    spans = sorted(
+        (a["started_at"], a["ended_at"]) for job_id in ids for a in stack.attempts(job_id)
+    )
+    assert len(spans) == 2
+    assert spans[0][1] <= spans[1][0], spans  # one ended before the other started

@@ -14,7 +14,8 @@ from tests.specs import tiny_bert_spec, tiny_spec
 from traindepot import training_args
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
-from traindepot.spec import FilesDataset, JobSpec, task_examples
+from traindepot.spec import FilesDataset, JobSpec
+from traindepot.spec_examples import task_examples
 from traindepot.validation import (
     WorkerDevices,
     check_devices,
@@ -244,6 +245,13 @@ def test_effective_training_args() -> None:
     assert "output_dir" not in effective
 
 
+def test_logging_steps_has_a_server_default_that_a_spec_overrides() -> None:
+    effective, _ = training_args.check_values({"max_steps": 4})
+    assert effective["logging_steps"] == training_args.SERVER_DEFAULTS["logging_steps"] == 10
+    effective, _ = training_args.check_values({"max_steps": 4, "logging_steps": 3})
+    assert effective["logging_steps"] == 3
+
+
 def test_training_arguments_own_errors_name_the_field() -> None:
     _, problems = training_args.check_values({"logging_steps": 2.5})
     assert locs(problems) == [("training_args", "logging_steps")]
@@ -253,9 +261,9 @@ def test_training_arguments_own_errors_name_the_field() -> None:
     assert locs(problems) == [("training_args", "load_best_model_at_end")]
 
 
-CPU = WorkerDevices(worker="cpu:1", cuda=False, gpus=0, bf16=False, tf32=False)
-T4 = WorkerDevices(worker="t4:1", cuda=True, gpus=1, bf16=False, tf32=False)
-A100 = WorkerDevices(worker="a100:1", cuda=True, gpus=1, bf16=True, tf32=True)
+CPU = WorkerDevices(worker="cpu:1", cuda=False, bf16=False, tf32=False)
+T4 = WorkerDevices(worker="t4:1", cuda=True, bf16=False, tf32=False)
+A100 = WorkerDevices(worker="a100:1", cuda=True, bf16=True, tf32=True)
 
 
 @pytest.mark.parametrize(

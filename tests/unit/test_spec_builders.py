@@ -1,5 +1,5 @@
-"""From a spec to datasets, labels, models and collators (worker/builders.py), without
-services: every file format, the eval split, label names given or inferred, grouping."""
+"""From a spec to datasets, labels, models and collators (worker/data.py, worker/builders.py),
+without services: every file format, the eval split, label names given or inferred, grouping."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from traindepot.spec import DatasetSpec, JobSpec
 
 datasets = pytest.importorskip("datasets")
 builders = pytest.importorskip("worker.builders")
+data_build = pytest.importorskip("worker.data")
 from worker.errors import ConfigError, DataError  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def test_every_file_format_loads_train_and_validation(
     spec = DatasetSpec.model_validate(
         {"files": {"train": str(train), "validation": str(validation)}, "max_samples": 5}
     )
-    loaded, evaluation = builders.load_raw(spec)
+    loaded, evaluation = data_build.load_raw(spec)
     assert loaded["text"] == SENTENCES[:5]
     assert evaluation is not None and evaluation["text"] == SENTENCES[:3]
 
@@ -67,7 +68,7 @@ def test_every_file_format_loads_train_and_validation(
 def test_eval_fraction_is_seeded() -> None:
     rows: list[dict[str, Any]] = [{"text": f"row {i}"} for i in range(20)]
     split = [
-        builders.load_raw(DatasetSpec(rows=rows, eval_fraction=0.25, seed=seed))
+        data_build.load_raw(DatasetSpec(rows=rows, eval_fraction=0.25, seed=seed))
         for seed in (1, 1, 2)
     ]
     assert split[0][1]["text"] == split[1][1]["text"] != split[2][1]["text"]
@@ -77,7 +78,7 @@ def test_eval_fraction_is_seeded() -> None:
 def test_group_texts_cuts_blocks_of_max_length() -> None:
     spec = JobSpec.model_validate(tiny_spec(preprocessing={"max_length": 16, "group_texts": True}))
     tokenizer = builders.build_tokenizer(spec)
-    data = builders.build_datasets(spec, tokenizer)
+    data = data_build.build_datasets(spec, tokenizer)
     total = sum(len(tokenizer(s)["input_ids"]) for s in SENTENCES * 2)
     assert len(data.train) == total // 16
     assert {len(ids) for ids in data.train["input_ids"]} == {16}
@@ -88,7 +89,7 @@ def classification(rows: list[dict[str, Any]], **dataset: Any) -> Any:
         tiny_bert_spec("sequence-classification", dataset={"rows": rows, **dataset})
     )
     tokenizer = builders.build_tokenizer(spec)
-    return spec, tokenizer, builders.build_datasets(spec, tokenizer)
+    return spec, tokenizer, data_build.build_datasets(spec, tokenizer)
 
 
 def test_string_labels_are_inferred_sorted() -> None:
@@ -220,3 +221,12 @@ def test_capabilities_probe_sees_this_machine() -> None:
     assert found["cuda"] == torch.cuda.is_available()
     assert found["gpus"] == (torch.cuda.device_count() if found["cuda"] else 0)
     assert set(found) >= {"cuda", "gpus", "bf16", "tf32"}
+
+
+def test_worker_builds_the_server_default_logging_steps(tmp_path: Path) -> None:
+    raw = tiny_spec()
+    del raw["training_args"]["logging_steps"]
+    args = builders.build_training_args(JobSpec.model_validate(raw), tmp_path)
+    assert args.logging_steps == 10
+    raw["training_args"]["logging_steps"] = 2
+    assert builders.build_training_args(JobSpec.model_validate(raw), tmp_path).logging_steps == 2

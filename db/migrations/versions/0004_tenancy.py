@@ -25,7 +25,9 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(64), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("admin", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_table(
@@ -33,17 +35,31 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(64), primary_key=True),
         sa.Column("max_active_jobs", sa.Integer(), nullable=True),
         sa.Column("max_running_jobs", sa.Integer(), nullable=True),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
     )
     # Existing jobs belong to the `default` tenant.
-    op.add_column("jobs", sa.Column("tenant", sa.String(64), server_default="default", nullable=False))
     op.add_column(
-        "jobs",
-        sa.Column("submitted_by", postgresql.UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True),
+        "jobs", sa.Column("tenant", sa.String(64), server_default="default", nullable=False)
     )
     op.add_column(
         "jobs",
-        sa.Column("cancelled_by", postgresql.UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "submitted_by",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("api_keys.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
+    )
+    op.add_column(
+        "jobs",
+        sa.Column(
+            "cancelled_by",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("api_keys.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
     )
     op.create_index("ix_jobs_tenant_created_id", "jobs", ["tenant", "created_at", "id"])
     op.create_index("ix_jobs_tenant_status", "jobs", ["tenant", "status"])
@@ -52,8 +68,15 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(64), nullable=False),
         sa.Column("key", sa.String(255), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
-        sa.Column("job_id", postgresql.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "job_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            nullable=True,
+        ),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.PrimaryKeyConstraint("tenant", "key", name="pk_idempotency_keys"),
     )
 

@@ -1,6 +1,6 @@
-"""`traindepot keys ...`: API keys, for operators, straight on the database (the same
-`TRAINDEPOT_DATABASE_URL` and secret as the API). Admins can do the same over HTTP
-(`POST/GET/DELETE /keys`)."""
+"""`traindepot keys ...` (mounted by traindepot/cli.py): API keys, for operators, straight
+on the database (the same `TRAINDEPOT_DATABASE_URL` and secret as the API). Admins can do
+the same over HTTP (`POST/GET/DELETE /keys`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def create(
     name: Annotated[str, typer.Option(help="A note: whose key, what for.")] = "",
 ) -> None:
     """Create a key and print it. It is shown this once: only its hash is stored."""
-    from traindepot import apikeys, keyring
+    from api import keyring
+    from db.session import session_scope
+    from traindepot import apikeys
     from traindepot.settings import get_settings
 
     if not re.fullmatch(apikeys.TENANT_PATTERN, tenant):
@@ -45,14 +47,15 @@ def create(
     if len(name) > 200:
         err.print("[red]--name: at most 200 characters[/]")
         raise typer.Exit(2)
-    issued = keyring.issue(
-        get_settings(), database_url=_database_url(), tenant=tenant, name=name, admin=admin
-    )
+    with session_scope(_database_url()) as session:
+        row, key = keyring.issue(
+            session=session, settings=get_settings(), tenant=tenant, name=name, admin=admin
+        )
     err.print(
-        f"key {issued.id} ({issued.prefix}) for tenant {issued.tenant}"
-        f"{' [bold]admin[/]' if issued.admin else ''}; shown once, keep it now:"
+        f"key {row.id} ({row.prefix}) for tenant {row.tenant}"
+        f"{' [bold]admin[/]' if row.admin else ''}; shown once, keep it now:"
     )
-    console.print(issued.key)
+    console.print(key)
 
 
 @app.command("list")
@@ -81,8 +84,10 @@ def list_keys(
 @app.command()
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
     """Revoke a key: the next request with it gets 401."""
+    from api import keycache
     from db import keys
     from db.session import session_scope
+    from traindepot.settings import get_settings
 
     try:
         parsed = uuid.UUID(key_id)
@@ -94,4 +99,5 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys l
     if key is None:
         err.print(f"[red]no key {key_id}[/]")
         raise typer.Exit(1)
+    keycache.announce_revoked(get_settings().redis_url, parsed)
     console.print(f"{key.id} ({key.prefix}) revoked at {key.revoked_at}")

@@ -1,0 +1,249 @@
+"""Plain `Trainer.train()` scripts, as a user writes them from the transformers documentation
+(the causal and masked language modeling and text classification guides): a tokenizer, a
+`datasets` dataset mapped through it, an `AutoModelFor...`, a `DataCollator...`,
+`TrainingArguments` and `Trainer`.
+
+The equivalence tests (test_foundation.py, test_tasks.py) run these beside the service and
+compare the `TrainOutput`s. They share no code with worker/builders.py or worker/data.py, so
+a bug in how the service builds a job shows as a difference. The one input they take from
+the project is the built-in byte-level tokenizer, which a spec names like a tokenizer
+directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from worker.byte_tokenizer import byte_level_tokenizer
+
+
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
+    return tokenizer
+
+
+def config_for(model_type: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Any:
+    """A model configuration sized for the tokenizer (the "train from scratch" guide)."""
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **overrides,
+    )
+
+
+def model_from_config(
+    auto_class: Any, model_config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **extra: Any
+) -> Any:
+    """`model_config` is a spec's `from_config`: a `model_type` and config overrides."""
+    overrides = {k: v for k, v in model_config.items() if k != "model_type"}
+    config = config_for(model_config["model_type"], tokenizer, **overrides, **extra)
+    return auto_class.from_config(config)
+
+
+def group_texts(block_size: int) -> Callable[[dict[str, list[Any]]], dict[str, Any]]:
+    """The guides' `group_texts`: concatenate, then cut blocks of `block_size` tokens."""
+
+    def group(examples: dict[str, list[Any]]) -> dict[str, Any]:
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total = len(concatenated["input_ids"]) // block_size * block_size
+        return {
+            k: [t[i : i + block_size] for i in range(0, total, block_size)]
+            for k, t in concatenated.items()
+        }
+
+    return group
+
+
+def train(
+    *,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    collator: Any,
+    output_dir: Path,
+    training_args: dict[str, Any],
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Any:
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(output_dir), **training_args),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    return trainer.train()
+
+
+def causal_lm_from_config(
+    texts: list[str],
+    *,
+    model_config: dict[str, Any],
+    max_length: int,
+    training_args: dict[str, Any],
+    output_dir: Path,
+) -> Any:
+    """A GPT-2 from a config on in-memory texts, each padded to `max_length`."""
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    raw = Dataset.from_dict({"text": texts})
+    tokenized = raw.map(
+        lambda batch: tokenizer(
+            batch["text"], truncation=True, max_length=max_length, padding="max_length"
+        ),
+        batched=True,
+        remove_columns=["text"],
+    )
+    return train(
+        model=model_from_config(AutoModelForCausalLM, model_config, tokenizer),
+        tokenizer=tokenizer,
+        train_dataset=tokenized,
+        eval_dataset=None,
+        collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        output_dir=output_dir,
+        training_args=training_args,
+    )
+
+
+def causal_lm_pretrained_grouped(
+    pretrained: Path,
+    *,
+    train_file: Path,
+    validation_file: Path,
+    block_size: int,
+    training_args: dict[str, Any],
+    output_dir: Path,
+) -> Any:
+    """A `save_pretrained` directory fine-tuned on jsonl files, texts grouped into blocks."""
+    from transformers import AutoTokenizer
+
+    set_seed(training_args["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    raw = load_dataset(
+        "json", data_files={"train": str(train_file), "validation": str(validation_file)}
+    )
+    tokenized = raw.map(
+        lambda batch: tokenizer(batch["text"]), batched=True, remove_columns=["text"]
+    )
+    blocks = tokenized.map(group_texts(block_size), batched=True)
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    return train(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=blocks["train"],
+        eval_dataset=blocks["validation"],
+        collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        output_dir=output_dir,
+        training_args=training_args,
+    )
+
+
+def masked_lm_on_csv(
+    csv_file: Path,
+    *,
+    text_column: str,
+    max_samples: int,
+    eval_fraction: float,
+    split_seed: int,
+    max_length: int,
+    model_config: dict[str, Any],
+    training_args: dict[str, Any],
+    output_dir: Path,
+) -> Any:
+    """A BERT from a config on a csv column, part of it held out; padded per batch."""
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    raw = load_dataset("csv", data_files={"train": str(csv_file)})["train"]
+    raw = raw.select(range(max_samples))
+    splits = raw.train_test_split(test_size=eval_fraction, seed=split_seed)
+    tokenized = splits.map(
+        lambda batch: tokenizer(batch[text_column], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=raw.column_names,
+    )
+    return train(
+        model=model_from_config(AutoModelForMaskedLM, model_config, tokenizer),
+        tokenizer=tokenizer,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        collator=DataCollatorForLanguageModeling(tokenizer, mlm=True),
+        output_dir=output_dir,
+        training_args=training_args,
+    )
+
+
+def pair_classification_on_parquet(
+    parquet_file: Path,
+    *,
+    text_column: str,
+    pair_column: str,
+    label_column: str,
+    eval_fraction: float,
+    split_seed: int,
+    max_length: int,
+    model_config: dict[str, Any],
+    training_args: dict[str, Any],
+    patience: int,
+    output_dir: Path,
+) -> Any:
+    """A BERT classifier from a config on text pairs with string labels (their sorted
+    distinct values are the classes), evaluated, with early stopping."""
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    raw = load_dataset("parquet", data_files={"train": str(parquet_file)})["train"]
+    names = sorted(set(raw[label_column]))
+    label2id = {name: i for i, name in enumerate(names)}
+    splits = raw.train_test_split(test_size=eval_fraction, seed=split_seed)
+
+    def preprocess(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        encoded = dict(
+            tokenizer(
+                batch[text_column], batch[pair_column], truncation=True, max_length=max_length
+            )
+        )
+        encoded["labels"] = [label2id[label] for label in batch[label_column]]
+        return encoded
+
+    tokenized = splits.map(preprocess, batched=True, remove_columns=raw.column_names)
+    model = model_from_config(
+        AutoModelForSequenceClassification,
+        model_config,
+        tokenizer,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id=label2id,
+    )
+    return train(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        collator=DataCollatorWithPadding(tokenizer),
+        output_dir=output_dir,
+        training_args=training_args,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+    )
