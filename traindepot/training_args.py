@@ -138,6 +138,11 @@ RANGES: dict[str, Callable[[float], str | None]] = {
 _import_lock = threading.Lock()
 
 
+def import_lock() -> threading.Lock:
+    """The lock to hold while importing from transformers (see `_import_lock`)."""
+    return _import_lock
+
+
 def _training_arguments() -> Any:
     with _import_lock:
         from transformers.training_args import TrainingArguments

@@ -48,6 +48,9 @@ def starved_api(stack: Stack) -> Iterator[str]:
         "TRAINDEPOT_DB_POOL_SIZE": "2",
         "TRAINDEPOT_DB_MAX_OVERFLOW": "0",
         "TRAINDEPOT_API_DB_WAIT_SECONDS": "1",
+        # ~26 readers of the event stream at once, all one tenant: this test is about the
+        # database pool, not the stream limit (its default, 20 per tenant, would answer 429).
+        "TRAINDEPOT_MAX_STREAMS_PER_TENANT": "1000",
     }
     process, url = start_api(env, stack.home / "logs" / "api-starved.log", port=free_port())
     try:
