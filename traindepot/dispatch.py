@@ -25,8 +25,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from traindepot.redis_client import client
 from traindepot.queues import is_broker_name
+from traindepot.redis_client import client
 from traindepot.settings import get_settings
 from traindepot.validation import WorkerDevices
 
