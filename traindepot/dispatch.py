@@ -85,8 +85,8 @@ def enqueue(
     when the broker cannot be reached.
 
     The Redis transport serves priority 0 first; the spec's `priority` is 0..9 with 9 the
-    most urgent, so it is inverted here. A name the broker keeps for itself (kombu's
-    `unacked`, ...) is never written to, whatever the row says: ValueError."""
+    most urgent, so it is inverted here. A name the broker keeps for itself is never written
+    to, whatever the row says (ValueError)."""
     if is_broker_name(queue):
         raise ValueError(f"{queue!r} is a name the broker uses internally; not a job queue")
     _producer().send_task(

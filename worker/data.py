@@ -37,7 +37,6 @@ def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
     if spec.rows is not None:
         train = Dataset.from_list(spec.rows)
     elif spec.files is not None:
-        # Resolved and checked again right before they are opened (worker/guarded.py).
         files = {"train": data_file(spec.files.train, "dataset.files.train")}
         if spec.files.validation is not None:
             files["validation"] = data_file(spec.files.validation, "dataset.files.validation")

@@ -199,10 +199,6 @@ class Supervisor:
 
     # --- after the child exited -----------------------------------------------------------
     def _finish(self, returncode: int, log_path: Path) -> None:
-        if self.overrun is not None:
-            # Over its memory or disk budget: the supervisor killed it (worker/budget.py).
-            self._write_terminal(JobStatus.FAILED, None, budget.error(self.overrun))
-            return
         ended = verdict(
             read_outcome(self.job_dir, self.attempt),
             stop_reason=self.stop_reason,
@@ -210,7 +206,9 @@ class Supervisor:
             max_runtime_seconds=self.max_runtime_seconds,
             log_tail=lambda: tail(log_path, 60)[0].decode(errors="replace"),
         )
-        if ended.status is None:
+        if self.overrun is not None:  # over its memory or disk budget, whatever it reported
+            self._write_terminal(JobStatus.FAILED, ended.result, budget.error(self.overrun))
+        elif ended.status is None:
             self._release(ended.result)
         else:
             self._write_terminal(ended.status, ended.result, ended.error)
