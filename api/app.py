@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from api import errors, keycache
-from api.routes import admin, dashboard, jobs, live, ops
+from api.routes import admin, artifacts, dashboard, jobs, live, ops
 from traindepot import __version__, training_args
 from traindepot.settings import get_settings
 
@@ -39,6 +39,7 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(live.router)
+    app.include_router(artifacts.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
 
