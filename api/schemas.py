@@ -97,7 +97,8 @@ class JobOut(BaseModel):
     disk_bytes: int | None = Field(
         default=None,
         description="Bytes its files use on disk (model, checkpoints, log), measured when "
-        "it ended and again when `traindepot gc` removed some; null while it runs.",
+        "it ended and again when `traindepot gc` removed some; null while it runs, and "
+        "for a job whose worker was lost (the reaper ended it).",
     )
     attempts: list[AttemptOut] = Field(
         default_factory=list,

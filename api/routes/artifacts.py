@@ -14,10 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from api.access import AccessDep, Caller, load_job
 from api.deps import SettingsDep
@@ -67,12 +68,11 @@ def _listing(job_id: uuid.UUID, job_dir: Path, evals: dict[int, dict[str, Any]])
             )
             for f in manifest["files"]
         ]
-        files.append(
-            ArtifactFile(
-                path=f"{artifacts.MODEL_DIR}/{artifacts.MANIFEST}",
-                size=(artifacts.model_dir(job_dir) / artifacts.MANIFEST).stat().st_size,
-            )
-        )
+        try:
+            size = (artifacts.model_dir(job_dir) / artifacts.MANIFEST).stat().st_size
+        except OSError:  # removed since it was read (a DELETE in between)
+            size = 0
+        files.append(ArtifactFile(path=f"{artifacts.MODEL_DIR}/{artifacts.MANIFEST}", size=size))
         model = ModelArtifacts(files=files, total_bytes=sum(f.size for f in files))
     best, best_metric = _best(job_dir)
     return ArtifactsOut(
@@ -129,8 +129,8 @@ def _etag(job_dir: Path, relative: str) -> str | None:
     },
 )
 async def get_artifact(
-    job_id: uuid.UUID, path: str, settings: SettingsDep, access: AccessDep
-) -> FileResponse:
+    job_id: uuid.UUID, path: str, request: Request, settings: SettingsDep, access: AccessDep
+) -> Response:
     """One file of the final model (`model/...`) or of a checkpoint (`output/checkpoint-N/
     ...`). Answers `Range` requests (206) so that a broken download resumes, and `If-Range`
     with its `ETag`. `..`, absolute paths and anything outside those two directories are
@@ -147,12 +147,34 @@ async def get_artifact(
         raise SpecInvalid([Problem(("path",), str(exc), "unsafe_path")]) from exc
     except artifacts.NoSuchArtifact as exc:
         raise NotFound(f"artifact {path!r} of job {job_id}") from exc
+    refused = _bad_range(request.headers.get("range"), real)
+    if refused is not None:
+        return refused
     return FileResponse(
         real,
         filename=real.name,
         media_type="application/octet-stream",
         headers={"ETag": etag} if etag else None,
     )
+
+
+def _bad_range(value: str | None, path: Path) -> JSONResponse | None:
+    """A `Range` header Starlette would refuse, refused here as JSON like every error (400
+    malformed, 416 past the end with `Content-Range: bytes */size`); None when it is fine."""
+    if value is None:
+        return None
+    size = path.stat().st_size
+    try:
+        FileResponse._parse_range_header(value, size)
+    except MalformedRangeHeader as exc:
+        return JSONResponse({"error": "invalid_range", "detail": exc.content}, 400)
+    except RangeNotSatisfiable:
+        return JSONResponse(
+            {"error": "range_not_satisfiable", "detail": f"the file has {size} bytes"},
+            416,
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return None
 
 
 @router.get(
@@ -167,9 +189,15 @@ async def get_model_tar(
     archive is built on disk or in memory. `Content-Length` is known up front."""
     await access.run(lambda session, caller: load_job(session, caller, job_id))
     directory = artifacts.model_dir(settings.job_dir(job_id))
-    if not (directory / artifacts.MANIFEST).is_file():
+
+    def archive() -> artifacts.TarStream | None:
+        if not (directory / artifacts.MANIFEST).is_file():
+            return None
+        return artifacts.tar_stream(directory, artifacts.MODEL_DIR)
+
+    stream = await run_in_threadpool(archive)
+    if stream is None:
         raise NotFound(f"the model of job {job_id}")
-    stream = await run_in_threadpool(artifacts.tar_stream, directory, artifacts.MODEL_DIR)
     return StreamingResponse(
         iter(stream),
         media_type="application/x-tar",

@@ -167,6 +167,7 @@ def test_the_model_tar_evaluates_to_the_jobs_final_eval_loss(
         lm_files["validation"],
         BLOCK,
     )
+    print(f"lm: plain {out['metrics']['eval_loss']!r} vs job {final['eval_loss']!r}")
     assert abs(out["metrics"]["eval_loss"] - final["eval_loss"]) < 1e-5
     # The byte-level tokenizer came through save_pretrained/from_pretrained whole.
     from worker.byte_tokenizer import byte_level_tokenizer
@@ -210,6 +211,10 @@ def test_the_best_model_is_the_one_saved(
         "causal-lm",
         lm_files["validation"],
         BLOCK,
+    )
+    print(
+        f"best (step {best_step}): plain {out['metrics']['eval_loss']!r} vs job {best_loss!r};"
+        f" final step's {logged[8]['eval_loss']!r}"
     )
     assert abs(out["metrics"]["eval_loss"] - best_loss) < 1e-5
 
@@ -262,6 +267,12 @@ def test_a_range_request_resumes_a_download_byte_exact(
     # An If-Range that no longer matches gets the whole (changed) file, not a wrong tail.
     stale = stack.http.get(url, headers={"Range": f"bytes={cut}-", "If-Range": '"stale"'})
     assert stale.status_code == 200 and len(stale.content) == size
+    # Ranges the file cannot answer are refused in JSON, like every error.
+    malformed = stack.http.get(url, headers={"Range": "bytes=abc"})
+    assert malformed.status_code == 400 and malformed.json()["error"] == "invalid_range"
+    past = stack.http.get(url, headers={"Range": f"bytes={size + 10}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
+    assert set(past.json()) == {"error", "detail"}
     # A checkpoint file is served too.
     checkpoint = stack.http.get(f"/jobs/{job_id}/artifacts/output/checkpoint-4/config.json")
     assert checkpoint.status_code == 200 and "model_type" in checkpoint.json()
@@ -402,6 +413,7 @@ def test_classification_reports_accuracy_and_f1_well_above_chance(
         files["validation"],
         64,
     )
+    print(f"classifier: plain {out['metrics']['eval_loss']!r} vs job {final['eval_loss']!r}")
     assert abs(out["metrics"]["eval_loss"] - final["eval_loss"]) < 1e-5
 
 
@@ -414,6 +426,9 @@ def test_delete_removes_a_finished_job_with_its_files_and_history(stack: Stack) 
         time.sleep(0.2)
         job = stack.get(job_id)
         assert job["status"] == "running"
+    # No model while it trains.
+    assert stack.http.get(f"/jobs/{job_id}/model.tar").status_code == 404
+    assert stack.http.get(f"/jobs/{job_id}/artifacts").json()["model"] is None
     refused = stack.http.delete(f"/jobs/{job_id}")
     assert refused.status_code == 409 and refused.json()["error"] == "conflict"
     assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
