@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]  # no stubs installed
+import psutil
 import pytest
 
 from tests.integration.conftest import Stack
