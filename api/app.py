@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api import db_errors, errors, keycache
 from api.body_limit import BodyLimit
-from api.routes import admin, dashboard, jobs, live, ops
+from api.routes import admin, artifacts, dashboard, jobs, live, ops
 from api.stream_slots import StreamLimit, StreamSlots
 from traindepot import __version__, training_args
 from traindepot.settings import get_settings
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(jobs.router)
     app.include_router(live.router)
+    app.include_router(artifacts.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
 
