@@ -104,11 +104,15 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     # Heavy imports only here, in the child.
     import datasets
+    from transformers.utils import logging as transformers_logging
 
     from worker import builders, checkpoints
     from worker.callback import TraindepotCallback
 
-    datasets.disable_progress_bars()  # bars are noise in the job's log file
+    # Bars are noise in the job's log file (and their carriage returns split its lines):
+    # datasets' maps, and transformers' own (saving the model writes one per shard).
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     flusher = new_flusher(settings=settings, job_id=job_id, attempt=attempt)
     callback = TraindepotCallback(flusher)
     callback.stop_requested = stop_requested  # the event the SIGUSR1 handler sets
