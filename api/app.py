@@ -10,7 +10,8 @@ import anyio
 from fastapi import FastAPI
 
 from api import errors, keycache
-from api.routes import admin, dashboard, jobs, live, ops
+from api.routes import admin, changes, dashboard, jobs, live, ops, prometheus
+from api.telemetry import RequestLatency
 from traindepot import __version__, training_args
 from traindepot.settings import get_settings
 
@@ -37,12 +38,16 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(RequestLatency)
+    # `GET /jobs/events` before `GET /jobs/{job_id}`, which would take "events" for an id.
+    app.include_router(changes.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
 
     app.include_router(ops.router)
+    app.include_router(prometheus.router)
 
     return app
 

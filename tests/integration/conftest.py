@@ -302,6 +302,15 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             running.stop()
 
 
+@pytest.fixture
+def ready(stack: Stack) -> Stack:
+    """The session stack once `/readyz` answers 200: the spec validator is warmed up (the
+    API imports transformers in the background after a start, which takes long on a busy
+    machine), so the first submit of a test does not pay for it."""
+    wait_until_up(stack.url, timeout=600, path="/readyz")
+    return stack
+
+
 @pytest.fixture(autouse=True)
 def _no_job_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test may leave a job `running` or `cancelling` (it would hold the worker)."""

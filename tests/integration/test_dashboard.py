@@ -29,6 +29,7 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
     }
     assert {
         "/jobs",
+        "/jobs/events",
         "/jobs/{job_id}",
         "/jobs/{job_id}/events",
         "/jobs/{job_id}/metrics",
@@ -36,4 +37,11 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
         "/jobs/{job_id}/cancel",
     } <= called
     routes = set(stack.http.get("/openapi.json").json()["paths"])
-    assert called <= routes, called - routes
+    # The artifacts routes (model files and the model's tar) may be absent from a server:
+    # the page hides its artifacts section when `GET /jobs/{id}/artifacts` answers 404.
+    optional = {
+        "/jobs/{job_id}/artifacts",
+        "/jobs/{job_id}/artifacts/{job_id}",
+        "/jobs/{job_id}/model.tar",
+    }
+    assert called - optional <= routes, called - optional - routes
