@@ -134,10 +134,10 @@ def test_running_job_live_in_the_list_and_its_chart_then_cancel(page: Page, stac
             timeout=WAIT_MS,
         )
         # Axes with a scale, and a legend naming both series.
-        legend = page.inner_text("#loss-chart .legend")
+        legend = page.text_content("#loss-chart .legend") or ""
         assert "train loss" in legend and "eval loss" in legend
         assert page.locator("#loss-chart text").count() > 6  # tick labels and axis titles
-        assert "learning rate" in page.inner_text("#lr-chart .legend")
+        assert "learning rate" in (page.text_content("#lr-chart .legend") or "")
         assert page.inner_text("#eta").strip() != "-"  # a running job has an ETA
         screenshot(page, "job-running")
 
@@ -178,12 +178,9 @@ def test_filters(page: Page, stack: Stack) -> None:
     try:
         open_dashboard(page, stack)
 
-        def shown() -> list[str]:
-            page.wait_for_load_state("networkidle")
-            return sorted(page.locator("tr.job td:first-child").all_inner_texts())
-
         def names() -> list[str]:
-            return [text.split("\n")[0] for text in shown()]
+            texts = page.locator("tr.job td:first-child").all_inner_texts()
+            return sorted(text.split("\n")[0] for text in texts)
 
         page.fill("#f-queue", queue)
         page.click("#filters button[type=submit]")

@@ -47,6 +47,9 @@ class Listener:
             pass  # closed by `close`
 
     def next_for(self, job_id: str, until: set[str], timeout: float = 180) -> dict[str, Any]:
+        for event, data in self.seen:  # already read while waiting for another job
+            if event == "job" and data["id"] == job_id and data["status"] in until:
+                return data
         deadline = time.monotonic() + timeout
         while True:
             event, data = self.events.get(timeout=max(deadline - time.monotonic(), 0.1))
