@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from api import errors, keycache
+from api import db_errors, errors, keycache
+from api.body_limit import BodyLimit
 from api.routes import admin, changes, dashboard, jobs, live, ops, prometheus
+from api.stream_slots import StreamLimit, StreamSlots
 from api.telemetry import RequestLatency
 from traindepot import __version__, training_args
 from traindepot.settings import get_settings
@@ -38,6 +40,18 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    db_errors.install(app)  # after errors: a refused value is not an outage
+    settings = get_settings()
+    # Pure ASGI: a body over the limit is refused before it is read (413); event streams and
+    # log followers give their slot back however they end (the routes take it, 429 beyond).
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        StreamLimit,
+        slots=StreamSlots(
+            per_key=settings.max_streams_per_tenant, total=settings.max_streams_total
+        ),
+    )
+    # Outermost: the latency of every answer, those of the middlewares above included.
     app.add_middleware(RequestLatency)
     # `GET /jobs/events` before `GET /jobs/{job_id}`, which would take "events" for an id.
     app.include_router(changes.router)

@@ -122,7 +122,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        names = {404: "not_found", 405: "method_not_allowed"}
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8): a 422 at `body`.
+            problem = {"loc": ["body"], "msg": "the body is not JSON text (UTF-8)"}
+            return _body("invalid_request", [{**problem, "type": "body_unreadable"}], 422)
+        names = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return _body(names.get(exc.status_code, "http_error"), exc.detail, exc.status_code)
 
     @app.exception_handler(Exception)

@@ -95,7 +95,7 @@ async def follow_revocations(redis_url: str | None, ttl: float) -> None:
                 elif message["type"] == "message":
                     cache.drop(message["data"].decode())
         except (redis.RedisError, OSError) as exc:
-            log.warning("key revocations unavailable (%s): keys are checked on every request", exc)
+            log.info("key revocations unavailable (%s): keys are checked on every request", exc)
         finally:
             cache.go_dark()
             with anyio.CancelScope(shield=True):

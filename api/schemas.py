@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import ApiKey, Job, JobAttempt
+from db.models import Job, JobAttempt
 from traindepot import apikeys
 
 
@@ -77,7 +77,9 @@ class AttemptOut(BaseModel):
         )
 
 
-class JobOut(BaseModel):
+class JobSummary(BaseModel):
+    """A job as lists show it: everything but its spec and attempts (`GET /jobs/{id}`)."""
+
     id: uuid.UUID
     name: str
     tenant: str
@@ -94,32 +96,45 @@ class JobOut(BaseModel):
     progress: Progress | None
     result: TrainResult | None
     error: JobErrorOut | None
+
+    @staticmethod
+    def fields_of(job: Job) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "name": job.name,
+            "tenant": job.tenant,
+            "submitted_by": job.submitted_by,
+            "cancelled_by": job.cancelled_by,
+            "cancel_requested_at": job.cancel_requested_at,
+            "status": job.status,
+            "attempt": job.attempt,
+            "queue": job.queue,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "progress": Progress.model_validate(job.progress) if job.progress else None,
+            "result": TrainResult.model_validate(job.result) if job.result else None,
+            "error": JobErrorOut.model_validate(job.error) if job.error else None,
+        }
+
+    @classmethod
+    def of(cls, job: Job) -> JobSummary:
+        return cls(**cls.fields_of(job))
+
+
+class JobOut(JobSummary):
     spec: dict[str, Any] = Field(description="The spec with defaults filled in.")
     attempts: list[AttemptOut] = Field(
         default_factory=list,
         description="Its attempts, first to last. Filled in by `GET /jobs/{id}` only; "
-        "empty in lists and in the responses of submit and cancel.",
+        "empty in the responses of submit and cancel.",
     )
 
     @classmethod
     def of(cls, job: Job, attempts: list[JobAttempt] | None = None) -> JobOut:
         return cls(
-            id=job.id,
-            name=job.name,
-            tenant=job.tenant,
-            submitted_by=job.submitted_by,
-            cancelled_by=job.cancelled_by,
-            cancel_requested_at=job.cancel_requested_at,
-            status=job.status,
-            attempt=job.attempt,
-            queue=job.queue,
-            priority=job.priority,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            progress=Progress.model_validate(job.progress) if job.progress else None,
-            result=TrainResult.model_validate(job.result) if job.result else None,
-            error=JobErrorOut.model_validate(job.error) if job.error else None,
+            **cls.fields_of(job),
             spec=job.spec,
             attempts=[AttemptOut.of(a) for a in attempts or []],
         )
@@ -163,7 +178,7 @@ class JobChangeOut(BaseModel):
 
 
 class JobPage(BaseModel):
-    items: list[JobOut]
+    items: list[JobSummary] = Field(description="Summaries: a job's spec is on `GET /jobs/{id}`.")
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
@@ -213,6 +228,8 @@ class KeyIn(BaseModel):
 
 
 class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # KeyOut.model_validate(api_key_row)
+
     id: uuid.UUID
     prefix: str = Field(description="The start of the key, shown so a leaked key can be found.")
     tenant: str
@@ -220,18 +237,6 @@ class KeyOut(BaseModel):
     admin: bool
     created_at: datetime
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> KeyOut:
-        return cls(
-            id=key.id,
-            prefix=key.prefix,
-            tenant=key.tenant,
-            name=key.name,
-            admin=key.admin,
-            created_at=key.created_at,
-            revoked_at=key.revoked_at,
-        )
 
 
 class NewKeyOut(KeyOut):

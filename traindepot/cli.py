@@ -144,7 +144,7 @@ def demo(port: PortOpt = 0) -> None:
     with running_stack(host="127.0.0.1", port=port or free_port()) as stack:
         console.print(f"traindepot is up at [bold]{stack.url}[/] (API docs: {stack.url}/docs)")
         _show_admin_key(stack)
-        with Client(stack.url, key=stack.admin_key) as client:
+        with Client(stack.url, key=stack.admin_key, timeout=120) as client:
             job = client.submit(demo_spec())
             console.print(f"submitted job [bold]{job['id']}[/] ({job['name']})")
             final = follow(client, job["id"], console)

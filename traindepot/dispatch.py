@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from traindepot.queues import is_broker_name
 from traindepot.redis_client import client
 from traindepot.settings import get_settings
 from traindepot.validation import WorkerDevices
@@ -84,7 +85,10 @@ def enqueue(
     when the broker cannot be reached.
 
     The Redis transport serves priority 0 first; the spec's `priority` is 0..9 with 9 the
-    most urgent, so it is inverted here."""
+    most urgent, so it is inverted here. A name the broker keeps for itself is never written
+    to, whatever the row says (ValueError)."""
+    if is_broker_name(queue):
+        raise ValueError(f"{queue!r} is a name the broker uses internally; not a job queue")
     _producer().send_task(
         TASK_NAME, args=[str(job_id)], queue=queue, priority=9 - priority, countdown=countdown
     )

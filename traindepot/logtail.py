@@ -10,19 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 BLOCK_SIZE = 64 * 1024
 MAX_TAIL_BYTES = 8 * 1024 * 1024
-
-
-def _open(path: Path) -> tuple[BinaryIO, int] | None:
-    """The file, open for reading, and its size; None when there is no file."""
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        return None
-    return f, os.fstat(f.fileno()).st_size
 
 
 def tail(
@@ -36,11 +26,12 @@ def tail(
     offset to follow from). A last line without its newline counts as a line. When those
     lines are longer than `max_bytes` in all, only their last `max_bytes` are returned (the
     first line is then cut). A missing file is empty."""
-    opened = _open(path)
-    if opened is None:
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
         return b"", 0
-    f, size = opened
     with f:
+        size = os.fstat(f.fileno()).st_size
         if lines <= 0 or size == 0:
             return b"", size
         end = size
@@ -75,11 +66,12 @@ def tail(
 def read_from(path: Path, offset: int, *, max_bytes: int = BLOCK_SIZE) -> tuple[bytes, int]:
     """Up to `max_bytes` appended after `offset`, and the offset after them. A file that
     shrank (rotated, rewritten) is read again from its start."""
-    opened = _open(path)
-    if opened is None:
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
         return b"", 0
-    f, size = opened
     with f:
+        size = os.fstat(f.fileno()).st_size
         if size < offset:
             offset = 0
         if size == offset:

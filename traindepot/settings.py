@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from traindepot.queues import check_queue_name
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINDEPOT_", extra="ignore")
@@ -69,6 +71,38 @@ class Settings(BaseSettings):
     # answered 503 with Retry-After: saturation is a fast answer, never a stall.
     api_db_wait_seconds: float = Field(default=2.0, gt=0)
 
+    # Server limits (issue 11): what one spec may ask of a small GPU pool. Each is refused at
+    # submit with a 422 naming the field and the limit (traindepot/limits.py).
+    max_model_parameters: int = Field(default=1_000_000_000, gt=0)
+    max_sequence_length: int = Field(default=8192, gt=0)
+    # Training examples one job may go through: max_steps x batch x accumulation x devices,
+    # or epochs x rows where the row count is known.
+    max_train_samples: int = Field(default=10_000_000, gt=0)
+    max_train_epochs: float = Field(default=1000.0, gt=0)
+    max_dataloader_workers: int = Field(default=4, ge=0)
+    max_dataset_file_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # `limits.max_runtime_seconds`: applied when a spec gives none, and its ceiling.
+    default_max_runtime_seconds: float = Field(default=24 * 3600.0, gt=0)
+    max_runtime_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Budgets of one training child: resident memory (its process tree) and its job
+    # directory on disk; over either, the job fails with reason `oom` or `disk`.
+    job_memory_bytes: int = Field(default=32 * 1024**3, gt=0)
+    job_disk_bytes: int = Field(default=50 * 1024**3, gt=0)
+    budget_check_seconds: float = Field(default=0.5, gt=0)
+    # The training child's environment is an allowlist (worker/child_env.py); names the
+    # operator adds to it (comma-separated).
+    child_env_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Weights: pickled (`.bin`) checkpoints and repository code run only where allowed.
+    allow_pickle_weights: bool = False
+    allow_trust_remote_code: bool = False
+    # The queues a spec may name (comma-separated); never a name the broker uses itself.
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+    # API: the largest request body, and how many event streams and log followers may be
+    # open at once per tenant and in all.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_streams_per_tenant: int = Field(default=20, gt=0)
+    max_streams_total: int = Field(default=500, gt=0)
+
     # Background flusher of training events (see worker/flusher.py).
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     flush_queue_size: int = Field(default=10_000, gt=0)
@@ -78,6 +112,24 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> object:
         if isinstance(value, str):
             return [p for p in (part.strip() for part in value.split(",")) if p]
+        return value
+
+    @field_validator("queues", "child_env_allow", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [q for q in (part.strip() for part in value.split(",")) if q]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _no_broker_names(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("configure at least one queue")
+        for name in value:
+            problem = check_queue_name(name)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("allowed_paths")

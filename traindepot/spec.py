@@ -63,6 +63,11 @@ class ModelSpec(_Strict):
         description="The dtype the weights are loaded in (`dtype=` of `from_pretrained`); "
         "null: float32. Mixed precision is `training_args.bf16`/`fp16`.",
     )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run the Python code of a model repository; refused unless the server "
+        "allows it.",
+    )
 
     check_name = field_validator("name_or_path")(_hub_id_or_absolute_path)
 

@@ -142,7 +142,9 @@ def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stac
 
         stack.callback(stop_api)
         url = f"http://{host}:{port}"
-        wait_until_up(url)
+        # Ready, not just up: the validator's warm-up (importing transformers) is done, so
+        # the first submit does not wait for it.
+        wait_until_up(url, timeout=300, path="/readyz")
         yield Stack(
             url=url,
             database_url=database_url,

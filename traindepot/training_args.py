@@ -138,6 +138,11 @@ RANGES: dict[str, Callable[[float], str | None]] = {
 _import_lock = threading.Lock()
 
 
+def import_lock() -> threading.Lock:
+    """The lock to hold while importing from transformers (see `_import_lock`)."""
+    return _import_lock
+
+
 def _training_arguments() -> Any:
     with _import_lock:
         from transformers.training_args import TrainingArguments
@@ -267,13 +272,19 @@ def job_kwargs(
 def effective(args: dict[str, Any], *, seed: int | None = None) -> dict[str, Any]:
     """Build `TrainingArguments` the way the worker will (raises what it raises) and return
     it as a dict, less the server's own paths. Device-dependent flags are left out of the
-    build (this host may have no GPU) and reported as given."""
+    build (this host may have no GPU) and reported as given.
+
+    The build never touches a device: `use_cpu` is forced on for it (and reported as given).
+    Without that, `TrainingArguments` sets up CUDA when it can, and an API process on a GPU
+    machine would hold a CUDA context (about 500 MiB, seen on an H100) for good."""
     TrainingArguments = _training_arguments()
 
     kwargs = {k: v for k, v in args.items() if k not in DEVICE_DEPENDENT}
+    kwargs["use_cpu"] = True
     with tempfile.TemporaryDirectory(prefix="traindepot-validate-") as tmp:
         built = TrainingArguments(**job_kwargs(kwargs, output_dir=f"{tmp}/output", seed=seed))
         out: dict[str, Any] = built.to_dict()
+    out["use_cpu"] = bool(args.get("use_cpu", False))
     for name in DEVICE_DEPENDENT:
         if name in args:
             out[name] = args[name]

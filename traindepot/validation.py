@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traindepot import training_args
+from traindepot import limits, training_args
+from traindepot.localpaths import model_dir_problems
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec, Task, is_local_path
@@ -241,13 +242,30 @@ def _bounded_rows(rows: list[Any], settings: Settings) -> list[Problem]:
     return problems
 
 
+def _model_dir(
+    raw: str, loc: tuple[str | int, ...], settings: Settings, *, weights: bool
+) -> list[Problem]:
+    """An allowed local model or tokenizer directory, checked file by file."""
+    problems = check_path(raw, loc, settings)
+    if problems:
+        return problems
+    found = model_dir_problems(
+        Path(raw).resolve(), allow_pickle=settings.allow_pickle_weights or not weights
+    )
+    return [Problem(loc, message, "model_dir_refused") for message in found]
+
+
 def _paths(spec: JobSpec, settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
     if spec.model.name_or_path and is_local_path(spec.model.name_or_path):
-        problems += check_path(spec.model.name_or_path, ("model", "name_or_path"), settings)
+        problems += _model_dir(
+            spec.model.name_or_path, ("model", "name_or_path"), settings, weights=True
+        )
     tok = spec.tokenizer
     if tok is not None and tok.name_or_path and is_local_path(tok.name_or_path):
-        problems += check_path(tok.name_or_path, ("tokenizer", "name_or_path"), settings)
+        problems += _model_dir(
+            tok.name_or_path, ("tokenizer", "name_or_path"), settings, weights=False
+        )
     files = spec.dataset.files
     if files is not None:
         problems += check_path(files.train, ("dataset", "files", "train"), settings)
@@ -270,7 +288,10 @@ def check_spec(
     """Raise SpecInvalid naming every problem; return the effective TrainingArguments.
 
     `devices`: the live workers of the spec's queue; `job_exists`: looks up the job named by
-    `resume_from_checkpoint` (both skipped when None)."""
+    `resume_from_checkpoint` (both skipped when None). The server's defaults (the time
+    limit) are filled into `spec`; its limits are checked once the spec is otherwise valid
+    (counting the model's parameters is the slow part)."""
+    limits.apply_defaults(spec, settings)
     problems = consistency_problems(spec) + _paths(spec, settings)
     if spec.dataset.rows is not None:
         problems += _bounded_rows(spec.dataset.rows, settings)
@@ -285,6 +306,7 @@ def check_spec(
         )
     args = dict(spec.training_args)
     problems += training_args.check_names_and_types(args)
+    problems += limits.check_limits(spec, settings, count_model=not problems)
     if problems:
         raise SpecInvalid(problems)
     effective, value_problems = training_args.check_values(args, seed=spec.seed)

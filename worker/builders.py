@@ -26,11 +26,13 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from traindepot.settings import get_settings
 from traindepot.spec import JobSpec, Task
 from traindepot.training_args import job_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
+from worker.guarded import model_source
 
 _MODEL_CLASSES: dict[Task, Any] = {
     Task.CAUSAL_LM: AutoModelForCausalLM,
@@ -45,7 +47,10 @@ def build_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
     else:
         source = spec.tokenizer if spec.tokenizer is not None else spec.model
         assert source.name_or_path is not None
-        tokenizer = AutoTokenizer.from_pretrained(source.name_or_path, revision=source.revision)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_source(source.name_or_path, "tokenizer.name_or_path", weights=False),
+            revision=source.revision,
+        )
     if tokenizer.pad_token is None:
         # GPT-style tokenizers have no pad token; the usual fix, as in the seed example.
         if tokenizer.eos_token is None:
@@ -90,8 +95,16 @@ def build_model(
         )
     else:
         assert spec.model.name_or_path is not None
+        # safetensors only unless the server allows pickled weights (`torch.load`), and no
+        # repository code unless it allows that too (the API refused the spec otherwise).
+        settings = get_settings()
         model = model_class.from_pretrained(
-            spec.model.name_or_path, revision=spec.model.revision, dtype=dtype, **extra
+            model_source(spec.model.name_or_path, "model.name_or_path", weights=True),
+            revision=spec.model.revision,
+            dtype=dtype,
+            use_safetensors=None if settings.allow_pickle_weights else True,
+            trust_remote_code=spec.model.trust_remote_code and settings.allow_trust_remote_code,
+            **extra,
         )
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

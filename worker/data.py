@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from traindepot.spec import DatasetSpec, JobSpec, Task
 from worker.errors import DataError
+from worker.guarded import data_file
 
 _FILE_LOADERS = {
     "json": "json",
@@ -36,9 +37,9 @@ def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
     if spec.rows is not None:
         train = Dataset.from_list(spec.rows)
     elif spec.files is not None:
-        files = {"train": spec.files.train}
+        files = {"train": data_file(spec.files.train, "dataset.files.train")}
         if spec.files.validation is not None:
-            files["validation"] = spec.files.validation
+            files["validation"] = data_file(spec.files.validation, "dataset.files.validation")
         loaded = load_dataset(_FILE_LOADERS[spec.files.resolved_format()], data_files=files)
         assert isinstance(loaded, DatasetDict)
         train = loaded["train"]

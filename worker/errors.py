@@ -1,7 +1,8 @@
 """How a failed job's exception is described: type, message, traceback and a reason.
 
 The reason tells a user where to look: `oom` (reduce the batch), `non_finite_loss` (lower the
-learning rate), `data` (the dataset), `config` (the spec), `timeout`, `worker_lost`, or
+learning rate), `disk` (the job directory outgrew its budget), `data` (the dataset), `config`
+(the spec), `timeout`, `worker_lost`, or
 `internal` (anything else; the traceback says more).
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 import traceback
 from typing import Any, Literal
 
-Reason = Literal["oom", "non_finite_loss", "data", "config", "worker_lost", "timeout", "internal"]
+Reason = Literal[
+    "oom", "disk", "non_finite_loss", "data", "config", "worker_lost", "timeout", "internal"
+]
 
 
 class JobError(Exception):

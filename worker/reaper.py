@@ -53,7 +53,12 @@ def reap_once(settings: Settings) -> reaping.Reaped:
             settings, job_id, status=status, attempt=attempt, result=result, error=error
         )
     for job_id, queue, priority in sends:
-        send(job_id=job_id, queue=queue, priority=priority)
+        # One job's failing send (a broker error of its own, a refused queue) must not keep
+        # the others from being sent: each is handled here and retried on the next pass.
+        try:
+            send(job_id=job_id, queue=queue, priority=priority)
+        except Exception:
+            log.exception("reaper: job %s could not be sent to queue %r", job_id, queue)
     return reaped
 
 

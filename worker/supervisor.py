@@ -30,6 +30,8 @@ from db.session import session_scope
 from traindepot import events
 from traindepot.logtail import tail
 from traindepot.settings import Settings
+from worker import budget
+from worker.child_env import child_environment
 from worker.lease import Lease
 from worker.outcome import StopReason, read_outcome, verdict
 from worker.reaper import send
@@ -75,6 +77,7 @@ class Supervisor:
         self.job_dir = settings.job_dir(job_id).resolve()
         self.stop_reason: StopReason | None = None
         self.lease_lost = False
+        self.overrun: budget.Overrun | None = None  # over its memory or disk budget
         self._kill_at: float | None = None
         # The time limit counts from the job's first start, across its attempts.
         self.max_runtime_seconds = max_runtime_seconds
@@ -133,12 +136,13 @@ class Supervisor:
     def _child_env(self) -> dict[str, str]:
         """The worker's environment, with the paths it resolved against its own directory
         made absolute: the child, started elsewhere, reads its settings from it."""
-        return {
-            **os.environ,
+        overrides = {
             "PYTHONUNBUFFERED": "1",
             "TRAINDEPOT_HOME": str(self.settings.home.resolve()),
             "TRAINDEPOT_ALLOWED_PATHS": ",".join(map(str, self.settings.allowed_paths)),
         }
+        # An allowlist: no operator secret the training does not use (worker/child_env.py).
+        return child_environment(os.environ, overrides, self.settings.child_env_allow)
 
     # --- while the child runs -------------------------------------------------------------
     def _watch(self, child: subprocess.Popen[bytes]) -> None:
@@ -146,12 +150,19 @@ class Supervisor:
         # renewal, so the child is killed well before that (0.8 of it) when the database
         # cannot be reached; two attempts never train at once.
         fence_after = self.settings.lease_seconds * 0.8
+        limits = budget.for_child(child.pid, self.job_dir, self.settings)
         while True:
             try:
                 child.wait(timeout=0.2)
                 return
             except subprocess.TimeoutExpired:
                 pass
+            self.overrun = limits.exceeded()
+            if self.overrun is not None:
+                log.warning("job %s: %s; killing the training process", self.job_id, self.overrun)
+                budget.kill_tree(child.pid)
+                child.wait()
+                return
             lost = self.lease.lost.is_set()
             if lost or self.lease.seconds_since_renewal() > fence_after:
                 log.warning(
@@ -195,7 +206,9 @@ class Supervisor:
             max_runtime_seconds=self.max_runtime_seconds,
             log_tail=lambda: tail(log_path, 60)[0].decode(errors="replace"),
         )
-        if ended.status is None:
+        if self.overrun is not None:  # over its memory or disk budget, whatever it reported
+            self._write_terminal(JobStatus.FAILED, ended.result, budget.error(self.overrun))
+        elif ended.status is None:
             self._release(ended.result)
         else:
             self._write_terminal(ended.status, ended.result, ended.error)

@@ -54,12 +54,15 @@ def run_job(job_id: str) -> None:
         # The message is acknowledged and dropped: the row says the job is not ours to run.
         log.warning("job %s: not queued (duplicate delivery or cancelled); nothing to do", job_id)
         return
+    # A spec stored without a time limit (before the server filled in its default) gets the
+    # default; none runs past the server's maximum.
+    runtime = settings.default_max_runtime_seconds if limit is None else float(limit)
     Supervisor(
         job_id=job_uuid,
         attempt=attempt,
         settings=settings,
         started_at=started_at,
-        max_runtime_seconds=None if limit is None else float(limit),
+        max_runtime_seconds=min(runtime, settings.max_runtime_seconds),
     ).run()
 
 

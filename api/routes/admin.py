@@ -43,7 +43,7 @@ async def create_key(body: KeyIn, access: AccessDep, settings: SettingsDep) -> N
             name=body.name,
             admin=body.admin,
         )
-        return NewKeyOut(**KeyOut.of(row).model_dump(), key=key)
+        return NewKeyOut(**KeyOut.model_validate(row).model_dump(), key=key)
 
     return await access.run(create, commit=True)
 
@@ -57,7 +57,7 @@ async def list_keys(
 
     def read(session: Session, caller: Caller) -> list[KeyOut]:
         caller.require_admin()
-        return [KeyOut.of(k) for k in keys.list_keys(session=session, tenant=tenant)]
+        return [KeyOut.model_validate(k) for k in keys.list_keys(session=session, tenant=tenant)]
 
     return await access.run(read)
 
@@ -75,7 +75,7 @@ async def revoke_key(key_id: uuid.UUID, access: AccessDep, settings: SettingsDep
         row = keys.revoke(session=session, key_id=key_id)
         if row is None:
             raise NotFound(f"key {key_id}")
-        return KeyOut.of(row)
+        return KeyOut.model_validate(row)
 
     revoked = await access.run(revoke, commit=True)
     # After the commit: every API process drops the key from its cache.

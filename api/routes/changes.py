@@ -22,11 +22,12 @@ from typing import Annotated, Any
 
 import anyio
 import redis
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import stream_slots
 from api.access import Access, AccessDep, Caller
 from api.database import Saturated
 from api.deps import SettingsDep
@@ -149,10 +150,12 @@ async def _stream(reader: _Reader, redis_url: str | None) -> AsyncIterator[Serve
             "attempt or progress changes) and `deleted`; never ends.",
         },
         401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
+        429: {"model": ErrorOut, "description": "Too many open streams for the tenant"},
     },
     response_class=EventSourceResponse,
 )
 async def job_changes(
+    request: Request,
     settings: SettingsDep,
     access: AccessDep,
     ping: Annotated[float, Query(ge=1, le=300, description="Heartbeat interval, seconds")] = 15,
@@ -161,7 +164,8 @@ async def job_changes(
     active jobs (queued, running, cancelling), then sends a job each time its status,
     attempt or progress changes, new jobs included. For a list: read a page with `GET
     /jobs`, then apply these events to it."""
-    await access.who()  # 401 before the stream starts
+    # 401 before the stream starts; 429 beyond the tenant's open streams (a stream slot).
+    stream_slots.take(request, (await access.who()).tenant)
     return EventSourceResponse(
         _stream(_Reader(access), settings.redis_url),
         ping=ping,

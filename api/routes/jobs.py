@@ -22,7 +22,7 @@ from api.access import Access, AccessDep, Caller, load_job
 from api.database import run_db
 from api.deps import SettingsDep
 from api.errors import Conflict
-from api.schemas import ErrorOut, JobOut, JobPage, ValidatedSpec, json_response
+from api.schemas import ErrorOut, JobOut, JobPage, JobSummary, ValidatedSpec, json_response
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
@@ -243,7 +243,7 @@ async def list_jobs(
         page = page[:limit]
         return json_response(
             JobPage(
-                items=[JobOut.of(j) for j in page],
+                items=[JobSummary.of(j) for j in page],
                 next_cursor=encode_cursor(page[-1]) if more and page else None,
             )
         )

@@ -32,12 +32,13 @@ from typing import Annotated, Any
 import anyio
 import redis
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api import stream_slots
 from api.access import AccessDep, Caller, load_job
 from api.database import Saturated, run_db
 from api.deps import SettingsDep
@@ -56,6 +57,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such job"},
     422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
     503: {"model": ErrorOut, "description": "The database is unreachable"},
+}
+# Routes whose own media type is not JSON: their errors are documented as the JSON they are.
+_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": spec["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+    }
+    for code, spec in {
+        **_ERRORS,
+        429: {"description": "Too many event streams and log followers open (Retry-After)"},
+    }.items()
 }
 BACKLOG_PAGE = 1000
 IDLE_CHECK_SECONDS = 2.0  # how often a quiet stream looks at the job row
@@ -280,7 +292,7 @@ async def _event_stream(
 @router.get(
     "/{job_id}/events",
     responses={
-        **_ERRORS,
+        **_JSON_ERRORS,
         200: {
             "content": {"text/event-stream": {}},
             "description": "Server-Sent Events: `status`, `train`/`eval`/`summary`/`restart` "
@@ -291,6 +303,7 @@ async def _event_stream(
 )
 async def job_events(
     job_id: uuid.UUID,
+    request: Request,
     settings: SettingsDep,
     access: AccessDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -310,6 +323,7 @@ async def job_events(
     if job.terminal and events.parse_event_id(cursor)[1] >= job.version:
         # The reader has had the end: 204 tells an EventSource not to reconnect again.
         return Response(status_code=204)
+    stream_slots.take(request, (await access.who()).tenant)  # 429 beyond the limits
     return EventSourceResponse(
         _event_stream(job_id, cursor, settings.redis_url),
         ping=ping,
@@ -393,10 +407,11 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
     "/{job_id}/logs",
     response_class=PlainTextResponse,
     response_model=None,
-    responses={**_ERRORS, 200: {"content": {"text/plain": {}}, "description": "The log"}},
+    responses={**_JSON_ERRORS, 200: {"content": {"text/plain": {}}, "description": "The log"}},
 )
 async def job_logs(
     job_id: uuid.UUID,
+    request: Request,
     settings: SettingsDep,
     access: AccessDep,
     tail: Annotated[int, Query(ge=0, le=100_000, description="How many last lines")] = 100,
@@ -416,6 +431,7 @@ async def job_logs(
     data, offset = await run_in_threadpool(logtail.tail, path, tail)
     if not follow:
         return PlainTextResponse(data, media_type="text/plain; charset=utf-8")
+    stream_slots.take(request, (await access.who()).tenant)  # 429 beyond the limits
     return StreamingResponse(
         _follow(job_id, path, data, offset),
         media_type="text/plain; charset=utf-8",

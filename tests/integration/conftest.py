@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.settings import Settings
@@ -41,6 +42,8 @@ TEST_SETTINGS = {
     "TRAINDEPOT_REAPER_INTERVAL_SECONDS": "1",
     "TRAINDEPOT_CANCEL_GRACE_SECONDS": "20",
     "TRAINDEPOT_FLUSH_INTERVAL_SECONDS": "0.2",
+    # Only configured queues are accepted: the ones the tests submit to.
+    "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
@@ -64,6 +67,7 @@ class Stack:
     env: dict[str, str]
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    api_pid: int = 0  # the uvicorn process serving `url`
     data_dir: Path = Path("/nonexistent")  # under TRAINDEPOT_ALLOWED_PATHS: test files go here
     redis_server: EmbeddedRedis | None = None  # None when TRAINDEPOT_TEST_REDIS_URL is set
     postgres: EmbeddedPostgres | None = None  # set on a stack with its own PostgreSQL
@@ -170,8 +174,9 @@ def _fresh_database(admin_url: str) -> tuple[str, str]:
     name = f"traindepot_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin_url.rpartition("/")
-    return name, f"{base}/{name}"
+    # make_url keeps a query string (`?host=/socket/dir` of an embedded server) intact.
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url
 
 
 @contextmanager
@@ -244,6 +249,7 @@ def build_stack(
         )
         s.data_dir = data
         s.redis_server = redis_server
+        s.api_pid = api.pid
 
         def stop_workers() -> None:
             for proc in s.workers:
@@ -302,6 +308,28 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             running.stop()
 
 
+@contextmanager
+def session_database_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, settings: dict[str, str]
+) -> Iterator[Stack]:
+    """Another stack with its own settings, on a fresh database of the shared PostgreSQL."""
+    admin_url = os.environ.get(
+        "TRAINDEPOT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    db_name, database_url = _fresh_database(admin_url)
+    try:
+        with build_stack(
+            tmp_path_factory.mktemp(f"{name}home"),
+            tmp_path_factory.mktemp(f"{name}data"),
+            database_url=database_url,
+            settings=settings,
+        ) as s:
+            yield s
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def ready(stack: Stack) -> Stack:
     """The session stack once `/readyz` answers 200: the spec validator is warmed up (the
@@ -315,7 +343,7 @@ def ready(stack: Stack) -> Stack:
 def _no_job_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test may leave a job `running` or `cancelling` (it would hold the worker)."""
     yield
-    for name in ("stack", "pg_stack"):
+    for name in ("stack", "pg_stack", "hostile_stack"):
         if name not in request.fixturenames:
             continue
         s: Stack = request.getfixturevalue(name)

@@ -48,6 +48,9 @@ def starved_api(stack: Stack) -> Iterator[str]:
         "TRAINDEPOT_DB_POOL_SIZE": "2",
         "TRAINDEPOT_DB_MAX_OVERFLOW": "0",
         "TRAINDEPOT_API_DB_WAIT_SECONDS": "1",
+        # ~26 readers of the event stream at once, all one tenant: this test is about the
+        # database pool, not the stream limit (its default, 20 per tenant, would answer 429).
+        "TRAINDEPOT_MAX_STREAMS_PER_TENANT": "1000",
     }
     process, url = start_api(env, stack.home / "logs" / "api-starved.log", port=free_port())
     try:
@@ -125,9 +128,11 @@ def test_128_readers_on_every_read_route_are_answered_and_healthz_stays_instant(
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        # One connection per client thread (one shared httpx client: 128 of them would
-        # spend this machine's CPU building TLS contexts, not talking to the API).
-        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+        # One shared httpx client (128 of them would spend this machine's CPU building TLS
+        # contexts, not talking to the API), a fresh connection per request: a kept-alive
+        # connection can be closed by the server's keep-alive timeout just as a client
+        # reuses it, a client-side race that says nothing about the server.
+        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=0)
         with (
             httpx.Client(
                 base_url=starved_api,

@@ -369,7 +369,8 @@ def test_validate_returns_defaults_and_effective_training_args(stack: Stack) -> 
     body = response.json()
     filled = body["spec"]
     assert filled["preprocessing"]["padding"] == "max_length"
-    assert filled["limits"] == {"max_runtime_seconds": None, "max_restarts": 3}
+    # The server's default time limit (TRAINDEPOT_DEFAULT_MAX_RUNTIME_SECONDS) is filled in.
+    assert filled["limits"] == {"max_runtime_seconds": 86400.0, "max_restarts": 3}
     assert filled["dataset"]["eval_fraction"] is None and filled["queue"] == "default"
     effective = body["training_args"]
     assert effective["max_steps"] == 6 and effective["seed"] == 7

