@@ -43,7 +43,9 @@ TEST_SETTINGS = {
     "TRAINDEPOT_CANCEL_GRACE_SECONDS": "20",
     "TRAINDEPOT_FLUSH_INTERVAL_SECONDS": "0.2",
     # Only configured queues are accepted: the ones the tests submit to.
-    "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens",
+    "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens,"
+    # test_prometheus.py (a worker each), test_job_changes.py and test_browser.py (none)
+    "metrics-a,metrics-b,idle-filters,idle-browser",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,7 +165,7 @@ def test_running_job_live_in_the_list_and_its_chart_then_cancel(page: Page, stac
 
 
 def test_filters(page: Page, stack: Stack) -> None:
-    queue = f"idle{uuid.uuid4().hex[:6]}"  # no worker: the jobs stay queued
+    queue = "idle-browser"  # no worker: the jobs stay queued
     ids = [
         stack.submit(tiny_spec(name=name, queue=queue, tags=tags))["id"]
         for name, tags in [

@@ -67,7 +67,10 @@ def test_the_change_stream_follows_a_job_and_stays_in_its_tenant(stack: Stack) -
     admin = Listener(stack.url, stack.headers())
     try:
         other = stack.submit(tiny_spec(name="chg-other-tenant"))  # the admin's own tenant
-        job_body = tiny_spec(name="chg-mine", tags={"team": "chg"}, training_args={"max_steps": 20})
+        # Long enough (a few seconds) for the stream's rounds to see its progress move.
+        job_body = tiny_spec(
+            name="chg-mine", tags={"team": "chg"}, training_args={"max_steps": 200}
+        )
         created = stack.http.post(
             "/jobs", json=job_body, headers=stack.headers(stack.new_key(tenant))
         )
@@ -76,7 +79,7 @@ def test_the_change_stream_follows_a_job_and_stays_in_its_tenant(stack: Stack) -
         running = mine.next_for(job_id, {"running"})
         assert running["tags"] == {"team": "chg"} and running["tenant"] == tenant
         done = mine.next_for(job_id, {"succeeded"})
-        assert done["progress"]["global_step"] == 20 and done["finished_at"]
+        assert done["progress"]["global_step"] == 200 and done["finished_at"]
         # Progress moved through the stream while it ran (not only the statuses).
         steps = [
             d["progress"]["global_step"]
@@ -105,7 +108,7 @@ def test_the_change_stream_needs_a_key(stack: Stack) -> None:
 def test_list_filters_by_queue_name_and_tag_within_the_tenant(stack: Stack) -> None:
     tenant = f"flt{uuid.uuid4().hex[:6]}"
     headers = stack.headers(stack.new_key(tenant))
-    nowhere = f"idle{uuid.uuid4().hex[:6]}"  # no worker: the jobs stay queued
+    nowhere = "idle-filters"  # no worker: the jobs stay queued
     specs = [
         tiny_spec(name="alpha_one", queue=nowhere, tags={"team": "vision", "exp": "a"}),
         tiny_spec(name="Alpha-two", queue=nowhere, tags={"team": "nlp"}),

@@ -46,7 +46,7 @@ def test_metrics_needs_an_admin_key(stack: Stack) -> None:
 
 
 def test_counters_move_when_a_job_runs(stack: Stack) -> None:
-    queue = f"prom{uuid.uuid4().hex[:6]}"  # a queue of this test's own: its series are exact
+    queue = "metrics-a"  # a queue of this test's own: its series are exact
     before = scrape(stack.http)
     points_before = value(before, "traindepot_metric_points_written_total")
     assert value(before, "traindepot_jobs", queue=queue) == 0
@@ -88,7 +88,7 @@ def test_counters_move_when_a_job_runs(stack: Stack) -> None:
 
 
 def test_running_jobs_report_steps_per_second_and_queue_depth(stack: Stack) -> None:
-    queue = f"prom{uuid.uuid4().hex[:6]}"
+    queue = "metrics-b"  # a queue of this test's own
     stack.start_worker("prom-rate", queues=queue)
     job = stack.submit(
         tiny_spec(name="prom-rate", queue=queue, training_args={"max_steps": 100_000})
