@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api import db_errors, errors, keycache
 from api.body_limit import BodyLimit
-from api.routes import admin, changes, dashboard, jobs, live, ops, prometheus
+from api.routes import admin, artifacts, changes, dashboard, jobs, live, ops, prometheus
 from api.stream_slots import StreamLimit, StreamSlots
 from api.telemetry import RequestLatency
 from traindepot import __version__, training_args
@@ -57,6 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(changes.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
+    app.include_router(artifacts.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
 

@@ -50,8 +50,12 @@ class ServiceUnavailable(Exception):
     pass
 
 
-def _body(error: str, detail: Any, status: int) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": jsonable_encoder(detail)}, status_code=status)
+def _body(
+    error: str, detail: Any, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "detail": jsonable_encoder(detail)}, status_code=status, headers=headers
+    )
 
 
 def _clean(errors: Any) -> list[dict[str, Any]]:
@@ -83,9 +87,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
         # Never echo the key: the message names the problem only.
-        response = _body("unauthorized", str(exc), 401)
-        response.headers["WWW-Authenticate"] = 'Bearer realm="traindepot"'
-        return response
+        return _body(
+            "unauthorized", str(exc), 401, {"WWW-Authenticate": 'Bearer realm="traindepot"'}
+        )
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
@@ -93,9 +97,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TooManyRequests)
     async def too_many(request: Request, exc: TooManyRequests) -> JSONResponse:
-        response = _body("too_many_requests", str(exc), 429)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return _body("too_many_requests", str(exc), 429, {"Retry-After": str(exc.retry_after)})
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("service unavailable: %s", exc)
@@ -104,15 +106,12 @@ def install(app: FastAPI) -> None:
             if isinstance(exc, ServiceUnavailable)
             else "the database is unreachable; retry shortly"
         )
-        response = _body("service_unavailable", detail, 503)
-        response.headers["Retry-After"] = "5"
-        return response
+        return _body("service_unavailable", detail, 503, {"Retry-After": "5"})
 
     async def saturated(request: Request, exc: Exception) -> JSONResponse:
         # No log line per request here: under overload that would add to the load.
-        response = _body("service_unavailable", "the API is at capacity; retry shortly", 503)
-        response.headers["Retry-After"] = "1"
-        return response
+        message = "the API is at capacity; retry shortly"
+        return _body("service_unavailable", message, 503, {"Retry-After": "1"})
 
     app.add_exception_handler(Saturated, saturated)
     app.add_exception_handler(PoolTimeout, saturated)

@@ -125,6 +125,12 @@ class JobSummary(BaseModel):
 
 class JobOut(JobSummary):
     spec: dict[str, Any] = Field(description="The spec with defaults filled in.")
+    disk_bytes: int | None = Field(
+        default=None,
+        description="Bytes its files use on disk (model, checkpoints, log), measured when "
+        "it ended and again when `traindepot gc` removed some; null while it runs, and "
+        "for a job whose worker was lost (the reaper ended it).",
+    )
     attempts: list[AttemptOut] = Field(
         default_factory=list,
         description="Its attempts, first to last. Filled in by `GET /jobs/{id}` only; "
@@ -136,6 +142,7 @@ class JobOut(JobSummary):
         return cls(
             **cls.fields_of(job),
             spec=job.spec,
+            disk_bytes=job.disk_bytes,
             attempts=[AttemptOut.of(a) for a in attempts or []],
         )
 
@@ -259,3 +266,39 @@ class QuotaOut(BaseModel):
     max_active_jobs: int
     max_running_jobs: int
     active_jobs: int
+
+
+class ArtifactFile(BaseModel):
+    path: str = Field(description="Relative to the job: `GET /jobs/{id}/artifacts/{path}`.")
+    size: int
+    sha256: str | None = Field(
+        default=None, description="The final model's files only (from its manifest.json)."
+    )
+
+
+class ModelArtifacts(BaseModel):
+    files: list[ArtifactFile]
+    total_bytes: int
+
+
+class CheckpointArtifacts(BaseModel):
+    step: int
+    path: str
+    files: list[ArtifactFile]
+    total_bytes: int
+    metrics: dict[str, Any] | None = Field(
+        description="The evaluation logged at this step; null when none was."
+    )
+
+
+class ArtifactsOut(BaseModel):
+    job_id: uuid.UUID
+    model: ModelArtifacts | None = Field(
+        description="The final model (`GET /jobs/{id}/model.tar` for all of it); null when "
+        "the job saved none (it failed, or was cancelled before its first step)."
+    )
+    best_checkpoint: str | None = Field(
+        description="With `load_best_model_at_end`: the checkpoint the final model is."
+    )
+    best_metric: float | None
+    checkpoints: list[CheckpointArtifacts] = Field(description="In step order.")

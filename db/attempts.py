@@ -114,8 +114,10 @@ def finish(
     status: JobStatus,
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
+    disk_bytes: int | None = None,
 ) -> bool:
-    """Write the terminal status of `attempt`. False if the attempt no longer owns the job."""
+    """Write the terminal status of `attempt` (with the bytes its files use). False if the
+    attempt no longer owns the job."""
     assert status.is_terminal
     row = session.execute(
         update(Job)
@@ -124,6 +126,7 @@ def finish(
             status=status,
             result=result,
             error=error,
+            disk_bytes=disk_bytes,
             finished_at=func.now(),
             lease_owner=None,
             lease_expires_at=None,
@@ -137,7 +140,12 @@ def finish(
 
 
 def release(
-    *, session: Session, job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None = None
+    *,
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    result: dict[str, Any] | None = None,
+    disk_bytes: int | None = None,
 ) -> Job | None:
     """Give a running job back to the queue (the worker is shutting down); the next claim
     resumes it from its last checkpoint. The caller sends the message, then marks it
@@ -156,6 +164,7 @@ def release(
             attempt=attempt,
             status=JobStatus.CANCELLED,
             result=result,
+            disk_bytes=disk_bytes,
         )
         return None
     end_attempts(session=session, attempts=[(job_id, attempt)], outcome="released")

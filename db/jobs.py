@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, Job, JobAttempt, JobStatus
+from db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
 
 
 def create(
@@ -179,3 +179,42 @@ def changed_since(
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
     return list(session.scalars(query))
+
+
+def eval_points(*, session: Session, job_id: uuid.UUID) -> dict[int, dict[str, Any]]:
+    """The job's logged evaluations by step (the metrics of each checkpoint's step)."""
+    rows = session.execute(
+        select(JobMetric.step, JobMetric.values).where(
+            JobMetric.job_id == job_id, JobMetric.kind == "eval"
+        )
+    )
+    return {step: values for step, values in rows}
+
+
+def delete_finished(*, session: Session, job_id: uuid.UUID) -> bool:
+    """Delete a finished job's row; its history (`job_metrics`, `job_attempts`, its
+    idempotency key) goes with it (ON DELETE CASCADE). False when the job is not finished
+    (or gone): an active job is never deleted under its worker."""
+    row = session.execute(
+        delete(Job).where(Job.id == job_id, Job.status.in_(TERMINAL_STATUSES)).returning(Job.id)
+    ).first()
+    return row is not None
+
+
+def finished_before(*, session: Session, cutoff: datetime) -> list[Job]:
+    """Finished jobs that ended before `cutoff`, oldest first (`traindepot gc`)."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.finished_at.is_not(None),
+                Job.finished_at < cutoff,
+                Job.status.in_(TERMINAL_STATUSES),
+            )
+            .order_by(Job.finished_at)
+        )
+    )
+
+
+def set_disk_bytes(*, session: Session, job_id: uuid.UUID, disk_bytes: int) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(disk_bytes=disk_bytes))

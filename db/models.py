@@ -71,6 +71,10 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # Bytes the job's files use on disk (model, checkpoints, log): measured when the job
+    # ends and again when `gc` removes some of them; null while it runs.
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
     progress: Mapped[dict[str, Any] | None]
     result: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]
@@ -86,6 +90,12 @@ class Job(Base):
         # A tenant's jobs (GET /jobs with a tenant key), and its active jobs (quotas).
         Index("ix_jobs_tenant_created_id", "tenant", "created_at", "id"),
         Index("ix_jobs_tenant_status", "tenant", "status"),
+        # `traindepot gc`: finished jobs by when they finished.
+        Index(
+            "ix_jobs_finished_at",
+            "finished_at",
+            postgresql_where="finished_at IS NOT NULL",
+        ),
         # The reaper: active jobs by lease expiry.
         Index(
             "ix_jobs_lease_expires",

@@ -49,9 +49,10 @@ KeyOpt = Annotated[
 
 
 def _register_subcommands() -> None:
-    from api import cli_keys
+    from api import cli_gc, cli_keys
 
     app.add_typer(cli_keys.app, name="keys")
+    app.command("gc")(cli_gc.gc)
 
 
 _register_subcommands()

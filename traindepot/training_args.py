@@ -56,6 +56,10 @@ SERVER_DEFAULTS: dict[str, Any] = {
     # empty for most of a short run; every step (1) costs a device sync per step on a GPU.
     # Every 10th step draws a curve while a job runs at no measurable cost to training.
     "logging_steps": 10,
+    # Checkpoints are kept for resuming and for download, not forever: the newest 3 (the
+    # Trainer keeps the best one as well with `load_best_model_at_end`). The final model
+    # is saved apart from them (worker/export.py). The library keeps every one.
+    "save_total_limit": 3,
 }
 # Names removed or renamed in transformers 5, with what to write instead.
 RENAMED: dict[str, str] = {

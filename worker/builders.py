@@ -3,10 +3,12 @@ with the datasets from ``worker.data``. Runs in the training child only (imports
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoConfig,
@@ -17,6 +19,7 @@ from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
+    EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -25,6 +28,7 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import EvalLoopOutput
 
 from traindepot.settings import get_settings
 from traindepot.spec import JobSpec, Task
@@ -146,6 +150,63 @@ def build_training_args(
         raise ConfigError(f"training_args: {exc}") from exc
 
 
+def predicted_class(logits: Any, labels: Any) -> Any:
+    """`preprocess_logits_for_metrics` of classification: each batch's logits are reduced to
+    the predicted class ids before the Trainer gathers them, so evaluation keeps one integer
+    per example instead of `num_labels` floats (memory stays flat on a large eval set)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def classification_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """Accuracy and macro F1 in numpy (nothing loaded from a hub). Macro F1 averages the F1
+    of every class that occurs in the labels or the predictions; a class never predicted
+    and never true does not count."""
+    predictions = prediction.predictions
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    predicted = np.asarray(predictions).reshape(-1)
+    labels = np.asarray(prediction.label_ids).reshape(-1)
+    return {
+        "accuracy": float((predicted == labels).mean()) if labels.size else 0.0,
+        "f1": macro_f1(predicted, labels),
+    }
+
+
+def macro_f1(predicted: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float:
+    classes = np.union1d(predicted, labels)
+    if classes.size == 0:
+        return 0.0
+    scores = []
+    for c in classes:
+        true_positive = float(np.sum((predicted == c) & (labels == c)))
+        false_positive = float(np.sum((predicted == c) & (labels != c)))
+        false_negative = float(np.sum((predicted != c) & (labels == c)))
+        denominator = 2 * true_positive + false_positive + false_negative
+        scores.append(2 * true_positive / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+class JobTrainer(Trainer):
+    """The `Trainer`, with the perplexity of a language-modelling job, exp(loss), beside the
+    loss of every evaluation (`eval_perplexity`); logged with the other eval metrics."""
+
+    language_modelling = False
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> EvalLoopOutput:
+        output: EvalLoopOutput = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        metrics = output.metrics
+        loss = None if metrics is None else metrics.get(f"{prefix}_loss")
+        # A loss above ~709 has no finite perplexity: none is reported.
+        lm = self.language_modelling and metrics is not None
+        if lm and isinstance(loss, float) and math.isfinite(loss) and loss < 709:
+            assert metrics is not None
+            metrics[f"{prefix}_perplexity"] = math.exp(loss)
+        return output
+
+
 def build_trainer(
     spec: JobSpec,
     output_dir: Path,
@@ -174,7 +235,8 @@ def build_trainer(
                 early_stopping_threshold=spec.early_stopping.threshold,
             )
         )
-    trainer = Trainer(
+    classification = spec.task is Task.SEQUENCE_CLASSIFICATION
+    trainer = JobTrainer(
         model=model,
         args=build_training_args(spec, output_dir, report_to=report_to),
         train_dataset=data.train,
@@ -182,7 +244,10 @@ def build_trainer(
         data_collator=build_collator(spec, tokenizer),
         processing_class=tokenizer,
         callbacks=all_callbacks,
+        compute_metrics=classification_metrics if classification else None,
+        preprocess_logits_for_metrics=predicted_class if classification else None,
     )
+    trainer.language_modelling = spec.task in (Task.CAUSAL_LM, Task.MASKED_LM)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer

@@ -131,6 +131,12 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         if callback.non_finite_step is not None:
             raise NonFiniteLossError(callback.non_finite_step, callback.non_finite_values)
         stopped = callback.stop_requested.is_set()
+        if result["global_step"] >= 1:
+            # The job's product (worker/export.py): a job that trained a step has a model,
+            # cancelled ones included. A model that cannot be written fails the job.
+            from worker.export import save_final_model
+
+            save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
         outcome: dict[str, Any] = {
             "status": "stopped" if stopped else "succeeded",
             "result": result,

@@ -27,7 +27,7 @@ from db import attempts, jobs
 from db.models import JobStatus
 from db.retry import retry_db
 from db.session import session_scope
-from traindepot import events
+from traindepot import artifacts, events
 from traindepot.logtail import tail
 from traindepot.settings import Settings
 from worker import budget
@@ -213,6 +213,10 @@ class Supervisor:
         else:
             self._write_terminal(ended.status, ended.result, ended.error)
 
+    def _disk_bytes(self) -> int:
+        """What the job's files use now, recorded with its end (`GET /jobs/{id}`)."""
+        return artifacts.disk_usage(self.job_dir)
+
     @retry_db(give_up_after_seconds=3600)
     def _write_terminal(
         self, status: JobStatus, result: dict[str, Any] | None, error: dict[str, Any] | None
@@ -225,6 +229,7 @@ class Supervisor:
                 status=status,
                 result=result,
                 error=error,
+                disk_bytes=self._disk_bytes(),
             )
         if not written:
             log.warning(
@@ -244,7 +249,11 @@ class Supervisor:
         cancelled: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
         with session_scope() as session:
             job = attempts.release(
-                session=session, job_id=self.job_id, attempt=self.attempt, result=result
+                session=session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                result=result,
+                disk_bytes=self._disk_bytes(),
             )
             queued = None if job is None else (job.queue, job.priority)
             if job is None:
