@@ -11,8 +11,9 @@ from fastapi import FastAPI
 
 from api import db_errors, errors, keycache
 from api.body_limit import BodyLimit
-from api.routes import admin, artifacts, dashboard, jobs, live, ops
+from api.routes import admin, artifacts, changes, dashboard, jobs, live, ops, prometheus
 from api.stream_slots import StreamLimit, StreamSlots
+from api.telemetry import RequestLatency
 from traindepot import __version__, training_args
 from traindepot.settings import get_settings
 
@@ -50,6 +51,10 @@ def create_app() -> FastAPI:
             per_key=settings.max_streams_per_tenant, total=settings.max_streams_total
         ),
     )
+    # Outermost: the latency of every answer, those of the middlewares above included.
+    app.add_middleware(RequestLatency)
+    # `GET /jobs/events` before `GET /jobs/{job_id}`, which would take "events" for an id.
+    app.include_router(changes.router)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(artifacts.router)
@@ -57,6 +62,7 @@ def create_app() -> FastAPI:
     app.include_router(dashboard.router)
 
     app.include_router(ops.router)
+    app.include_router(prometheus.router)
 
     return app
 

@@ -28,6 +28,7 @@ class Progress(BaseModel):
     learning_rate: float | None = None
     grad_norm: float | None = None
     samples_per_second: float | None = None
+    steps_per_second: float | None = None
     eta_seconds: float | None = None
     updated_at: datetime | None = None
 
@@ -143,6 +144,43 @@ class JobOut(JobSummary):
             spec=job.spec,
             disk_bytes=job.disk_bytes,
             attempts=[AttemptOut.of(a) for a in attempts or []],
+        )
+
+
+class JobChangeOut(BaseModel):
+    """A job as the job list shows it: `GET /jobs/events` sends one each time it changes."""
+
+    id: uuid.UUID
+    name: str
+    tenant: str
+    status: str
+    attempt: int
+    queue: str
+    priority: int
+    tags: dict[str, str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress | None
+    error_type: str | None = Field(description="The exception type of a failed job.")
+
+    @classmethod
+    def of(cls, job: Job) -> JobChangeOut:
+        tags = job.spec.get("tags") if isinstance(job.spec, dict) else None
+        return cls(
+            id=job.id,
+            name=job.name,
+            tenant=job.tenant,
+            status=job.status,
+            attempt=job.attempt,
+            queue=job.queue,
+            priority=job.priority,
+            tags={str(k): str(v) for k, v in (tags or {}).items()},
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=Progress.model_validate(job.progress) if job.progress else None,
+            error_type=str(job.error.get("type")) if job.error else None,
         )
 
 

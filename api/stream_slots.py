@@ -25,7 +25,8 @@ __all__ = ["StreamLimit", "StreamSlots", "is_stream", "take"]
 
 RETRY_AFTER_SECONDS = 5
 
-_EVENTS = re.compile(r"^/jobs/[^/]+/events/?$")
+# A job's events, and the job list's stream of changes (`/jobs/events`).
+_EVENTS = re.compile(r"^/jobs/(?:[^/]+/)?events/?$")
 _LOGS = re.compile(r"^/jobs/[^/]+/logs/?$")
 
 

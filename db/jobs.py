@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
+from db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
 
 
 def create(
@@ -59,6 +59,33 @@ class Cursor:
     id: uuid.UUID
 
 
+@dataclass(frozen=True)
+class Filters:
+    """What `GET /jobs` can filter on besides status: the queue, a substring of the name
+    (case-insensitive), and a tag (`key`: has it; `key=value`: has it with that value)."""
+
+    queue: str | None = None
+    name: str | None = None
+    tag: str | None = None
+
+    def apply(self, query: Select[Job]) -> Select[Job]:
+        if self.queue is not None:
+            query = query.where(Job.queue == self.queue)
+        if self.name:
+            query = query.where(Job.name.ilike("%" + _like_escape(self.name) + "%", escape="\\"))
+        if self.tag:
+            key, has_value, value = self.tag.partition("=")
+            if has_value:
+                query = query.where(Job.spec.contains({"tags": {key: value}}))
+            else:
+                query = query.where(Job.spec["tags"].has_key(key))
+        return query
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def list_page(
     *,
     session: Session,
@@ -66,6 +93,7 @@ def list_page(
     limit: int,
     cursor: Cursor | None,
     tenant: str | None = None,
+    filters: Filters | None = None,
 ) -> list[Job]:
     """Newest first; keyset pagination on (created_at, id). Returns up to `limit` jobs,
     of one tenant when `tenant` is given."""
@@ -74,6 +102,8 @@ def list_page(
         query = query.where(Job.tenant == tenant)
     if status is not None:
         query = query.where(Job.status == status)
+    if filters is not None:
+        query = filters.apply(query)
     if cursor is not None:
         query = query.where(
             or_(
@@ -125,6 +155,30 @@ def request_cancel(
     if job is not None:
         session.refresh(job)
     return job
+
+
+def changed_since(
+    *,
+    session: Session,
+    tenant: str | None,
+    created_after: datetime | None,
+    ids: set[uuid.UUID],
+) -> list[Job]:
+    """What the job list's stream (`GET /jobs/events`) looks at each round, of one tenant
+    when `tenant` is given: the active jobs (queued, running, cancelling: their status or
+    progress may have moved), the jobs created after `created_after`, and the jobs `ids`
+    (those announced, and those the reader last saw active, which may have ended). Every
+    part is served by an index; terminal jobs not named are never read."""
+    active = [str(s) for s in (JobStatus.QUEUED, *ACTIVE_STATUSES)]
+    wanted: list[ColumnElement[bool]] = [Job.status.in_(active)]
+    if created_after is not None:
+        wanted.append(Job.created_at > created_after)
+    if ids:
+        wanted.append(Job.id.in_(ids))
+    query = select(Job).where(or_(*wanted)).order_by(Job.created_at, Job.id)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    return list(session.scalars(query))
 
 
 def eval_points(*, session: Session, job_id: uuid.UUID) -> dict[int, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
@@ -197,21 +198,111 @@ def _load_spec(path: Path) -> dict[str, Any]:
     return data
 
 
+def _print_api_error(status: int, body: Any) -> None:
+    """An API error as lines a person reads: each problem of a 422 as `field.path: message`."""
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if status == 422 and isinstance(detail, list):
+        err.print("[red]the spec is invalid:[/]")
+        for problem in detail:
+            if isinstance(problem, dict):
+                where = ".".join(str(p) for p in problem.get("loc") or []) or "(spec)"
+                err.print(f"  {where}: {problem.get('msg', '')}", markup=False, highlight=False)
+            else:
+                err.print(f"  {problem}", markup=False, highlight=False)
+        return
+    what = body.get("error", "") if isinstance(body, dict) else ""
+    err.print(f"HTTP {status} {what}: {detail}", markup=False, highlight=False)
+
+
 @contextmanager
 def _api(url: str, key: str | None) -> Iterator[Client]:
-    """A client whose failures end the command with a message and a non-zero exit."""
+    """A client whose failures end the command with a message and a non-zero exit: 2 for a
+    request the API refused as invalid (422) or an API that cannot be reached, 1 otherwise."""
     from traindepot.client import ApiError, Client
 
     try:
         with Client(url, key=_key(key)) as client:
             yield client
     except ApiError as exc:
-        err.print(f"[red]HTTP {exc.status}[/]")
-        err.print_json(data=exc.body)
-        raise typer.Exit(1) from exc
+        _print_api_error(exc.status, exc.body)
+        raise typer.Exit(2 if exc.status == 422 else 1) from exc
     except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach the traindepot API at {url}: {exc}[/]")
+        err.print(f"cannot reach the traindepot API at {url}: {exc}", markup=False)
         raise typer.Exit(2) from exc
+
+
+def _follow_events(client: Client, job_id: str) -> dict[str, Any]:
+    """A live progress bar (step, loss, ETA) from the job's event stream until its end;
+    returns the job as it ended."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("queued", total=None, loss="-", eta="-")
+
+        def show(progress: dict[str, Any]) -> None:
+            loss, eta = progress.get("loss"), progress.get("eta_seconds")
+            update: dict[str, Any] = {}
+            if isinstance(progress.get("max_steps"), int):
+                update["total"] = progress["max_steps"]
+            if isinstance(progress.get("global_step"), int):
+                update["completed"] = progress["global_step"]
+            if isinstance(loss, int | float):
+                update["loss"] = f"{loss:.4f}"
+            if isinstance(eta, int | float):
+                update["eta"] = f"{eta:.0f}s"
+            bar.update(task, **update)
+
+        for event, _, data in client.events(job_id):
+            if not isinstance(data, dict):
+                continue
+            if event == "status":
+                bar.update(task, description=str(data.get("status")))
+            elif event == "progress":
+                show(data)
+            elif event in ("train", "eval", "summary", "restart"):
+                if isinstance(data.get("progress"), dict):
+                    show(data["progress"])
+                values = data.get("values") or {}
+                if event == "train" and isinstance(data.get("step"), int):
+                    bar.update(task, completed=data["step"])
+                if event == "train" and isinstance(values.get("loss"), int | float):
+                    bar.update(task, loss=f"{values['loss']:.4f}")
+            elif event == "end":
+                break
+        # The job as it ended: its last progress snapshot (a short job's stream may have
+        # carried none), and no ETA.
+        final = client.get(job_id)
+        show(final.get("progress") or {})
+        bar.update(task, description=str(final["status"]), eta="-")
+    return final
+
+
+def _show_outcome(job: dict[str, Any]) -> None:
+    """The TrainOutput as a table, or the error with its traceback."""
+    result, error = job.get("result"), job.get("error")
+    console.print(f"job {job['id']} [bold]{job['status']}[/]")
+    if result:
+        table = Table("TrainOutput", "value")
+        table.add_row("global_step", str(result.get("global_step")))
+        table.add_row("training_loss", str(result.get("training_loss")))
+        for name, value in (result.get("metrics") or {}).items():
+            table.add_row(f"metrics.{name}", str(value))
+        console.print(table)
+    if error:
+        err.print(
+            f"{error.get('type')} ({error.get('reason')}): {error.get('message')}",
+            markup=False,
+            highlight=False,
+        )
+        if error.get("traceback"):
+            err.print(error["traceback"], markup=False, highlight=False)
 
 
 @app.command()
@@ -219,22 +310,142 @@ def submit(
     spec: Annotated[Path, typer.Argument(help="Job spec, JSON or YAML ('-' for stdin).")],
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
-    wait: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "--wait",
+            help="Show live progress until the job ends; exit 0 only if it succeeded.",
+        ),
+    ] = False,
 ) -> None:
-    """Submit a job spec; prints the job id."""
-    from traindepot.demo import follow
-
+    """Submit a job spec; prints the job id. Exits 2 naming each field of an invalid spec."""
     body = _load_spec(spec)
     with _api(url, key) as client:
         job = client.submit(body)
-        console.print(job["id"])
-        if wait:
-            final = follow(client, job["id"], console)
-            console.print_json(
-                data={"status": final["status"], "result": final["result"], "error": final["error"]}
+        print(job["id"], flush=True)  # plain: scripts read it
+        if follow:
+            final = _follow_events(client, job["id"])
+            _show_outcome(final)
+    if follow and final["status"] != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    spec: Annotated[Path, typer.Argument(help="Job spec, JSON or YAML ('-' for stdin).")],
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+) -> None:
+    """Validate a spec as `submit` would (no job is created) and print the effective
+    TrainingArguments the worker will build. Exits 2 naming each invalid field."""
+    body = _load_spec(spec)
+    with _api(url, key) as client:
+        checked = client.validate(body)
+    table = Table("TrainingArguments", "value")
+    for name, value in sorted((checked.get("training_args") or {}).items()):
+        table.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    console.print(table)
+    console.print("[green]the spec is valid[/]")
+
+
+JobIdArg = Annotated[str, typer.Argument(help="The job's id.")]
+
+
+@app.command()
+def wait(job_id: JobIdArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+    """Wait for a job to end (following its events); exit 0 only if it succeeded."""
+    with _api(url, key) as client:
+        final = _follow_events(client, job_id)
+        _show_outcome(final)
+    if final["status"] != JobStatus.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def events(job_id: JobIdArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+    """Print a job's events, one JSON object a line (`event`, `id`, `data`), until its end."""
+    with _api(url, key) as client:
+        for event, event_id, data in client.events(job_id):
+            print(json.dumps({"event": event, "id": event_id, "data": data}), flush=True)
+
+
+@app.command()
+def logs(
+    job_id: JobIdArg,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+    tail: Annotated[int, typer.Option(help="How many last lines to start with.")] = 100,
+) -> None:
+    """Print a job's training log (its last lines; with --follow, until the job ends)."""
+    with _api(url, key) as client:
+        for chunk in client.logs(job_id, tail=tail, follow=follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+
+@app.command()
+def download(
+    job_id: JobIdArg,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Where to unpack the model (default: ./<job id>).")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+) -> None:
+    """Download a job's final model (`GET /jobs/{id}/model.tar`) and unpack it."""
+    import tarfile
+
+    from traindepot.client import ApiError
+
+    target = directory or Path(job_id)
+    with _api(url, key) as client:
+        try:
+            with client.model_tar(job_id) as response:
+                target.mkdir(parents=True, exist_ok=True)
+                stream = io.BufferedReader(_ResponseReader(response.iter_bytes()))
+                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                    # `data` refuses absolute paths, links out of the target and devices.
+                    archive.extractall(target, filter="data")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            _print_api_error(exc.status, exc.body)
+            err.print(
+                f"job {job_id} has no model to download: an unknown job, one that has not "
+                "succeeded, or a server without model downloads",
+                markup=False,
             )
-            if final["status"] != JobStatus.SUCCEEDED:
-                raise typer.Exit(1)
+            raise typer.Exit(1) from exc
+        except (tarfile.TarError, OSError) as exc:
+            err.print(f"cannot unpack the model into {target}: {exc}", markup=False)
+            raise typer.Exit(1) from exc
+    console.print(f"model of {job_id} unpacked into {target}")
+
+
+class _ResponseReader(io.RawIOBase):
+    """A file object over a streamed response body, for `tarfile`'s stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, into: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(into), len(self._buffer))
+        into[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
 
 
 @app.command()

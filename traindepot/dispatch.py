@@ -129,3 +129,25 @@ def live_workers(*, redis_url: str, queue: str) -> list[WorkerDevices] | None:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed worker registration: %r", raw)
     return found
+
+
+def registered_workers(*, redis_url: str) -> list[tuple[str, str, float | None]]:
+    """Every live registration as (queue, worker, heartbeat_at: unix time of its last
+    refresh, None for a registration that does not say). Raises `redis.RedisError`."""
+    redis_client = client(redis_url)
+    keys = list(redis_client.scan_iter(match=registry_key("*", "*"), count=200))
+    values = redis_client.mget(keys) if keys else []
+    found: list[tuple[str, str, float | None]] = []
+    prefix = f"{REGISTRY_PREFIX}:"
+    for key, raw in zip(keys, values, strict=True):
+        if raw is None:
+            continue
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        queue, _, worker = name.removeprefix(prefix).partition(":")
+        try:
+            data = json.loads(raw)
+            beat = data.get("heartbeat_at")
+            found.append((queue, str(data.get("worker", worker)), float(beat) if beat else None))
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignoring a malformed worker registration: %r", raw)
+    return found

@@ -31,6 +31,17 @@ def channel(job_id: uuid.UUID | str) -> str:
     return f"job:{job_id}"
 
 
+# One channel for every job's changes, read by the job list's stream (`GET /jobs/events`):
+# a notice `{"job_id"}` says "this job's row changed (status or progress); read it". It
+# carries no data (the reader reads the row, scoped to its caller), so one channel serves
+# every tenant. Published with the job's own events, after the commit they announce.
+CHANGES_CHANNEL = "traindepot:jobs"
+
+
+def change_notice(job_id: uuid.UUID | str) -> str:
+    return dumps({"job_id": str(job_id)})
+
+
 def json_safe(value: Any) -> Any:
     """Non-finite floats become None (JSON and jsonb have no NaN); containers recurse."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -64,6 +75,7 @@ def publish(settings: Settings, job_id: uuid.UUID, *events: dict[str, Any]) -> N
         with client(settings.redis_url).pipeline(transaction=False) as pipe:
             for event in events:
                 pipe.publish(channel(job_id), encode({"job_id": str(job_id), **event}))
+            pipe.publish(CHANGES_CHANNEL, change_notice(job_id))
             pipe.execute()
     except redis.RedisError as exc:
         log.warning("job %s: live event not published (%s)", job_id, exc)

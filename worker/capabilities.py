@@ -24,6 +24,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import redis
@@ -72,7 +73,8 @@ def probe_devices(timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
 
 def register(*, redis_url: str, queues: list[str], worker: str, devices: dict[str, Any]) -> None:
     redis_client = client(redis_url)
-    value = json.dumps({"worker": worker, **devices})
+    # `heartbeat_at`: when this registration was last refreshed (GET /metrics reports it).
+    value = json.dumps({"worker": worker, **devices, "heartbeat_at": time.time()})
     with redis_client.pipeline() as pipe:
         for queue in queues:
             pipe.set(registry_key(queue, worker), value, ex=TTL_SECONDS)

@@ -79,7 +79,12 @@ class LivePublisher:
         # One message per flush, however many points it carries: a publish costs the
         # training process ~25 us of GIL time, which per point is a visible share of a step.
         try:
-            self._redis.publish(self._channel, events.encode(message))
+            # The job list's stream hears of the new progress on the changes channel, in the
+            # same round trip.
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.publish(self._channel, events.encode(message))
+                pipe.publish(events.CHANGES_CHANNEL, events.change_notice(self.job_id))
+                pipe.execute()
             self.published_points += len(stored)
         except redis.RedisError as exc:
             self._paused_until = time.monotonic() + self._pause

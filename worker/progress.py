@@ -55,6 +55,7 @@ class Progress:
             done, elapsed = step - self._start_step, time.monotonic() - self._started
             if done > 0 and elapsed > 0:
                 steps_per_second = done / elapsed
+                progress["steps_per_second"] = steps_per_second
                 progress["samples_per_second"] = steps_per_second * self._samples_per_step
                 progress["eta_seconds"] = max(state.max_steps - step, 0) / steps_per_second
             self.update(progress)

@@ -209,17 +209,35 @@ async def list_jobs(
     tenant: Annotated[
         str | None, Query(description="Admin keys only: the jobs of this tenant alone")
     ] = None,
+    queue: Annotated[str | None, Query(max_length=64, description="Only this queue's")] = None,
+    name: Annotated[
+        str | None,
+        Query(max_length=200, description="Only names containing this (case-insensitive)"),
+    ] = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            max_length=400,
+            description="Only jobs with this tag: `key` (any value) or `key=value`",
+        ),
+    ] = None,
 ) -> Response:
-    """The caller's jobs (an admin's: every tenant's), newest first, optionally with one
-    status; follow `next_cursor` for more."""
+    """The caller's jobs (an admin's: every tenant's), newest first, optionally filtered
+    by status, queue, name and tag; follow `next_cursor` for more (with the same filters)."""
     after = decode_cursor(cursor) if cursor else None
+    filters = jobs.Filters(queue=queue, name=name, tag=tag)
 
     def read(session: Session, caller: Caller) -> Response:
         if tenant is not None and tenant != caller.tenant:
             caller.require_admin()
         scope = tenant if tenant is not None else caller.scope
         page = jobs.list_page(
-            session=session, status=status, limit=limit + 1, cursor=after, tenant=scope
+            session=session,
+            status=status,
+            limit=limit + 1,
+            cursor=after,
+            tenant=scope,
+            filters=filters,
         )
         more = len(page) > limit
         page = page[:limit]

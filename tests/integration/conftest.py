@@ -43,7 +43,9 @@ TEST_SETTINGS = {
     "TRAINDEPOT_CANCEL_GRACE_SECONDS": "20",
     "TRAINDEPOT_FLUSH_INTERVAL_SECONDS": "0.2",
     # Only configured queues are accepted: the ones the tests submit to.
-    "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens",
+    "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens,"
+    # test_prometheus.py (a worker each), test_job_changes.py and test_browser.py (none)
+    "metrics-a,metrics-b,idle-filters,idle-browser",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
@@ -328,6 +330,15 @@ def session_database_stack(
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def ready(stack: Stack) -> Stack:
+    """The session stack once `/readyz` answers 200: the spec validator is warmed up (the
+    API imports transformers in the background after a start, which takes long on a busy
+    machine), so the first submit of a test does not pay for it."""
+    wait_until_up(stack.url, timeout=600, path="/readyz")
+    return stack
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
     }
     assert {
         "/jobs",
+        "/jobs/events",
         "/jobs/{job_id}",
         "/jobs/{job_id}/events",
         "/jobs/{job_id}/metrics",
@@ -36,4 +37,7 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
         "/jobs/{job_id}/cancel",
     } <= called
     routes = set(stack.http.get("/openapi.json").json()["paths"])
+    # The page names a file of the artifacts as `${path}`: the route's `{path}`.
+    called = {c.replace("/artifacts/{job_id}", "/artifacts/{path}") for c in called}
+    assert "/jobs/{job_id}/artifacts" in called
     assert called <= routes, called - routes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from traindepot.cli import app
@@ -39,3 +40,36 @@ def test_unreachable_api_is_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cannot reach the traindepot API" in result.output
     assert "Traceback" not in result.output
+
+
+def test_parse_sse_reads_events_ids_and_multiline_data() -> None:
+    from traindepot.client import parse_sse
+
+    lines = [
+        ": ping",
+        "event: train",
+        "id: 3-5",
+        'data: {"step": 1}',
+        "",
+        "data: first",
+        "data:second",
+        "",
+        "event: end",
+        "data: {}",
+    ]
+    assert list(parse_sse(lines)) == [
+        ("train", "3-5", '{"step": 1}'),
+        ("message", None, "first\nsecond"),
+        ("end", None, "{}"),
+    ]
+
+
+def test_an_invalid_spec_names_each_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from traindepot.cli import _print_api_error
+
+    body = {
+        "error": "invalid_request",
+        "detail": [{"loc": ["training_args", "learning_rat"], "msg": "unknown field"}],
+    }
+    _print_api_error(422, body)
+    assert "training_args.learning_rat: unknown field" in capsys.readouterr().err

@@ -1,0 +1,228 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright's Python
+package): the list follows a running job live, the job's chart gains points without a
+reload, filters work, cancel from the job page ends `cancelled`, a failed job shows its
+exception and traceback. Screenshots of the list and of a job's page are written to
+`test-artifacts/browser/` (gitignored; TRAINDEPOT_TEST_ARTIFACTS moves it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
+
+from tests.integration.conftest import Stack
+from tests.specs import tiny_spec
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = (
+    Path(
+        os.environ.get(
+            "TRAINDEPOT_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
+        )
+    )
+    / "browser"
+)
+WAIT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("ready"),
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed (scripts/test installs it with apt-get; "
+        "it could not here)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    # The key, as a user would have entered it once.
+    context.add_init_script(
+        f"localStorage.setItem('traindepot.key', {json.dumps(stack.admin_key)})"
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == []
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def open_dashboard(page: Page, stack: Stack, job_id: str | None = None) -> None:
+    page.goto(f"{stack.url}/dashboard" + (f"#job={job_id}" if job_id else ""))
+    page.wait_for_selector("#live.on", timeout=WAIT_MS)  # the change stream is open
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+
+def bar_width(page: Page, job_id: str) -> float:
+    width: float = page.eval_on_selector(
+        f'tr.job[data-id="{job_id}"] .bar > div', "e => parseFloat(e.style.width)"
+    )
+    return width
+
+
+def test_running_job_live_in_the_list_and_its_chart_then_cancel(page: Page, stack: Stack) -> None:
+    open_dashboard(page, stack)
+    job = stack.submit(
+        tiny_spec(name="browser-live", training_args={"max_steps": 3000, "save_strategy": "no"})
+    )
+    job_id = job["id"]
+    try:
+        row = f'tr.job[data-id="{job_id}"]'
+        # The new job appears and runs, with no reload and no poll: the change stream.
+        page.wait_for_selector(f'{row}[data-status="running"]', timeout=WAIT_MS)
+        page.wait_for_function(
+            "s => parseFloat(document.querySelector(s).style.width) > 0",
+            arg=f"{row} .bar > div",
+            timeout=WAIT_MS,
+        )
+        before = bar_width(page, job_id)
+        page.wait_for_function(
+            "([s, w]) => parseFloat(document.querySelector(s).style.width) > w",
+            arg=[f"{row} .bar > div", before],
+            timeout=WAIT_MS,
+        )
+        # The list starts right under the header: no empty band above it.
+        header = page.locator("header").bounding_box()
+        aside = page.locator("aside").bounding_box()
+        assert header is not None and aside is not None
+        assert header["height"] < 120 and abs(aside["y"] - (header["y"] + header["height"])) < 2
+        screenshot(page, "list")
+
+        # The job's page: its chart gains points as the job trains.
+        page.click(row)
+        page.wait_for_selector("#loss-chart", timeout=WAIT_MS)
+        page.wait_for_function(
+            "() => +document.querySelector('#loss-chart').dataset.points > 0", timeout=WAIT_MS
+        )
+        points = int(page.get_attribute("#loss-chart", "data-points") or 0)
+        page.wait_for_function(
+            "n => +document.querySelector('#loss-chart').dataset.points > n",
+            arg=points,
+            timeout=WAIT_MS,
+        )
+        # Axes with a scale, and a legend naming both series.
+        legend = page.text_content("#loss-chart .legend") or ""
+        assert "train loss" in legend and "eval loss" in legend
+        assert page.locator("#loss-chart text").count() > 6  # tick labels and axis titles
+        assert "learning rate" in (page.text_content("#lr-chart .legend") or "")
+        assert page.inner_text("#eta").strip() != "-"  # a running job has an ETA
+        screenshot(page, "job-running")
+
+        # Cancel, confirmed in the dialog: the page follows the job to `cancelled`.
+        dialogs: list[str] = []
+
+        def accept(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept()
+
+        page.once("dialog", accept)
+        page.click("#cancel")
+        page.wait_for_function(
+            "() => document.querySelector('#job-status')?.textContent === 'cancelled'",
+            timeout=WAIT_MS,
+        )
+        assert dialogs and "Cancel job" in dialogs[0]
+        assert stack.wait(job_id)["status"] == "cancelled"
+        assert page.inner_text("#eta").strip() == "-"  # no ETA for a job that ended
+        page.wait_for_selector("#result", timeout=WAIT_MS)  # the partial TrainOutput
+        page.wait_for_selector(f'{row}[data-status="cancelled"]', timeout=WAIT_MS)
+        assert page.evaluate("window.__sameDocument") is True
+    finally:
+        stack.http.post(f"/jobs/{job_id}/cancel")
+        stack.wait(job_id)
+
+
+def test_filters(page: Page, stack: Stack) -> None:
+    queue = "idle-browser"  # no worker: the jobs stay queued
+    ids = [
+        stack.submit(tiny_spec(name=name, queue=queue, tags=tags))["id"]
+        for name, tags in [
+            ("filter-alpha", {"team": "vision"}),
+            ("filter-beta", {"team": "nlp"}),
+            ("filter-gamma", {"team": "nlp", "exp": "g"}),
+        ]
+    ]
+    try:
+        open_dashboard(page, stack)
+
+        def names() -> list[str]:
+            texts = page.locator("tr.job td:first-child").all_inner_texts()
+            return sorted(text.split("\n")[0] for text in texts)
+
+        page.fill("#f-queue", queue)
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 3")
+        assert names() == ["filter-alpha", "filter-beta", "filter-gamma"]
+        page.fill("#f-tag", "team=nlp")
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 2")
+        assert names() == ["filter-beta", "filter-gamma"]
+        page.fill("#f-name", "GAMMA")
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 1")
+        assert names() == ["filter-gamma"]
+        page.fill("#f-name", "")
+        page.fill("#f-tag", "")
+        page.select_option("#f-status", "running")
+        page.wait_for_selector("#empty:not([hidden])")
+        assert names() == []
+        page.select_option("#f-status", "queued")
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 3")
+        # A job submitted now that matches the filters appears without a reload.
+        ids.append(stack.submit(tiny_spec(name="filter-delta", queue=queue))["id"])
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 4")
+        assert "filter-delta" in names()
+        # Cancelled elsewhere: it leaves the `queued` filter live.
+        assert stack.http.post(f"/jobs/{ids[0]}/cancel").status_code == 200
+        page.wait_for_function("() => document.querySelectorAll('tr.job').length === 3")
+        assert "filter-alpha" not in names()
+        assert page.evaluate("window.__sameDocument") is True
+    finally:
+        for job_id in ids:
+            stack.http.post(f"/jobs/{job_id}/cancel")
+
+
+def test_a_failed_job_shows_its_exception_and_traceback(page: Page, stack: Stack) -> None:
+    job = stack.submit(tiny_spec(name="browser-fails", dataset={"rows": [{"body": "hi"}] * 4}))
+    assert stack.wait(job["id"])["status"] == "failed"
+    open_dashboard(page, stack, job["id"])
+    page.wait_for_selector("#error-type", timeout=WAIT_MS)
+    assert "DataError" in page.inner_text("#error-type")
+    assert "Traceback (most recent call last)" in page.inner_text("#traceback")
+    assert page.inner_text("#job-status") == "failed"
+    assert page.inner_text("#eta").strip() == "-"  # a failed job has no ETA
+    assert page.locator("#cancel").count() == 0
+    assert page.locator("#artifacts").is_hidden()  # nothing to download
+    screenshot(page, "job-failed")
