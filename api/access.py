@@ -78,10 +78,19 @@ class Access:
             self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
         return self.caller
 
-    async def run(self, work: Callable[[Session, Caller], T], *, commit: bool = False) -> T:
-        """`work(session, caller)` in one database thread, after the caller is known."""
+    async def run(
+        self,
+        work: Callable[[Session, Caller], T],
+        *,
+        commit: bool = False,
+        autocommit: bool = False,
+    ) -> T:
+        """`work(session, caller)` in one database thread, after the caller is known
+        (`commit` and `autocommit` as `run_db` takes them)."""
         return await run_db(
-            lambda session: work(session, self._authenticate(session)), commit=commit
+            lambda session: work(session, self._authenticate(session)),
+            commit=commit,
+            autocommit=autocommit,
         )
 
     async def who(self) -> Caller:

@@ -11,7 +11,20 @@ from fastapi import FastAPI
 
 from api import db_errors, errors, keycache
 from api.body_limit import BodyLimit
-from api.routes import admin, artifacts, changes, dashboard, jobs, live, ops, prometheus
+from api.routes import (
+    admin,
+    artifacts,
+    changes,
+    dashboard,
+    events,
+    history,
+    job_actions,
+    jobs,
+    logs,
+    ops,
+    prometheus,
+    webhooks,
+)
 from api.stream_slots import StreamLimit, StreamSlots
 from api.telemetry import RequestLatency
 from traindepot import __version__, training_args
@@ -38,6 +51,12 @@ def create_app() -> FastAPI:
         description="Submit Hugging Face `Trainer.train()` jobs, follow them live, "
         "and get their `TrainOutput` or the exception that ended them.",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry asks the global providers on every request
+        # whether it is configured (7% of a read's CPU under load, docs/benchmarks.md):
+        # asked for only where the operator wants it (TRAINDEPOT_OPENTELEMETRY).
+        telemetry=None
+        if get_settings().opentelemetry
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     db_errors.install(app)  # after errors: a refused value is not an outage
@@ -56,9 +75,13 @@ def create_app() -> FastAPI:
     # `GET /jobs/events` before `GET /jobs/{job_id}`, which would take "events" for an id.
     app.include_router(changes.router)
     app.include_router(jobs.router)
-    app.include_router(live.router)
+    app.include_router(job_actions.router)
+    app.include_router(events.router)
+    app.include_router(history.router)
+    app.include_router(logs.router)
     app.include_router(artifacts.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(dashboard.router)
 
     app.include_router(ops.router)

@@ -8,10 +8,10 @@ no memory.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
 
 __all__ = ["BodyLimit"]
 
@@ -32,7 +32,7 @@ class BodyLimit:
             return
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
-            await self._refuse(send, f"the body has {length:,} bytes")
+            await self._refuse(scope, receive, send, f"the body has {length:,} bytes")
             return
         received = 0
         started = False
@@ -57,7 +57,7 @@ class BodyLimit:
         except _TooLarge:
             if started:
                 raise
-            await self._refuse(send, f"the body passed {self.max_bytes:,} bytes")
+            await self._refuse(scope, receive, send, f"the body passed {self.max_bytes:,} bytes")
 
     def _detail(self, what: str) -> str:
         return (
@@ -65,20 +65,11 @@ class BodyLimit:
             " (TRAINDEPOT_MAX_BODY_BYTES)"
         )
 
-    async def _refuse(self, send: Send, what: str) -> None:
-        body = json.dumps({"error": "body_too_large", "detail": self._detail(what)}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
+        response = error_response(
+            "body_too_large", self._detail(what), 413, headers={"Connection": "close"}
         )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -42,8 +42,12 @@ def _limiters() -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
     return anyio.CapacityLimiter(capacity), anyio.CapacityLimiter(capacity)
 
 
-def _in_session(work: Callable[[Session], T], commit: bool) -> T:
-    session = new_session()
+def _in_session(work: Callable[[Session], T], commit: bool, autocommit: bool) -> T:
+    # The API's pool keeps every connection it admits calls for and does not ping
+    # (db/session.py `get_engine`); `autocommit` spares a read of single statements the
+    # BEGIN and ROLLBACK round trips: new connections and round trips, not CPU, were what
+    # a read waited on under load (docs/benchmarks.md).
+    session = new_session(api=True, autocommit=autocommit)
     try:
         value = work(session)
         if commit:
@@ -56,16 +60,27 @@ def _in_session(work: Callable[[Session], T], commit: bool) -> T:
         session.close()
 
 
-async def run_db(work: Callable[[Session], T], *, commit: bool = False) -> T:
+async def run_db(
+    work: Callable[[Session], T], *, commit: bool = False, autocommit: bool = False
+) -> T:
     """Run `work(session)` in a thread with a session of its own, at most `pool capacity`
-    at once; raise `Saturated` when no slot frees up within `api_db_wait_seconds`."""
+    at once; raise `Saturated` when no slot frees up within `api_db_wait_seconds`.
+    `autocommit`: each statement on its own, for a read whose statements need no common
+    snapshot and no transaction (a server-side cursor needs one)."""
     slots, threads = _limiters()
     try:
-        with anyio.fail_after(get_settings().api_db_wait_seconds):
-            await slots.acquire()
-    except TimeoutError:
-        raise Saturated("the API is at capacity; retry shortly") from None
+        # A free slot is taken at once; only a wait needs the timeout's cancel scope,
+        # which was a tenth of a read's CPU (py-spy, docs/benchmarks.md).
+        slots.acquire_nowait()
+    except anyio.WouldBlock:
+        try:
+            with anyio.fail_after(get_settings().api_db_wait_seconds):
+                await slots.acquire()
+        except TimeoutError:
+            raise Saturated("the API is at capacity; retry shortly") from None
     try:
-        return await anyio.to_thread.run_sync(_in_session, work, commit, limiter=threads)
+        return await anyio.to_thread.run_sync(
+            _in_session, work, commit, autocommit, limiter=threads
+        )
     finally:
         slots.release()

@@ -18,13 +18,11 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
+from api.errors import error_response
+
 __all__ = ["install"]
 
 log = logging.getLogger(__name__)
-
-
-def _body(error: str, detail: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
 def install(app: FastAPI) -> None:
@@ -34,18 +32,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def refused_value(request: Request, exc: DataError) -> JSONResponse:
         log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
-        return _body(
+        return error_response(
             "invalid_request", "the database refused a value of this request as invalid", 422
         )
 
     @app.exception_handler(IntegrityError)
     async def refused_constraint(request: Request, exc: IntegrityError) -> JSONResponse:
         log.warning("constraint violated on %s %s: %s", request.method, request.url.path, exc)
-        return _body("conflict", "the request conflicts with the stored data", 409)
+        return error_response("conflict", "the request conflicts with the stored data", 409)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _body("internal", "an internal error occurred; see the server log", 500)
+        return error_response("internal", "an internal error occurred; see the server log", 500)
 
     for kind in (ProgrammingError, InternalError, NotSupportedError):
         app.add_exception_handler(kind, internal)

@@ -50,9 +50,13 @@ class ServiceUnavailable(Exception):
     pass
 
 
-def _body(
+def error_response(
     error: str, detail: Any, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The one shape of every error body: `{"error": <code>, "detail": <what is wrong>}`.
+    A JSONResponse is an ASGI app too: the middlewares that refuse before a route runs
+    (api/body_limit.py, api/stream_slots.py) send it with `await response(scope, receive,
+    send)`."""
     return JSONResponse(
         {"error": error, "detail": jsonable_encoder(detail)}, status_code=status, headers=headers
     )
@@ -70,34 +74,36 @@ def _clean(errors: Any) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _body("invalid_request", _clean(exc.errors()), 422)
+        return error_response("invalid_request", _clean(exc.errors()), 422)
 
     @app.exception_handler(SpecInvalid)
     async def invalid_spec(request: Request, exc: SpecInvalid) -> JSONResponse:
-        return _body("invalid_request", [p.as_dict() for p in exc.problems], 422)
+        return error_response("invalid_request", [p.as_dict() for p in exc.problems], 422)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _body("not_found", f"{exc.what} not found", 404)
+        return error_response("not_found", f"{exc.what} not found", 404)
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return _body("conflict", str(exc), 409)
+        return error_response("conflict", str(exc), 409)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
         # Never echo the key: the message names the problem only.
-        return _body(
+        return error_response(
             "unauthorized", str(exc), 401, {"WWW-Authenticate": 'Bearer realm="traindepot"'}
         )
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return _body("forbidden", str(exc), 403)
+        return error_response("forbidden", str(exc), 403)
 
     @app.exception_handler(TooManyRequests)
     async def too_many(request: Request, exc: TooManyRequests) -> JSONResponse:
-        return _body("too_many_requests", str(exc), 429, {"Retry-After": str(exc.retry_after)})
+        return error_response(
+            "too_many_requests", str(exc), 429, {"Retry-After": str(exc.retry_after)}
+        )
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("service unavailable: %s", exc)
@@ -106,12 +112,12 @@ def install(app: FastAPI) -> None:
             if isinstance(exc, ServiceUnavailable)
             else "the database is unreachable; retry shortly"
         )
-        return _body("service_unavailable", detail, 503, {"Retry-After": "5"})
+        return error_response("service_unavailable", detail, 503, {"Retry-After": "5"})
 
     async def saturated(request: Request, exc: Exception) -> JSONResponse:
         # No log line per request here: under overload that would add to the load.
         message = "the API is at capacity; retry shortly"
-        return _body("service_unavailable", message, 503, {"Retry-After": "1"})
+        return error_response("service_unavailable", message, 503, {"Retry-After": "1"})
 
     app.add_exception_handler(Saturated, saturated)
     app.add_exception_handler(PoolTimeout, saturated)
@@ -124,11 +130,11 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:
             # FastAPI's answer to a body it cannot decode (not UTF-8): a 422 at `body`.
             problem = {"loc": ["body"], "msg": "the body is not JSON text (UTF-8)"}
-            return _body("invalid_request", [{**problem, "type": "body_unreadable"}], 422)
+            return error_response("invalid_request", [{**problem, "type": "body_unreadable"}], 422)
         names = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        return _body(names.get(exc.status_code, "http_error"), exc.detail, exc.status_code)
+        return error_response(names.get(exc.status_code, "http_error"), exc.detail, exc.status_code)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _body("internal", "an internal error occurred; see the server log", 500)
+        return error_response("internal", "an internal error occurred; see the server log", 500)

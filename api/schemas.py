@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import Job, JobAttempt
+from db.models import Job, JobAttempt, Webhook, WebhookDelivery
 from traindepot import apikeys
+from traindepot.spec import WebhookTarget
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -64,6 +65,12 @@ class AttemptOut(BaseModel):
     resumed_from_step: int | None = Field(
         description="The checkpoint step it resumed from; null when it started from scratch."
     )
+    start: str | None = Field(
+        default=None,
+        description="How its training process started: `warm` (forked from the worker's "
+        "prepared process, which had imported the training libraries: no import time) or "
+        "`cold` (a fresh Python; the job's log says why); null before it started.",
+    )
 
     @classmethod
     def of(cls, attempt: JobAttempt) -> AttemptOut:
@@ -74,6 +81,7 @@ class AttemptOut(BaseModel):
             ended_at=attempt.ended_at,
             outcome=attempt.outcome,
             resumed_from_step=attempt.resumed_from_step,
+            start=attempt.start,
         )
 
 
@@ -136,14 +144,32 @@ class JobOut(JobSummary):
         description="Its attempts, first to last. Filled in by `GET /jobs/{id}` only; "
         "empty in the responses of submit and cancel.",
     )
+    queued_at: datetime | None = Field(
+        default=None,
+        description="Its place in the queue: when it was submitted (or retried); a job "
+        "requeued after a lost worker or a shutdown keeps it.",
+    )
+    queue_position: int | None = Field(
+        default=None,
+        description="A queued job's place in its queue's order (1: next), by effective "
+        "priority (priority + wait / aging). Filled in by `GET /jobs/{id}`; null when "
+        "the job is not queued.",
+    )
 
     @classmethod
-    def of(cls, job: Job, attempts: list[JobAttempt] | None = None) -> JobOut:
+    def of(
+        cls,
+        job: Job,
+        attempts: list[JobAttempt] | None = None,
+        queue_position: int | None = None,
+    ) -> JobOut:
         return cls(
             **cls.fields_of(job),
             spec=job.spec,
             disk_bytes=job.disk_bytes,
             attempts=[AttemptOut.of(a) for a in attempts or []],
+            queued_at=job.queued_at,
+            queue_position=queue_position,
         )
 
 
@@ -189,6 +215,23 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
+
+
+class JobPatch(BaseModel):
+    """`PATCH /jobs/{id}`: what may change on a queued job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=0, le=9, description="9 is served first.")
+
+
+class CloneIn(BaseModel):
+    """`POST /jobs/{id}/clone`: changes to the source job's spec, as a JSON merge patch
+    (RFC 7396: objects merge key by key, `null` removes a key, anything else replaces)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 class ValidatedSpec(BaseModel):
@@ -302,3 +345,83 @@ class ArtifactsOut(BaseModel):
     )
     best_metric: float | None
     checkpoints: list[CheckpointArtifacts] = Field(description="In step order.")
+
+
+class WebhookIn(WebhookTarget):
+    """A subscription to every job of the caller's tenant (`POST /webhooks`); a job's own
+    are in its spec (`notify.webhooks`), with the same fields."""
+
+
+class WebhookOut(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    job_id: uuid.UUID | None = Field(
+        description="The job it belongs to (`notify.webhooks` of its spec); null: every "
+        "job of the tenant."
+    )
+    url: str
+    events: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, hook: Webhook) -> WebhookOut:
+        return cls(
+            id=hook.id,
+            tenant=hook.tenant,
+            job_id=hook.job_id,
+            url=hook.url,
+            events=list(hook.events),
+            created_at=hook.created_at,
+        )
+
+
+class NewWebhookOut(WebhookOut):
+    secret: str = Field(
+        description="The signing secret (`whsec_...`, Standard Webhooks): shown this once."
+    )
+
+    @classmethod
+    def of(cls, hook: Webhook) -> NewWebhookOut:
+        return cls(**WebhookOut.of(hook).model_dump(), secret=hook.secret)
+
+
+class SubmittedJobOut(JobOut):
+    webhooks: list[NewWebhookOut] = Field(
+        default_factory=list,
+        description="The job's own subscriptions (`notify.webhooks`) with their signing "
+        "secrets: in the response to the submit that created the job, and only there.",
+    )
+
+
+class DeliveryOut(BaseModel):
+    """One event for one subscription (`GET /jobs/{id}/deliveries`)."""
+
+    id: uuid.UUID = Field(description="The `webhook-id` header is `msg_` + this.")
+    webhook_id: uuid.UUID
+    url: str
+    event: str
+    status: str = Field(description="`pending`, `delivered` or `failed` (retries given up).")
+    attempts: int
+    last_status_code: int | None = Field(description="The receiver's last answer's status.")
+    last_error: str | None = Field(description="Why the last attempt failed.")
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When it is tried next (pending).")
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery, event: str, url: str) -> DeliveryOut:
+        return cls(
+            id=delivery.id,
+            webhook_id=delivery.webhook_id,
+            url=url,
+            event=event,
+            status=delivery.status,
+            attempts=delivery.attempts,
+            last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error,
+            last_attempt_at=delivery.last_attempt_at,
+            next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+            created_at=delivery.created_at,
+            finished_at=delivery.finished_at,
+        )

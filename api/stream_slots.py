@@ -10,7 +10,6 @@ started or a client that went away.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 from collections import Counter
@@ -19,7 +18,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import TooManyRequests
+from api.errors import TooManyRequests, error_response
 
 __all__ = ["StreamLimit", "StreamSlots", "is_stream", "take"]
 
@@ -111,7 +110,13 @@ class StreamLimit:
             return
         credential = _credential(scope)
         if not self.gate.acquire(credential):
-            await _refuse(send, _too_many(self.slots))
+            response = error_response(
+                "too_many_requests",
+                _too_many(self.slots),
+                429,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+            await response(scope, receive, send)
             return
         held = _Held(self.slots)
         scope.setdefault("state", {})["stream_slots"] = held
@@ -136,22 +141,6 @@ def _too_many(slots: StreamSlots) -> str:
         f" {slots.total} in all may be open at once (TRAINDEPOT_MAX_STREAMS_PER_TENANT,"
         " TRAINDEPOT_MAX_STREAMS_TOTAL); close one or retry later"
     )
-
-
-async def _refuse(send: Send, detail: str) -> None:
-    body = json.dumps({"error": "too_many_requests", "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def take(request: Request, key: str) -> None:

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
 from api.access import Access, Caller
+from api.database import run_db
 from api.errors import Conflict, NotFound, TooManyRequests
-from db import jobs, tenants
-from db.models import Job
+from db import jobs, tenants, webhooks
+from db.models import Job, Webhook
+from traindepot.dispatch import enqueue
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def request_hash(spec: dict[str, Any]) -> str:
@@ -66,33 +73,66 @@ async def replay(access: Access, settings: Settings, key: str, spec: dict[str, A
     return await access.run(claim, commit=True)
 
 
+def check_quota(session: Session, settings: Settings, tenant: str) -> None:
+    """Take the tenant's lock (held until commit) and refuse (429) a job over its quota of
+    active jobs."""
+    tenants.lock(session=session, tenant=tenant)
+    default = tenants.Quota(
+        settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
+    )
+    quota = tenants.quota(session=session, tenant=tenant, default=default)
+    active = tenants.active_jobs(session=session, tenant=tenant)
+    if active >= quota.max_active_jobs:
+        raise TooManyRequests(
+            f"tenant {tenant!r} has {active} queued or running jobs, its quota is "
+            f"{quota.max_active_jobs}; retry when some have finished",
+            settings.quota_retry_after_seconds,
+        )
+
+
+async def announce(job: Job) -> None:
+    """Wake a worker of the job's queue; call only after the row is committed (a message
+    must never name a row a worker cannot see). A broker that is down loses nothing: the
+    reaper sends for rows whose `enqueued_at` is still NULL."""
+    try:
+        await run_in_threadpool(enqueue, job_id=job.id, queue=job.queue, priority=job.priority)
+        await run_db(lambda s: jobs.mark_enqueued(session=s, job_id=job.id), commit=True)
+    except BrokerError as exc:
+        log.warning("job %s stored but not enqueued yet: %s", job.id, exc)
+
+
 async def create(
     access: Access, settings: Settings, spec: dict[str, Any], idempotency_key: str | None
-) -> Job:
-    """The `queued` row, within the tenant's quota; the key (if any) records its id in the
-    same transaction, or is given back if the job is refused."""
+) -> tuple[Job, list[Webhook]]:
+    """The `queued` row, within the tenant's quota, and its own webhook subscriptions
+    (`notify.webhooks`); the key (if any) records its id in the same transaction, or is
+    given back if the job is refused."""
 
-    def store(session: Session, caller: Caller) -> Job:
-        tenants.lock(session=session, tenant=caller.tenant)
-        default = tenants.Quota(
-            settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
-        )
-        quota = tenants.quota(session=session, tenant=caller.tenant, default=default)
-        active = tenants.active_jobs(session=session, tenant=caller.tenant)
-        if active >= quota.max_active_jobs:
-            raise TooManyRequests(
-                f"tenant {caller.tenant!r} has {active} queued or running jobs, its quota is "
-                f"{quota.max_active_jobs}; retry when some have finished",
-                settings.quota_retry_after_seconds,
-            )
+    def store(session: Session, caller: Caller) -> tuple[Job, list[Webhook]]:
+        check_quota(session, settings, caller.tenant)
         job = jobs.create(
-            session=session, spec=spec, tenant=caller.tenant, submitted_by=caller.key_id
+            session=session,
+            spec=spec,
+            tenant=caller.tenant,
+            submitted_by=caller.key_id,
+            aging_seconds=settings.aging_seconds_per_priority,
         )
         if idempotency_key is not None:
             tenants.finish_idempotency_key(
                 session=session, tenant=caller.tenant, key=idempotency_key, job_id=job.id
             )
-        return job
+        # In the job's transaction: its `job.queued` event (written at commit) finds them.
+        hooks = [
+            webhooks.subscribe(
+                session=session,
+                tenant=caller.tenant,
+                url=target["url"],
+                events=target["events"],
+                job_id=job.id,
+            )
+            for target in (spec.get("notify") or {}).get("webhooks", [])
+        ]
+        return job, hooks
 
     try:
         return await access.run(store, commit=True)

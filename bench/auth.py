@@ -14,37 +14,57 @@ Results: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
-import tempfile
-from pathlib import Path
 
 import httpx
 
+from bench.service import bench_home
 from traindepot.demo import demo_spec
-from traindepot.embedded import EmbeddedRedis, free_port
-from traindepot.stack import migrate, start_api, stop_process, wait_until_up
+from traindepot.embedded import free_port
+from traindepot.stack import start_api, stop_process, wait_until_up
 
 RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 P99 = re.compile(r"99%\s+([\d.]+)(us|ms|s)")
 NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
 def wrk(url: str, *, seconds: int, connections: int, key: str | None) -> tuple[float, float]:
     """(requests per second, p99 in ms); any error response fails the run."""
+    out = _wrk(url, seconds=seconds, connections=connections, key=key)
+    if NON_2XX.search(out):
+        raise RuntimeError(f"error responses from {url}:\n{out}")
+    rate, p99, _ = _parse(out)
+    return rate, p99
+
+
+def wrk_run(
+    url: str, *, seconds: int, connections: int, key: str | None
+) -> tuple[float, float, int]:
+    """(requests per second, p99 in ms, errors: non-2xx answers and socket errors)."""
+    out = _wrk(url, seconds=seconds, connections=connections, key=key)
+    rate, p99, failed = _parse(out)
+    non_2xx = NON_2XX.search(out)
+    return rate, p99, failed + (int(non_2xx.group(1)) if non_2xx else 0)
+
+
+def _wrk(url: str, *, seconds: int, connections: int, key: str | None) -> str:
     headers = ["-H", f"Authorization: Bearer {key}"] if key else []
-    out = subprocess.run(
+    return subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *headers, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    if NON_2XX.search(out):
-        raise RuntimeError(f"error responses from {url}:\n{out}")
+
+
+def _parse(out: str) -> tuple[float, float, int]:
     rate, p99 = RATE.search(out), P99.search(out)
     assert rate and p99, out
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    return float(rate.group(1)), float(p99.group(1)) * scale
+    errors = SOCKET_ERRORS.search(out)
+    failed = sum(int(n) for n in errors.groups()) if errors else 0
+    return float(rate.group(1)), float(p99.group(1)) * scale, failed
 
 
 def main() -> None:
@@ -53,25 +73,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    database_url = os.environ["TRAINDEPOT_DATABASE_URL"]
 
-    from api import keyring
-    from db.session import session_scope
-    from traindepot.settings import Settings
-
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        redis_server = EmbeddedRedis(home / "redis")
-        env = {
-            **os.environ,
-            "TRAINDEPOT_HOME": str(home),
-            "TRAINDEPOT_REDIS_URL": redis_server.url,
-            "TRAINDEPOT_ALLOWED_PATHS": str(home),
-        }
-        migrate(env)
-        settings = Settings(home=home, database_url=database_url)
-        with session_scope(database_url) as session:
-            _, key = keyring.issue(session=session, settings=settings, tenant="bench")
+    with bench_home("bench") as bench:
+        home, env, key = bench.home, bench.env, bench.key
         keyed, keyed_url = start_api(env, home / "api-keyed.log", port=free_port())
         open_, open_url = start_api(
             {**env, "TRAINDEPOT_AUTH": "false"}, home / "api-open.log", port=free_port()
@@ -107,7 +111,6 @@ def main() -> None:
         finally:
             stop_process(keyed)
             stop_process(open_)
-            redis_server.stop()
     medians = {
         name: (
             statistics.median(r for n, r, _ in rows if n == name),

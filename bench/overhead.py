@@ -43,6 +43,8 @@ from typing import Any
 
 import httpx
 
+from bench.service import submit_and_wait
+
 BENCH_MODEL: dict[str, Any] = {
     "model_type": "gpt2",
     "n_layer": 1,
@@ -158,17 +160,8 @@ def hook_seconds_per_step(steps: int = 20_000) -> float:
 
 
 def run_job(client: httpx.Client, spec: dict[str, Any], timeout: float = 600) -> float:
-    job = client.post("/jobs", json=spec).raise_for_status().json()
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job['id']} still {job['status']}")
-        time.sleep(1.0)  # slow polling: the bench's own API calls compete for the CPU
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
+    # slow polling: the bench's own API calls compete for the CPU
+    job = submit_and_wait(client, spec, timeout=timeout, poll=1.0)
     points = client.get(f"/jobs/{job['id']}/metrics", params={"keys": "loss"}).json()
     logged = points["series"]["loss"]["count"]
     if logged != spec["training_args"]["max_steps"]:

@@ -65,6 +65,15 @@ def record_resume(*, session: Session, job_id: uuid.UUID, attempt: int, step: in
     )
 
 
+def record_start(*, session: Session, job_id: uuid.UUID, attempt: int, start: str) -> None:
+    """How `attempt`'s training child started: `warm` or `cold` (worker/warm.py)."""
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        .values(start=start)
+    )
+
+
 def end_attempts(
     *, session: Session, attempts: Sequence[tuple[uuid.UUID, int]], outcome: str
 ) -> None:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, tuple_, update
+from sqlalchemy.orm import Session, defer
 
 from db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
+from db.scheduling import effective_queued_at
 
 
 def create(
@@ -25,7 +26,11 @@ def create(
     spec: dict[str, Any],
     tenant: str = "default",
     submitted_by: uuid.UUID | None = None,
+    aging_seconds: float = 600.0,
 ) -> Job:
+    """A `queued` job; its place in the queue is now, moved earlier by its priority
+    (db/scheduling.py)."""
+    priority = spec.get("priority", 5)
     job = Job(
         id=uuid.uuid4(),
         name=spec["name"],
@@ -34,7 +39,10 @@ def create(
         status=JobStatus.QUEUED,
         spec=spec,
         queue=spec.get("queue", "default"),
-        priority=spec.get("priority", 5),
+        priority=priority,
+        queued_at=func.now(),
+        effective_queued_at=effective_queued_at(func.now(), priority, aging_seconds),
+        gpus=(spec.get("resources") or {}).get("gpus", 1),
         attempt=0,
         max_restarts=spec.get("limits", {}).get("max_restarts", 3),
     )
@@ -51,6 +59,22 @@ def get(*, session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Jo
     if job is None or (tenant is not None and job.tenant != tenant):
         return None
     return job
+
+
+def get_with_attempts(
+    *, session: Session, job_id: uuid.UUID, tenant: str | None = None
+) -> tuple[Job, list[JobAttempt]] | None:
+    """The job and its attempts, first to last, in one statement (one round trip); None as
+    `get` gives it."""
+    rows = session.execute(
+        select(Job, JobAttempt)
+        .outerjoin(JobAttempt, JobAttempt.job_id == Job.id)
+        .where(Job.id == job_id)
+        .order_by(JobAttempt.attempt)
+    ).all()
+    if not rows or (tenant is not None and rows[0][0].tenant != tenant):
+        return None
+    return rows[0][0], [attempt for _, attempt in rows if attempt is not None]
 
 
 @dataclass(frozen=True)
@@ -96,8 +120,19 @@ def list_page(
     filters: Filters | None = None,
 ) -> list[Job]:
     """Newest first; keyset pagination on (created_at, id). Returns up to `limit` jobs,
-    of one tenant when `tenant` is given."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    of one tenant when `tenant` is given, without their spec (a list does not show it).
+
+    The cursor is a row comparison, `(created_at, id) < (c, i)`: PostgreSQL makes it the
+    index scan's start (an Index Cond on ix_jobs_created_id, or on the tenant's or the
+    status' index after their equality columns), so a page 50,000 rows deep reads 51 rows.
+    The equivalent `created_at < c OR (created_at = c AND id < i)` is only a Filter: the
+    scan read and dropped every row before the page (docs/benchmarks.md)."""
+    query = (
+        select(Job)
+        .options(defer(Job.spec, raiseload=True))  # never loaded one by one later
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
     if status is not None:
@@ -105,12 +140,7 @@ def list_page(
     if filters is not None:
         query = filters.apply(query)
     if cursor is not None:
-        query = query.where(
-            or_(
-                Job.created_at < cursor.created_at,
-                and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
-            )
-        )
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
     return list(session.scalars(query))
 
 

@@ -1,6 +1,7 @@
 """The tables: ``jobs`` (the truth about each job), ``job_metrics`` (its history),
-``job_attempts`` (who ran it when), and the tenancy tables: ``api_keys``,
-``tenant_quotas`` and ``idempotency_keys``."""
+``job_attempts`` (who ran it when), the tenancy tables: ``api_keys``,
+``tenant_quotas`` and ``idempotency_keys``, and the webhooks: ``webhooks`` (subscriptions)
+and the outbox, ``webhook_events`` and ``webhook_deliveries``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The statuses are traindepot's (traindepot/statuses.py), re-exported for the queries.
@@ -64,6 +65,16 @@ class Job(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its place in the queue (db/scheduling.py): when it was queued, kept when it is
+    # requeued (a lost worker, a warm shutdown), reset by a retry; and the order the claim
+    # serves, `queued_at` moved earlier by its priority (effective priority = priority +
+    # wait / aging). Each write of `priority` or `queued_at` recomputes it.
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    effective_queued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    # The devices it needs (`resources.gpus` of its spec; slots on a CPU-only worker).
+    gpus: Mapped[int] = mapped_column(Integer, server_default="1")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -87,14 +98,23 @@ class Job(Base):
         # GET /jobs: newest first, optionally by status, keyset-paginated on (created_at, id).
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_status_created_id", "status", "created_at", "id"),
-        # A tenant's jobs (GET /jobs with a tenant key), and its active jobs (quotas).
+        # A tenant's jobs (GET /jobs with a tenant key), by status too, and its active jobs
+        # (quotas: the (tenant, status) prefix of the second).
         Index("ix_jobs_tenant_created_id", "tenant", "created_at", "id"),
-        Index("ix_jobs_tenant_status", "tenant", "status"),
+        Index("ix_jobs_tenant_status_created_id", "tenant", "status", "created_at", "id"),
         # `traindepot gc`: finished jobs by when they finished.
         Index(
             "ix_jobs_finished_at",
             "finished_at",
             postgresql_where="finished_at IS NOT NULL",
+        ),
+        # The claim (db/scheduling.py): a queue's queued jobs in effective-priority order.
+        Index(
+            "ix_jobs_queued_order",
+            "queue",
+            "effective_queued_at",
+            "id",
+            postgresql_where="status = 'queued'",
         ),
         # The reaper: active jobs by lease expiry.
         Index(
@@ -157,6 +177,9 @@ class JobAttempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     # The checkpoint step this attempt resumed from (None: from the start).
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+    # How its training child started: `warm` (forked from the worker's prepared process,
+    # worker/warm.py) or `cold` (a fresh Python); None until it started.
+    start: Mapped[str | None] = mapped_column(String(8))
 
 
 class ApiKey(Base):
@@ -204,3 +227,91 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (PrimaryKeyConstraint("tenant", "key", name="pk_idempotency_keys"),)
+
+
+class Webhook(Base):
+    """A subscription: `url` hears the `events` of one job (`job_id`, from its spec's
+    `notify`) or of every job of `tenant` (`job_id` null, `POST /webhooks`). `secret` signs
+    every delivery (Standard Webhooks); it is shown once, when the subscription is made."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # The outbox trigger (migration 0008): a job's own subscriptions, and its tenant's.
+        Index("ix_webhooks_job_id", "job_id", postgresql_where="job_id IS NOT NULL"),
+        Index("ix_webhooks_tenant", "tenant", postgresql_where="job_id IS NULL"),
+    )
+
+
+class WebhookEvent(Base):
+    """One event of the outbox, written by the trigger of migration 0008 in the transaction
+    of the status change it names (or by `POST /webhooks/{id}/test`). `data` is the job and
+    its attempts as they were at that moment (`{"job": row, "attempts": [rows]}`)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    # The sender's purge of old events (`db.webhooks.purge_finished`).
+    __table_args__ = (Index("ix_webhook_events_created_at", "created_at"),)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: `pending` until a 2xx answer (`delivered`) or until
+    the sender gives up (`failed`). Its id is the `webhook-id` of every attempt, so that a
+    receiver can drop a duplicate. `next_attempt_at` is when the sender may take it next: a
+    sender that takes it pushes it forward by its lease, so a sender killed mid-POST leaves it
+    to be taken again."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    event_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("webhook_events.id", ondelete="CASCADE")
+    )
+    webhook_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("webhooks.id", ondelete="CASCADE")
+    )
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending','delivered','failed')", name="webhook_deliveries_status_valid"
+        ),
+        # The sender: due deliveries, and "an earlier event of this job for this subscription
+        # is still pending" (order per job and subscription).
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where="status = 'pending'",
+        ),
+        Index("ix_webhook_deliveries_order", "webhook_id", "job_id", "event_id"),
+        # GET /jobs/{id}/deliveries.
+        Index("ix_webhook_deliveries_job_event", "job_id", "event_id"),
+        # The purge: an event's deliveries (and the cascade of its deletion).
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )

@@ -93,7 +93,7 @@ def stale_queued(*, session: Session, older_than_seconds: float) -> list[uuid.UU
                 # Leave brand-new rows to the API, which enqueues right after its commit.
                 Job.created_at < func.now() - timedelta(seconds=5),
             )
-            .order_by(Job.priority.desc(), Job.created_at)
+            .order_by(Job.effective_queued_at, Job.id)
             .limit(100)
         )
     )

@@ -21,22 +21,35 @@ def sqlalchemy_url(url: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def get_engine(url: str | None = None) -> Engine:
+def get_engine(url: str | None = None, *, api: bool = False) -> Engine:
+    """The process' pool: `db_pool_size` connections kept, up to `db_max_overflow` more
+    opened for a burst, each tested on checkout (a round trip), for the workers' long-lived
+    processes. `api`: the API's pool (api/database.py), which admits exactly
+    `db_pool_capacity` database calls at once: it keeps all of them open (an overflow
+    connection is closed when it comes back, so under steady load every call beyond
+    `db_pool_size` paid a new connection, about 13 ms here) and does not ping: a dead
+    connection fails its request with a 503 and SQLAlchemy replaces the pool."""
     settings = get_settings()
     return create_engine(
         sqlalchemy_url(url or settings.require_database_url()),
-        pool_pre_ping=True,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=not api,
+        pool_size=settings.db_pool_capacity if api else settings.db_pool_size,
+        max_overflow=0 if api else settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         # Fail fast when the database is down: the API answers 503 rather than hanging.
         connect_args={"connect_timeout": 5},
     )
 
 
-@lru_cache(maxsize=4)
-def _factory(url: str | None) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+@lru_cache(maxsize=8)
+def _factory(url: str | None, api: bool = False, autocommit: bool = False) -> sessionmaker[Session]:
+    engine = get_engine(url, api=api)
+    if autocommit:
+        # Each statement on its own: no BEGIN before it and no ROLLBACK after, two round
+        # trips fewer for a read. psycopg switches this on the connection itself (no
+        # statement), and the pool switches it back when the connection returns.
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
@@ -53,5 +66,5 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def new_session(url: str | None = None) -> Session:
-    return _factory(url)()
+def new_session(url: str | None = None, *, api: bool = False, autocommit: bool = False) -> Session:
+    return _factory(url, api, autocommit)()

@@ -168,17 +168,19 @@ def resolve_artifact(job_dir: Path, relative: str) -> Path:
     return real
 
 
-def disk_usage(path: Path) -> int:
-    """Bytes used by the files under `path` (symlinks not followed); 0 when it is gone."""
+def disk_usage(path: Path, *, allocated: bool = False) -> int:
+    """Bytes of the regular files under `path` (symlinks not followed); 0 when it is gone.
+    `allocated` counts what the files take on disk instead (the larger of their size and
+    their blocks: a preallocated file counts full), as the disk budget must."""
     total = 0
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
             try:
                 info = os.lstat(os.path.join(dirpath, name))
             except OSError:
-                continue
+                continue  # removed meanwhile (checkpoint rotation)
             if stat.S_ISREG(info.st_mode):
-                total += info.st_size
+                total += max(info.st_size, info.st_blocks * 512) if allocated else info.st_size
     return total
 
 

@@ -49,10 +49,11 @@ KeyOpt = Annotated[
 
 
 def _register_subcommands() -> None:
-    from api import cli_gc, cli_keys
+    from api import cli_gc, cli_keys, webhook_sender
 
     app.add_typer(cli_keys.app, name="keys")
     app.command("gc")(cli_gc.gc)
+    app.command("webhooks")(webhook_sender.command)
 
 
 _register_subcommands()
@@ -76,8 +77,31 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             console.print("stopping…")
 
 
+def _default_api_workers() -> int:
+    """One API process per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @app.command()
-def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+def api(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default="one per core",
+            help="API processes. Each has its own database pool of TRAINDEPOT_DB_POOL_SIZE +"
+            " TRAINDEPOT_DB_MAX_OVERFLOW connections.",
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool, typer.Option(help="Log a line per request (costs throughput under load).")
+    ] = False,
+) -> None:
     """Run the API alone against the configured database and Redis."""
     import uvicorn
 
@@ -86,7 +110,21 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     settings = get_settings()
     settings.require_database_url()
     settings.require_redis_url()
-    uvicorn.run("api.app:app", host=host, port=port)
+    processes = workers or _default_api_workers()
+    err.print(
+        f"{processes} API process(es) x {settings.db_pool_capacity} database connections"
+        f" = {processes * settings.db_pool_capacity} at most (PostgreSQL's max_connections"
+        " must hold them and the workers')"
+    )
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # GET /metrics sums the request latencies of every process (api/telemetry.py).
+        metrics_dir = settings.home / "prometheus-api"
+        if metrics_dir.exists():
+            for stale in metrics_dir.glob("*.db"):
+                stale.unlink()
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run("api.app:app", host=host, port=port, workers=processes, access_log=access_log)
 
 
 @app.command()
@@ -94,24 +132,50 @@ def worker(
     queues: Annotated[
         str, typer.Option(help="Comma-separated queues to take jobs from.")
     ] = "default",
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated CUDA device ids this worker owns (default: all)."),
+    ] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="CPU-only: how many job slots this worker owns."),
+    ] = None,
 ) -> None:
-    """Run one worker (one job at a time) against the configured database and Redis."""
+    """Run one worker against the configured database and Redis: as many jobs at once as
+    its devices allow (a job takes `resources.gpus` of them)."""
     from traindepot.settings import get_settings
 
+    if gpus is not None and slots is not None:
+        raise typer.BadParameter("give --gpus or --slots, not both", param_hint="--slots")
+    gpu_ids = [g.strip() for g in (gpus or "").split(",") if g.strip()]
+    if gpus is not None and (not gpu_ids or not all(g.isdigit() for g in gpu_ids)):
+        raise typer.BadParameter(
+            f"{gpus!r} is not a list of device ids like 0,1,2", param_hint="--gpus"
+        )
     settings = get_settings()
     settings.require_database_url()
     settings.require_redis_url()
+    from worker import devices
     from worker.celery_app import app as celery_app
 
-    # The solo pool runs the task in this process; each job's training runs in a child
-    # process of its own (worker/supervisor.py). One worker per GPU.
+    pool = devices.configured(gpu_ids or settings.worker_gpus, slots or settings.worker_slots)
+    if pool is None and not Path("/dev/nvidiactl").exists():
+        pool = devices.probed(0)  # no NVIDIA driver: one CPU slot, no probe needed
+    if pool is None:
+        from worker.capabilities import probe_devices
+
+        pool = devices.probed(int(probe_devices().get("gpus", 0)))
+    devices.owned.set(pool)
+    # One device: the solo pool runs the task in this process. Several: one task thread per
+    # device, each claiming what fits the free ones. Either way each job's training runs in
+    # a child process of its own (worker/supervisor.py).
+    concurrency = ["--pool", "solo"] if pool.total == 1 else ["--pool", "threads"]
     celery_app.worker_main(
         [
             "worker",
-            "--pool",
-            "solo",
+            *concurrency,
             "--concurrency",
-            "1",
+            str(pool.total),
             "--queues",
             queues,
             "--loglevel",

@@ -124,6 +124,7 @@ def live_workers(*, redis_url: str, queue: str) -> list[WorkerDevices] | None:
                     cuda=bool(data["cuda"]),
                     bf16=bool(data["bf16"]),
                     tf32=bool(data.get("tf32", False)),
+                    devices=int(data.get("devices", 1)),
                 )
             )
         except (ValueError, KeyError, TypeError):

@@ -114,7 +114,7 @@ def publish_status(
 # came and went while the reader was away (e.g. `cancelling`) collapses into the current one.
 
 _STATUS_RANK = {"running": 1, "cancelling": 2, "queued": 3}
-# api/routes/live.py reads this name; it is the one set of traindepot/statuses.py.
+# api/routes/events.py reads this name; it is the one set of traindepot/statuses.py.
 TERMINAL = TERMINAL_STATUSES
 
 

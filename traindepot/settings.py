@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -48,13 +49,24 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(default=100, gt=0)  # queued + running
     max_running_jobs_per_tenant: int = Field(default=8, gt=0)
     quota_retry_after_seconds: int = Field(default=30, gt=0)
-    # A worker that gets a job whose tenant already runs `max_running_jobs` leaves it queued
-    # and has its message delivered again after this long.
+    # A worker woken up while every queued job of its queues waits on its tenant's running
+    # limit (or on devices) sends its queue a wake-up again after this long
+    # (db/scheduling.py, worker/tasks.py).
     tenant_busy_retry_seconds: float = Field(default=5.0, gt=0)
+    # Aging (db/scheduling.py): a queued job's effective priority is its priority plus its
+    # wait divided by this, so a job waiting this long ranks with jobs one priority higher
+    # submitted now, and nothing starves. Applies to jobs queued (or re-prioritised) after
+    # a change.
+    aging_seconds_per_priority: float = Field(default=600.0, gt=0)
     # How long an `Idempotency-Key` of POST /jobs is kept, and after how long a request that
     # holds one and never finished (its process died) is treated as abandoned.
     idempotency_ttl_seconds: float = Field(default=24 * 3600, gt=0)
     idempotency_in_flight_seconds: float = Field(default=120, gt=0)
+
+    # The devices this worker owns (worker/devices.py): GPU ids (`traindepot worker --gpus`)
+    # or CPU slots (`--slots`); neither: every GPU its probe sees, or one slot.
+    worker_gpus: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_slots: int | None = Field(default=None, gt=0, le=256)
 
     # Bounds on inline data.
     max_inline_rows: int = Field(default=10_000, gt=0)
@@ -103,6 +115,41 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = Field(default=20, gt=0)
     max_streams_total: int = Field(default=500, gt=0)
 
+    # Webhooks (docs/architecture.md, "Webhooks"). The sender (`traindepot webhooks`) makes
+    # at most `webhook_concurrency` POSTs at once, each given `webhook_timeout_seconds` per
+    # step (connect, send, each read) and reading at most `webhook_max_response_bytes` of
+    # the answer; a failed attempt is retried after `webhook_backoff_seconds`, doubling up to
+    # `webhook_backoff_max_seconds`, with jitter, until `webhook_retry_seconds` after the
+    # event, then the delivery is `failed`. It looks for work every `webhook_poll_seconds`
+    # and at once when a new event is committed.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(default=16, gt=0, le=256)
+    webhook_max_response_bytes: int = Field(default=4096, ge=0)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # Finished deliveries (and their events) older than this are purged by the sender.
+    webhook_keep_seconds: float = Field(default=14 * 24 * 3600.0, gt=0)
+    # Networks a webhook URL may resolve into although they are not public (loopback,
+    # private, link-local are refused otherwise), comma-separated: `127.0.0.0/8,10.1.0.0/16`.
+    webhook_allowed_networks: Annotated[
+        list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode
+    ] = Field(default_factory=list)
+    # Subscriptions (`POST /webhooks`) one tenant may have.
+    max_webhooks_per_tenant: int = Field(default=50, gt=0)
+
+    # FastAPI's native OpenTelemetry spans and metrics (global providers configured by the
+    # operator); off, a request does not pay for asking whether they are.
+    opentelemetry: bool = False
+
+    # Warm start (worker/warm.py): training children are forked from a prepared process
+    # that has imported torch, transformers and datasets; off, each is a fresh Python.
+    warm_start: bool = True
+    # How long a job waits for a prepared process that is still importing before it starts
+    # cold (waiting is never slower: a cold start does the same imports from the start).
+    warm_start_wait_seconds: float = Field(default=30.0, ge=0)
+
     # Background flusher of training events (see worker/flusher.py).
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     flush_queue_size: int = Field(default=10_000, gt=0)
@@ -114,7 +161,9 @@ class Settings(BaseSettings):
             return [p for p in (part.strip() for part in value.split(",")) if p]
         return value
 
-    @field_validator("queues", "child_env_allow", mode="before")
+    @field_validator(
+        "queues", "child_env_allow", "webhook_allowed_networks", "worker_gpus", mode="before"
+    )
     @classmethod
     def _split_queues(cls, value: object) -> object:
         if isinstance(value, str):
@@ -136,6 +185,12 @@ class Settings(BaseSettings):
     @classmethod
     def _resolve_paths(cls, value: list[Path]) -> list[Path]:
         return [p.expanduser().resolve() for p in value]
+
+    @property
+    def webhook_lease_seconds(self) -> float:
+        """How long a delivery a sender took stays its own: longer than one attempt can
+        last, so that only a sender that died leaves it to be taken again."""
+        return 3 * self.webhook_timeout_seconds + 5
 
     @property
     def db_pool_capacity(self) -> int:

@@ -14,6 +14,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from traindepot import webhook_urls
+from traindepot.webhooks import EVENT_TYPES, EventType
+
 # A Hub repository id: `name` or `owner/name`. Anything else that is not an absolute path
 # is refused, so that a relative name can never be read as a directory of the server.
 _HUB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
@@ -240,6 +243,44 @@ class EarlyStopping(_Strict):
     threshold: float = Field(default=0.0, ge=0)
 
 
+class WebhookTarget(_Strict):
+    url: str = Field(
+        min_length=1,
+        max_length=webhook_urls.MAX_URL_LENGTH,
+        description="An http(s) URL resolving to public addresses only (unless the server "
+        "allows a network); it gets a signed POST per event (Standard Webhooks).",
+    )
+    events: list[EventType] = Field(
+        default_factory=lambda: list(EVENT_TYPES),
+        min_length=1,
+        description="The events to send; default: all of them.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return webhook_urls.check_syntax(value)
+
+
+class Notify(_Strict):
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list,
+        max_length=5,
+        description="This job's own subscriptions; each one's signing secret is in the "
+        "response to the submit (`webhooks`), and only there.",
+    )
+
+
+class Resources(_Strict):
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Devices the job needs at once: GPUs, or slots of a CPU-only worker. It"
+        " goes only to a worker with this many free (their ids in `CUDA_VISIBLE_DEVICES`).",
+    )
+
+
 class JobSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     task: Task = Task.CAUSAL_LM
@@ -271,6 +312,11 @@ class JobSpec(_Strict):
         " `training_args.seed` (default 42).",
     )
     limits: Limits = Field(default_factory=Limits)
+    resources: Resources = Field(default_factory=Resources)
     queue: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     priority: int = Field(default=5, ge=0, le=9, description="9 is served first.")
     tags: dict[str, str] = Field(default_factory=dict, max_length=50)
+    notify: Notify | None = Field(
+        default=None,
+        description="Webhooks told of this job's status changes (per tenant: `POST /webhooks`).",
+    )

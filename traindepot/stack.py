@@ -53,10 +53,23 @@ def backing_services(settings: Settings) -> Iterator[tuple[str, str]]:
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    return start_command(["worker"], env, log_path)
+
+
+def start_webhook_sender(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`traindepot webhooks`: the process that delivers the outbox's events."""
+    return start_command(["webhooks"], env, log_path)
+
+
+def start_command(
+    args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`traindepot ARGS` in a process of its own, its output appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "traindepot.cli", "worker"],
+            [sys.executable, "-m", "traindepot.cli", *args],
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -131,6 +144,8 @@ def running_stack(*, host: str, port: int, worker: bool = True) -> Iterator[Stac
         if worker:
             proc = start_worker(dict(os.environ), settings.home / "logs" / "worker.log")
             stack.callback(stop_process, proc)
+        sender = start_webhook_sender(dict(os.environ), settings.home / "logs" / "webhooks.log")
+        stack.callback(stop_process, sender)
         config = uvicorn.Config("api.app:app", host=host, port=port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="api", daemon=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traindepot import limits, training_args
+from traindepot import limits, training_args, webhook_urls
 from traindepot.localpaths import model_dir_problems
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
@@ -30,6 +30,7 @@ class WorkerDevices:
     cuda: bool
     bf16: bool
     tf32: bool
+    devices: int = 1  # GPUs or CPU slots it owns (worker/devices.py)
 
 
 def check_path(raw: str, loc: tuple[str | int, ...], settings: Settings) -> list[Problem]:
@@ -182,7 +183,8 @@ def _gpu_wanted(args: dict[str, Any]) -> list[str]:
 def check_devices(
     spec: JobSpec, devices: Sequence[WorkerDevices] | None, *, queue: str
 ) -> list[Problem]:
-    """bf16/fp16/tf32 on a queue whose every live worker lacks the device for it.
+    """More devices (`resources.gpus`) than any live worker of the queue owns, and
+    bf16/fp16/tf32 on a queue whose every live worker lacks the device for it.
 
     `devices` None or empty means no worker of the queue has registered (none started yet,
     or Redis cannot be read): the job is accepted, since a capable worker may come later.
@@ -192,6 +194,16 @@ def check_devices(
         return []
     args = spec.training_args
     problems: list[Problem] = []
+    largest = max(d.devices for d in devices)
+    if spec.resources.gpus > largest:
+        problems.append(
+            Problem(
+                ("resources", "gpus"),
+                f"needs {spec.resources.gpus} devices at once, but the largest live worker of"
+                f" queue {queue!r} owns {largest}: no worker of the queue can ever run it",
+                "device_unavailable",
+            )
+        )
     for name in _gpu_wanted(args):
         if name.startswith("bf16"):
             able = any(d.bf16 for d in devices)
@@ -278,6 +290,25 @@ def _paths(spec: JobSpec, settings: Settings) -> list[Problem]:
     return problems
 
 
+def _webhooks(spec: JobSpec, settings: Settings) -> list[Problem]:
+    """Each `notify.webhooks` URL must resolve to addresses that may receive webhooks."""
+    problems = []
+    for i, target in enumerate(spec.notify.webhooks if spec.notify else []):
+        problem = webhook_url_problem(target.url, settings)
+        if problem is not None:
+            problems.append(Problem(("notify", "webhooks", i, "url"), problem, "webhook_url"))
+    return problems
+
+
+def webhook_url_problem(url: str, settings: Settings) -> str | None:
+    """Why `url` may not receive webhooks, or None (resolves the host: call off the loop)."""
+    try:
+        webhook_urls.resolve(url, settings.webhook_allowed_networks)
+    except webhook_urls.UnsafeUrl as exc:
+        return str(exc)
+    return None
+
+
 def check_spec(
     spec: JobSpec,
     settings: Settings,
@@ -292,7 +323,7 @@ def check_spec(
     limit) are filled into `spec`; its limits are checked once the spec is otherwise valid
     (counting the model's parameters is the slow part)."""
     limits.apply_defaults(spec, settings)
-    problems = consistency_problems(spec) + _paths(spec, settings)
+    problems = consistency_problems(spec) + _paths(spec, settings) + _webhooks(spec, settings)
     if spec.dataset.rows is not None:
         problems += _bounded_rows(spec.dataset.rows, settings)
     resume = spec.resume_from_checkpoint

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import psutil
 
+from traindepot import artifacts
 from traindepot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,6 @@ def tree_rss(pid: int) -> int:
             total += process.memory_info().rss
         except psutil.Error:
             continue
-    return total
-
-
-def disk_usage(directory: Path) -> int:
-    """Bytes allocated to the files under `directory` (symlinks not followed)."""
-    total = 0
-    for top, _dirs, files in os.walk(directory):
-        for name in files:
-            try:
-                stat = os.lstat(os.path.join(top, name))
-            except OSError:
-                continue  # removed meanwhile (checkpoint rotation)
-            total += max(stat.st_size, stat.st_blocks * 512)
     return total
 
 
@@ -92,7 +80,7 @@ class Budget:
                 f" budget of {self.memory_bytes / 2**20:,.0f} MiB"
                 " (TRAINDEPOT_JOB_MEMORY_BYTES): reduce the model, the batch or max_length",
             )
-        used = disk_usage(self.job_dir)
+        used = artifacts.disk_usage(self.job_dir, allocated=True)
         if used > self.disk_bytes:
             return Overrun(
                 "disk",

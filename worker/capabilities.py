@@ -33,6 +33,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from traindepot.dispatch import registry_key, worker_id
 from traindepot.redis_client import client
 from traindepot.settings import get_settings
+from worker.devices import owned, probed
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,11 @@ class _Registration:
         except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
             # Unknown devices: register nothing, so POST accepts (as with no worker at all).
             log.error("device probe failed; this worker does not register its devices: %s", exc)
+            owned.set(probed(0))
             return
+        # Without --gpus/--slots the worker owns every GPU the probe sees (worker/devices.py).
+        owned.set(probed(int(devices.get("gpus", 0))))
+        devices = {**devices, **owned.get().describe()}
         log.info("devices of %s on %s: %s", self.worker, ", ".join(self.queues), devices)
         while not self.stop.is_set():
             try:

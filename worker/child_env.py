@@ -8,9 +8,12 @@ variables, and the traindepot settings the child reads.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 
-__all__ = ["child_environment"]
+from traindepot.settings import Settings
+
+__all__ = ["child_environment", "training_environment"]
 
 _NAMES = frozenset(
     {
@@ -55,3 +58,16 @@ def child_environment(
         **{k: v for k, v in environ.items() if allowed(k, names)},
         **overrides,
     }
+
+
+def training_environment(settings: Settings) -> dict[str, str]:
+    """The training child's environment (cold, or the prepared process a warm child is
+    forked from): the worker's, allowlisted, with the paths it resolved against its own
+    directory made absolute (the child, started elsewhere, reads its settings from it)."""
+    overrides = {
+        "PYTHONUNBUFFERED": "1",
+        "TRAINDEPOT_HOME": str(settings.home.resolve()),
+        "TRAINDEPOT_ALLOWED_PATHS": ",".join(map(str, settings.allowed_paths)),
+    }
+    # An allowlist: no operator secret the training does not use.
+    return child_environment(os.environ, overrides, settings.child_env_allow)

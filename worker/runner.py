@@ -12,6 +12,8 @@ boundary and saves a checkpoint there.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -20,7 +22,7 @@ import threading
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from db import attempts, jobs
 from db.retry import TRANSIENT, retry_db
@@ -192,5 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if outcome.get("status") in ("succeeded", "stopped", "fenced") else 1
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the training process without tearing down the interpreter: the threads it
+    started are joined, the atexit handlers run and the streams are flushed, as at a normal
+    exit, but the seconds that finalizing every module of torch, transformers and datasets
+    takes (and, in a forked child, the copying of every page it touches) are skipped, as
+    `multiprocessing` does for its children. The supervisor waits for this exit to write
+    the job's terminal status, so those seconds were the job's."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

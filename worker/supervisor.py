@@ -21,17 +21,17 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from db import attempts, jobs
 from db.models import JobStatus
-from db.retry import retry_db
+from db.retry import TRANSIENT, retry_db
 from db.session import session_scope
 from traindepot import artifacts, events
 from traindepot.logtail import tail
 from traindepot.settings import Settings
-from worker import budget
-from worker.child_env import child_environment
+from worker import budget, warm
+from worker.child_env import training_environment
 from worker.lease import Lease
 from worker.outcome import StopReason, read_outcome, verdict
 from worker.reaper import send
@@ -51,9 +51,9 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     def preexec() -> None:
         """Runs in the child before exec: the kernel kills it when the worker dies (SIGKILL
         included), so an orphaned attempt can never train beside the next one. The death
-        signal is tied to the thread that forked (the solo pool's main thread, which lives
-        as long as the worker) and survives exec. If the worker died before the prctl, the
-        child was already re-parented: exit at once."""
+        signal is tied to the thread that forked (the solo pool's main thread, or a threads
+        pool's task thread: both live as long as the worker) and survives exec. If the
+        worker died before the prctl, the child was already re-parented: exit at once."""
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -70,8 +70,11 @@ class Supervisor:
         settings: Settings,
         started_at: datetime | None = None,
         max_runtime_seconds: float | None = None,
+        devices_env: dict[str, str] | None = None,
     ) -> None:
         self.job_id = job_id
+        # The job's devices (`CUDA_VISIBLE_DEVICES`, worker/devices.py).
+        self.devices_env = devices_env or {}
         self.attempt = attempt
         self.settings = settings
         self.job_dir = settings.job_dir(job_id).resolve()
@@ -99,21 +102,17 @@ class Supervisor:
         self.lease.start()
         try:
             with log_path.open("ab") as log_file:
-                log_file.write(f"--- attempt {self.attempt} started {_now()} ---\n".encode())
+                env = self._child_env()
+                prepared, how = warm.starter.take(self.settings, env)
+                header = f"--- attempt {self.attempt} started {_now()} ({how}) ---\n"
+                log_file.write(header.encode())
                 log_file.flush()
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent(os.getpid()),
-                    start_new_session=True,  # terminal signals go to the worker, not the child
-                    # The job's directory, not the worker's: `from_pretrained("gpt2")` looks
-                    # for a ./gpt2 directory first. The project is imported as an installed
-                    # package, whatever the directory.
-                    cwd=self.job_dir,
-                    env=self._child_env(),
-                )
+                child: warm.TrainingChild | None = None
+                if prepared is not None:
+                    child = self._start_warm(prepared, log_path, env, log_file)
+                if child is None:
+                    child = self._start_cold(log_file, env)
+                self._record_start("cold" if isinstance(child, subprocess.Popen) else "warm")
                 self._watch(child)
                 log_file.write(
                     f"--- attempt {self.attempt} ended {_now()} "
@@ -133,19 +132,61 @@ class Supervisor:
         finally:
             self.lease.stop()
 
+    def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A fresh Python: `python -m worker.runner JOB ATTEMPT`."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(os.getpid()),
+            start_new_session=True,  # terminal signals go to the worker, not the child
+            # The job's directory, not the worker's: `from_pretrained("gpt2")` looks
+            # for a ./gpt2 directory first. The project is imported as an installed
+            # package, whatever the directory.
+            cwd=self.job_dir,
+            env=env,
+        )
+
+    def _start_warm(
+        self, prepared: warm.Prepared, log_path: Path, env: dict[str, str], log_file: BinaryIO
+    ) -> warm.TrainingChild | None:
+        """The child forked from the worker's prepared process (worker/warm.py); None if
+        that failed (the cold path then starts it)."""
+        try:
+            return warm.starter.start(
+                prepared,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                job_dir=self.job_dir,
+                log_path=log_path,
+                settings=self.settings,
+                env=env,
+                job_env=self.devices_env,
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.warning("job %s: warm start failed (%s); starting cold", self.job_id, exc)
+            log_file.write(f"--- warm start failed ({exc}); cold start ---\n".encode())
+            log_file.flush()
+            return None
+
+    def _record_start(self, start: str) -> None:
+        """Best effort, for the attempt history (`GET /jobs/{id}`): warm or cold."""
+        try:
+            with session_scope() as session:
+                attempts.record_start(
+                    session=session, job_id=self.job_id, attempt=self.attempt, start=start
+                )
+        except TRANSIENT as exc:
+            log.warning("job %s: start not recorded (%s)", self.job_id, exc)
+
     def _child_env(self) -> dict[str, str]:
-        """The worker's environment, with the paths it resolved against its own directory
-        made absolute: the child, started elsewhere, reads its settings from it."""
-        overrides = {
-            "PYTHONUNBUFFERED": "1",
-            "TRAINDEPOT_HOME": str(self.settings.home.resolve()),
-            "TRAINDEPOT_ALLOWED_PATHS": ",".join(map(str, self.settings.allowed_paths)),
-        }
-        # An allowlist: no operator secret the training does not use (worker/child_env.py).
-        return child_environment(os.environ, overrides, self.settings.child_env_allow)
+        """The training child's environment (worker/child_env.py) with this job's devices
+        (`CUDA_VISIBLE_DEVICES`, worker/devices.py)."""
+        return {**training_environment(self.settings), **self.devices_env}
 
     # --- while the child runs -------------------------------------------------------------
-    def _watch(self, child: subprocess.Popen[bytes]) -> None:
+    def _watch(self, child: warm.TrainingChild) -> None:
         # Self-fencing: the reaper may requeue the job once `lease_seconds` pass without a
         # renewal, so the child is killed well before that (0.8 of it) when the database
         # cannot be reached; two attempts never train at once.
@@ -188,7 +229,7 @@ class Supervisor:
                 child.kill()
                 self._kill_at = None
 
-    def _stop(self, child: subprocess.Popen[bytes], reason: StopReason) -> None:
+    def _stop(self, child: warm.TrainingChild, reason: StopReason) -> None:
         if self.stop_reason is not None:
             return
         self.stop_reason = reason

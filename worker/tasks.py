@@ -1,91 +1,138 @@
-"""The Celery task: claim the job row, then supervise one attempt."""
+"""The Celery task: a wake-up. The worker claims the most urgent job it can run on its free
+devices (db/scheduling.py, worker/devices.py), supervises it, and claims again until
+nothing is left for it. A worker with several devices runs one task thread per device, so
+as many jobs at once as its devices allow.
+
+A message names the job whose submit (or requeue) sent it, but only as a hint for the log:
+the jobs table decides what runs next (docs/architecture.md, "The scheduler"). So that no
+queued job is stranded, a worker that ends its round while jobs of its queues still wait
+(held back by their tenant's running limit, or by devices) sends one delayed wake-up: each
+message consumed sends at most one, so wake-ups never multiply.
+"""
 
 from __future__ import annotations
 
 import logging
-import uuid
+from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
-from sqlalchemy.orm import Session
+from kombu.exceptions import OperationalError as BrokerError
 
-from db import attempts, jobs, tenants
-from db.models import JobStatus
+from db import jobs, scheduling, tenants
 from db.session import session_scope
 from traindepot.dispatch import TASK_NAME, enqueue, worker_id
-from traindepot.settings import get_settings
-from worker import reaper
+from traindepot.settings import Settings, get_settings
+from worker import devices, reaper, warm
 from worker.celery_app import app
+from worker.child_env import training_environment
 from worker.supervisor import Supervisor, shutting_down
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
-def run_job(job_id: str) -> None:
+@app.task(name=TASK_NAME, ignore_result=True, bind=True)  # type: ignore[untyped-decorator]
+def run_job(self: Any, job_id: str) -> None:
     settings = get_settings()
-    job_uuid = uuid.UUID(job_id)
-    with session_scope() as session:
-        deferred = _deferred(session, job_uuid)
-        attempt = None
-        if deferred is None:
-            attempt = attempts.claim(
-                session=session,
-                job_id=job_uuid,
-                worker=worker_id(),
-                lease_seconds=settings.lease_seconds,
-            )
-        job = None if attempt is None else jobs.get(session=session, job_id=job_uuid)
-        if job is not None:
-            started_at = job.started_at
-            limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
-    if deferred is not None:
-        # The tenant runs as many jobs as its quota allows: the job stays queued and its
-        # message comes back later (the reaper resends it if this send is lost).
-        log.info("job %s: its tenant is at its running quota; retrying later", job_id)
-        queue, priority = deferred
-        enqueue(
-            job_id=job_uuid,
-            queue=queue,
-            priority=priority,
-            countdown=settings.tenant_busy_retry_seconds,
+    queues = _queues(self)
+    pool = devices.owned.get()
+    ran = 0
+    while not shutting_down.is_set():
+        with pool.claiming():
+            claimed = _claim(settings, queues, pool)
+            taken = [] if claimed is None else pool.take(claimed.gpus)
+        if claimed is None:
+            break
+        ran += 1
+        log.info(
+            "woken by job %s; claimed job %s attempt %s on %s",
+            job_id,
+            claimed.job_id,
+            claimed.attempt,
+            ",".join(taken),
         )
-        return
-    if attempt is None or job is None:
-        # The message is acknowledged and dropped: the row says the job is not ours to run.
-        log.warning("job %s: not queued (duplicate delivery or cancelled); nothing to do", job_id)
-        return
+        try:
+            _supervise(settings, claimed, pool.child_env(taken))
+        finally:
+            pool.give_back(taken)
+    if ran == 0:
+        log.info("woken by job %s; nothing for this worker to claim", job_id)
+    if not shutting_down.is_set():
+        _wake_later(settings, queues)
+
+
+def _queues(task: Any) -> list[str]:
+    """The queues this worker consumes (a wake-up on any of them serves all of them)."""
+    consumed = sorted(task.app.amqp.queues.consume_from or ())
+    if consumed:
+        return consumed
+    routing_key = (task.request.delivery_info or {}).get("routing_key")
+    return [routing_key or "default"]
+
+
+def _claim(
+    settings: Settings, queues: list[str], pool: devices.DevicePool
+) -> scheduling.Claimed | None:
+    with session_scope() as session:
+        return scheduling.claim_next(
+            session=session,
+            queues=queues,
+            worker=worker_id(),
+            lease_seconds=settings.lease_seconds,
+            free_gpus=pool.free,
+            total_gpus=pool.total,
+            default_quota=tenants.Quota(
+                settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
+            ),
+        )
+
+
+def _supervise(
+    settings: Settings, claimed: scheduling.Claimed, devices_env: dict[str, str]
+) -> None:
+    with session_scope() as session:
+        job = jobs.get(session=session, job_id=claimed.job_id)
+        assert job is not None  # claimed in a committed transaction; never deleted while active
+        started_at = job.started_at
+        limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
     # A spec stored without a time limit (before the server filled in its default) gets the
     # default; none runs past the server's maximum.
     runtime = settings.default_max_runtime_seconds if limit is None else float(limit)
     Supervisor(
-        job_id=job_uuid,
-        attempt=attempt,
+        job_id=claimed.job_id,
+        attempt=claimed.attempt,
         settings=settings,
         started_at=started_at,
         max_runtime_seconds=min(runtime, settings.max_runtime_seconds),
+        devices_env=devices_env,
     ).run()
 
 
-def _deferred(session: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
-    """(queue, priority) when the job is queued and its tenant already runs its
-    `max_running_jobs`: the job must wait. None when the claim may go ahead; the tenant's
-    lock is then held until the claim's commit, so two workers cannot both take the last
-    running slot."""
-    job = jobs.get(session=session, job_id=job_id)
-    if job is None or job.status != JobStatus.QUEUED:
-        return None  # the claim finds out there is nothing to do
-    settings = get_settings()
-    default = tenants.Quota(
-        settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
-    )
-    if tenants.may_start_another(session=session, tenant=job.tenant, default=default):
-        return None
-    return job.queue, job.priority
+def _wake_later(settings: Settings, queues: list[str]) -> None:
+    """Jobs still wait in `queues` that this worker could not take: wake a worker of the
+    most urgent one's queue in `tenant_busy_retry_seconds`. One message, whatever the number
+    of queues, so that wake-ups never multiply (the reaper re-sends if this one is lost)."""
+    with session_scope() as session:
+        hint = scheduling.waiting(session=session, queues=queues)
+    if hint is None:
+        return
+    job_id, queue, priority = hint
+    try:
+        enqueue(
+            job_id=job_id,
+            queue=queue,
+            priority=priority,
+            countdown=settings.tenant_busy_retry_seconds,
+        )
+    except BrokerError as exc:
+        log.warning("queue %s: wake-up not sent (%s); the reaper re-sends", queue, exc)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_reaper(**_: object) -> None:
-    reaper.start(get_settings())
+    settings = get_settings()
+    reaper.start(settings)
+    # The first job starts warm too: its prepared process imports while the worker waits.
+    warm.starter.prepare(settings, training_environment(settings))
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -6,7 +6,7 @@ to `POST /keys`; afterwards only its prefix is ever shown."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
@@ -16,18 +16,14 @@ from api import keycache, keyring
 from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
-from api.schemas import ErrorOut, KeyIn, KeyOut, NewKeyOut, QuotaIn, QuotaOut
+from api.responses import errors
+from api.schemas import KeyIn, KeyOut, NewKeyOut, QuotaIn, QuotaOut
 from db import keys, tenants
 from traindepot import apikeys
 from traindepot.settings import Settings
 
 router = APIRouter(tags=["admin"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-    403: {"model": ErrorOut, "description": "Not an admin key"},
-    422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
-    503: {"model": ErrorOut, "description": "The database is unreachable"},
-}
+_ERRORS = errors(401, 403, 422, 503)
 
 
 @router.post("/keys", status_code=201, response_model=NewKeyOut, responses=_ERRORS)
@@ -65,7 +61,7 @@ async def list_keys(
 @router.delete(
     "/keys/{key_id}",
     response_model=KeyOut,
-    responses={**_ERRORS, 404: {"model": ErrorOut, "description": "No such key"}},
+    responses={**_ERRORS, **errors(s404="No such key")},
 )
 async def revoke_key(key_id: uuid.UUID, access: AccessDep, settings: SettingsDep) -> KeyOut:
     """Revoke a key: the next request with it gets 401, in every API process."""

@@ -23,11 +23,11 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from api.access import AccessDep, Caller, load_job
 from api.deps import SettingsDep
 from api.errors import Conflict, NotFound
+from api.responses import errors
 from api.schemas import (
     ArtifactFile,
     ArtifactsOut,
     CheckpointArtifacts,
-    ErrorOut,
     ModelArtifacts,
 )
 from db import jobs
@@ -37,12 +37,7 @@ from traindepot.statuses import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-    404: {"model": ErrorOut, "description": "No such job, or no such file of it"},
-    422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
-    503: {"model": ErrorOut, "description": "The database is unreachable"},
-}
+_ERRORS = errors(401, 422, 503, s404="No such job, or no such file of it")
 
 
 def _best(job_dir: Path) -> tuple[str | None, float | None]:
@@ -213,7 +208,7 @@ async def get_model_tar(
     status_code=204,
     responses={
         **_ERRORS,
-        409: {"model": ErrorOut, "description": "The job has not finished"},
+        **errors(s409="The job has not finished"),
     },
 )
 async def delete_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> Response:

@@ -27,12 +27,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api import stream_slots
+from api import listen, stream_slots
 from api.access import Access, AccessDep, Caller
 from api.database import Saturated
 from api.deps import SettingsDep
-from api.routes.live import _close, _subscribe
-from api.schemas import ErrorOut, JobChangeOut
+from api.responses import errors
+from api.schemas import JobChangeOut
 from db import jobs
 from traindepot import events
 
@@ -103,7 +103,7 @@ def _announced(message: dict[str, Any] | None, into: set[uuid.UUID]) -> None:
 
 
 async def _stream(reader: _Reader, redis_url: str | None) -> AsyncIterator[ServerSentEvent]:
-    pubsub = await _subscribe(redis_url, events.CHANGES_CHANNEL)
+    pubsub = await listen.subscribe(redis_url, events.CHANGES_CHANNEL)
     try:
         announced: set[uuid.UUID] = set()
         while True:
@@ -133,12 +133,12 @@ async def _stream(reader: _Reader, redis_url: str | None) -> AsyncIterator[Serve
                             _announced(message, announced)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job changes: Redis failed (%s); polling the database", exc)
-                await _close(pubsub)
+                await listen.close(pubsub)
                 pubsub = None
     finally:
         if pubsub is not None:
             with anyio.CancelScope(shield=True):
-                await _close(pubsub)
+                await listen.close(pubsub)
 
 
 @router.get(
@@ -149,8 +149,7 @@ async def _stream(reader: _Reader, redis_url: str | None) -> AsyncIterator[Serve
             "description": "Server-Sent Events: `job` (a job's summary, each time its status, "
             "attempt or progress changes) and `deleted`; never ends.",
         },
-        401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-        429: {"model": ErrorOut, "description": "Too many open streams for the tenant"},
+        **errors(401, s429="Too many open streams for the tenant"),
     },
     response_class=EventSourceResponse,
 )

@@ -14,20 +14,26 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
 from api import submission
 from api.access import Access, AccessDep, Caller, load_job
-from api.database import run_db
 from api.deps import SettingsDep
-from api.errors import Conflict
-from api.schemas import ErrorOut, JobOut, JobPage, JobSummary, ValidatedSpec, json_response
-from db import jobs
+from api.errors import Conflict, NotFound
+from api.responses import JOB_ROUTE, errors
+from api.schemas import (
+    JobOut,
+    JobPage,
+    JobSummary,
+    NewWebhookOut,
+    SubmittedJobOut,
+    ValidatedSpec,
+    json_response,
+)
+from db import jobs, scheduling
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
 from traindepot import events
-from traindepot.dispatch import enqueue
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.spec import JobSpec
 from traindepot.spec_examples import task_examples
@@ -74,17 +80,12 @@ def _body_problem(error: Any) -> Problem | None:
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=_BodyErrorsRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-    404: {"model": ErrorOut, "description": "No such job"},
-    422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
-    503: {"model": ErrorOut, "description": "The database is unreachable"},
-}
+_ERRORS = errors(*JOB_ROUTE)
 # The body's JSON Schema is JobSpec's (components/schemas/JobSpec), with an example per task.
 SpecBody = Annotated[JobSpec, Body(openapi_examples=task_examples())]
 
 
-async def _validated(
+async def validated(
     spec: JobSpec, settings: SettingsDep, access: Access
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything `check_spec` checks, with the live workers of the spec's queue and the
@@ -127,12 +128,14 @@ IdempotencyKey = Annotated[
 @router.post(
     "",
     status_code=201,
-    response_model=JobOut,
+    response_model=SubmittedJobOut,
     responses={
         **_ERRORS,
         200: {"model": JobOut, "description": "The job this Idempotency-Key created before"},
-        409: {"model": ErrorOut, "description": "The Idempotency-Key's request is in flight"},
-        429: {"model": ErrorOut, "description": "The tenant's quota of active jobs is used up"},
+        **errors(
+            s409="The Idempotency-Key's request is in flight",
+            s429="The tenant's quota of active jobs is used up",
+        ),
     },
 )
 async def submit_job(
@@ -141,27 +144,24 @@ async def submit_job(
     access: AccessDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> Response | JobOut:
+) -> Response | SubmittedJobOut:
     """Validate the spec, store the job as `queued` (within the tenant's quota), then queue
-    its id for a worker."""
+    its id for a worker. The job's own webhooks (`notify.webhooks`) come back with their
+    signing secrets, in this response only (a replay with the Idempotency-Key has none)."""
     await access.who()  # 401 before any work
-    stored_spec, _ = await _validated(spec, settings, access)
+    stored_spec, _ = await validated(spec, settings, access)
     if idempotency_key is not None:
         earlier = await submission.replay(access, settings, idempotency_key, stored_spec)
         if earlier is not None:
             replayed = json_response(JobOut.of(earlier), 200)
             replayed.headers["Location"] = f"/jobs/{earlier.id}"
             return replayed
-    job = await submission.create(access, settings, stored_spec, idempotency_key)
-    # Only after the commit: the message must never name a row a worker cannot see.
-    try:
-        await run_in_threadpool(enqueue, job_id=job.id, queue=job.queue, priority=job.priority)
-        await run_db(lambda s: jobs.mark_enqueued(session=s, job_id=job.id), commit=True)
-    except BrokerError as exc:
-        # The row is stored; the reaper enqueues it once Redis is back. Nothing is lost.
-        log.warning("job %s stored but not enqueued yet: %s", job.id, exc)
+    job, hooks = await submission.create(access, settings, stored_spec, idempotency_key)
+    await submission.announce(job)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return JobOut.of(job)
+    return SubmittedJobOut(
+        **JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks]
+    )
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
@@ -169,7 +169,7 @@ async def validate_job(spec: SpecBody, settings: SettingsDep, access: AccessDep)
     """The same validation as `POST /jobs`; no job is created. Returns the spec with every
     default filled in and the effective `TrainingArguments` the worker will build."""
     await access.who()
-    stored_spec, effective = await _validated(spec, settings, access)
+    stored_spec, effective = await validated(spec, settings, access)
     return ValidatedSpec(spec=stored_spec, training_args=effective)
 
 
@@ -178,10 +178,20 @@ async def get_job(job_id: uuid.UUID, access: AccessDep) -> Response:
     """The job, with the history of its attempts (`attempts`)."""
 
     def read(session: Session, caller: Caller) -> Response:
-        job = load_job(session, caller, job_id)
-        return json_response(JobOut.of(job, attempts=jobs.attempts(session=session, job_id=job_id)))
+        found = jobs.get_with_attempts(session=session, job_id=job_id, tenant=caller.scope)
+        if found is None:
+            raise NotFound(f"job {job_id}")
+        job, attempts = found
+        return json_response(
+            JobOut.of(
+                job,
+                attempts=attempts,
+                queue_position=scheduling.position(session=session, job=job),
+            )
+        )
 
-    return await access.run(read)
+    # One statement (and the key's, when not cached): no transaction needed.
+    return await access.run(read, autocommit=True)
 
 
 def encode_cursor(job: Job) -> str:
@@ -248,7 +258,7 @@ async def list_jobs(
             )
         )
 
-    return await access.run(read)
+    return await access.run(read, autocommit=True)
 
 
 @router.post(
@@ -256,7 +266,7 @@ async def list_jobs(
     response_model=JobOut,
     responses={
         **_ERRORS,
-        409: {"model": ErrorOut, "description": "The job has already finished"},
+        **errors(s409="The job has already finished"),
     },
 )
 async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> JobOut:
@@ -270,7 +280,7 @@ async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
         session.commit()
         return (job, True) if job is not None else (load_job(session, caller, job_id), False)
 
-    job, changed = await access.run(cancel)
+    job, changed = await access.run(cancel, commit=True)
     if not changed:
         if job.status == JobStatus.CANCELLING:
             return JobOut.of(job)

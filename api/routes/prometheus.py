@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.access import AccessDep, Caller
 from api.deps import SettingsDep
-from api.schemas import ErrorOut
+from api.responses import json_errors
 from api.telemetry import exposition
 from db import stats
 from traindepot import dispatch
@@ -31,9 +31,7 @@ router = APIRouter(tags=["ops"])
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
-        401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-        403: {"model": ErrorOut, "description": "Not an admin key"},
-        503: {"model": ErrorOut, "description": "The database is unreachable"},
+        **json_errors(401, 403, 503),
     },
 )
 async def prometheus_metrics(access: AccessDep, settings: SettingsDep) -> Response:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.settings import Settings
-from traindepot.stack import start_api, stop_process, wait_until_up
+from traindepot.stack import start_api, start_webhook_sender, stop_process, wait_until_up
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -45,11 +45,32 @@ TEST_SETTINGS = {
     # Only configured queues are accepted: the ones the tests submit to.
     "TRAINDEPOT_QUEUES": "default,elsewhere,gpu-later,nobody-listens,"
     # test_prometheus.py (a worker each), test_job_changes.py and test_browser.py (none)
-    "metrics-a,metrics-b,idle-filters,idle-browser",
+    "metrics-a,metrics-b,idle-filters,idle-browser,"
+    # test_warm_start.py: a warm and a cold worker side by side
+    "warm-on,warm-off",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    # Training children start cold here (the production default is warm): a warm worker keeps
+    # a prepared process that imports torch, transformers and datasets at every worker start
+    # and again after every job, and the suite starts dozens of workers in parallel stacks on
+    # two cores; those imports, most of them never used, saturated the CPU. Warm start has
+    # its own tests (test_warm_start.py, a warm worker beside a cold one).
+    "TRAINDEPOT_WARM_START": "false",
+    # Parallel test processes each run stacks on the one PostgreSQL (max_connections 100 by
+    # default): smaller pools than a server's, or a burst in one stack (the fuzzer, the
+    # concurrent submits) leaves the others "too many clients".
+    "TRAINDEPOT_DB_POOL_SIZE": "4",
+    "TRAINDEPOT_DB_MAX_OVERFLOW": "4",
+    "TRAINDEPOT_WEBHOOK_CONCURRENCY": "4",
+    # Webhooks (test_webhooks.py): receivers on loopback, short timeouts and retries.
+    "TRAINDEPOT_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    "TRAINDEPOT_WEBHOOK_TIMEOUT_SECONDS": "1.5",
+    "TRAINDEPOT_WEBHOOK_BACKOFF_SECONDS": "0.5",
+    "TRAINDEPOT_WEBHOOK_BACKOFF_MAX_SECONDS": "2",
+    "TRAINDEPOT_WEBHOOK_RETRY_SECONDS": "120",
+    "TRAINDEPOT_WEBHOOK_POLL_SECONDS": "0.5",
 }
 
 
@@ -69,6 +90,7 @@ class Stack:
     env: dict[str, str]
     http: httpx.Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    senders: list[subprocess.Popen[bytes]] = field(default_factory=list)  # `traindepot webhooks`
     api_pid: int = 0  # the uvicorn process serving `url`
     data_dir: Path = Path("/nonexistent")  # under TRAINDEPOT_ALLOWED_PATHS: test files go here
     redis_server: EmbeddedRedis | None = None  # None when TRAINDEPOT_TEST_REDIS_URL is set
@@ -152,19 +174,45 @@ class Stack:
             time.sleep(0.2)
 
     def start_worker(
-        self, name: str = "w", *, queues: str = "default", cwd: Path | None = None
+        self,
+        name: str = "w",
+        *,
+        queues: str = "default",
+        cwd: Path | None = None,
+        settings: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
+        """Another worker on this stack; `settings` override the stack's for it, `args` are
+        more options of `traindepot worker` (`--slots 2`)."""
         log = (self.home / "logs" / f"worker-{name}-{len(self.workers)}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "traindepot.cli", "worker", "--queues", queues],
+            [sys.executable, "-m", "traindepot.cli", "worker", "--queues", queues, *args],
             cwd=cwd,
-            env=self.env,
+            env={**self.env, **(settings or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         self.workers.append(proc)
         return proc
+
+    @contextmanager
+    def extra_worker(
+        self, name: str, *, queues: str = "default", cwd: Path | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """A worker for one test, stopped and forgotten at its end: the next test (in this
+        process, whatever order the files run in) finds the stack as it was."""
+        proc = self.start_worker(name, queues=queues, cwd=cwd)
+        try:
+            yield proc
+        finally:
+            stop_process(proc, timeout=20)
+            self.workers.remove(proc)
+
+    def start_sender(self) -> subprocess.Popen[bytes]:
+        log = self.home / "logs" / f"webhooks-{len(self.senders)}.log"
+        self.senders.append(start_webhook_sender(self.env, log))
+        return self.senders[-1]
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -235,7 +283,10 @@ def build_stack(
 
         api, url = start_api(env, home / "logs" / "api.log", port=free_port())
         cleanup.callback(stop_process, api)
-        wait_until_up(url)
+        # Ready, the spec validator's warm-up included (the API imports transformers in the
+        # background after a start): on a machine busy with parallel test processes it takes
+        # long, and a first submit would wait for it past a client's timeout.
+        wait_until_up(url, timeout=600, path="/readyz")
         s = Stack(
             url=url,
             database_url=database_url,
@@ -254,12 +305,27 @@ def build_stack(
         s.api_pid = api.pid
 
         def stop_workers() -> None:
-            for proc in s.workers:
+            for proc in s.workers + s.senders:
                 stop_process(proc, timeout=20)
 
         cleanup.callback(stop_workers)
         s.start_worker("main")
+        s.start_sender()
         yield s
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite runs in parallel processes (pytest-xdist, `--dist loadgroup`, scripts/test),
+    each with a session stack of its own. The tests of a module that use one of its
+    module-scoped fixtures (a trained job they all read, a stack of their own) form a group
+    that one process runs, so the fixture is made once; every other test goes to whichever
+    process is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = getattr(info, "name2fixturedefs", {})
+        if any(d and d[-1].scope == "module" for d in defs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
@@ -334,9 +400,8 @@ def session_database_stack(
 
 @pytest.fixture
 def ready(stack: Stack) -> Stack:
-    """The session stack once `/readyz` answers 200: the spec validator is warmed up (the
-    API imports transformers in the background after a start, which takes long on a busy
-    machine), so the first submit of a test does not pay for it."""
+    """The session stack once `/readyz` answers 200 again (a test before may have stopped
+    its Redis or database for a while)."""
     wait_until_up(stack.url, timeout=600, path="/readyz")
     return stack
 

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 CLIENTS = 128
 # A stall used to last the pool's 30 s timeout; every answer must come well before that.
 CLIENT_TIMEOUT = 15.0
-HEALTHZ_LIMIT = 1.0
+# Not a latency target (that is bench/'s): far below the stall's 30 s, far above what a test
+# process sharing two cores with parallel test files can see at worst.
+HEALTHZ_LIMIT = 5.0
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ def test_cancel_queued_and_running_jobs(stack: Stack) -> None:
     assert is_complete(checkpoint)
     assert [a["outcome"] for a in stack.attempts(running["id"])] == ["cancelled"]
 
-    # The worker then receives the cancelled job's message and does nothing with it.
+    # The worker then receives the cancelled job's wake-up and finds nothing to claim.
     log_files = list((stack.home / "logs").glob("worker-*.log"))
     deadline = time.monotonic() + 60
     while not any(
-        f"job {queued['id']}: not queued" in path.read_text(errors="replace") for path in log_files
+        f"woken by job {queued['id']}; nothing" in path.read_text(errors="replace")
+        for path in log_files
     ):
         assert time.monotonic() < deadline, "the worker never consumed the cancelled job"
         time.sleep(0.2)

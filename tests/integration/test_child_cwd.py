@@ -9,7 +9,6 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.specs import TINY_GPT2, tiny_spec
-from traindepot.stack import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +21,7 @@ def test_child_runs_in_the_job_directory(stack: Stack, tmp_path: Path) -> None:
 
     config = GPT2Config(**{k: v for k, v in TINY_GPT2.items() if k != "model_type"})
     GPT2LMHeadModel(config).save_pretrained(tmp_path / MODEL)
-    worker = stack.start_worker("elsewhere", queues=QUEUE, cwd=tmp_path)
-    try:
+    with stack.extra_worker("elsewhere", queues=QUEUE, cwd=tmp_path):
         # The project imports from any directory: a job trains.
         trained = stack.submit(tiny_spec(name="cwd-imports", queue=QUEUE))
         done = stack.wait(trained["id"])
@@ -38,5 +36,3 @@ def test_child_runs_in_the_job_directory(stack: Stack, tmp_path: Path) -> None:
         assert done["status"] == "failed"
         assert done["error"]["reason"] == "config", done["error"]
         assert "couldn't find them" in done["error"]["message"], done["error"]
-    finally:
-        stop_process(worker, timeout=20)

@@ -7,6 +7,7 @@ import signal
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -57,13 +58,17 @@ def live_worker(stack: Stack) -> Any:
     return alive[0]
 
 
-def training_child(worker_pid: int) -> psutil.Process:
-    """The worker's training child (`python -m worker.runner`)."""
+def training_child(worker_pid: int, job_dir: Path) -> psutil.Process:
+    """The worker's training child: the descendant running in the job's directory (a
+    child of the worker when started cold, of its prepared process when warm)."""
 
     def find() -> psutil.Process | None:
-        for child in psutil.Process(worker_pid).children():
-            if "worker.runner" in " ".join(child.cmdline()):
-                return child
+        for process in psutil.Process(worker_pid).children(recursive=True):
+            try:
+                if Path(process.cwd()) == job_dir.resolve():
+                    return process
+            except psutil.Error:  # exited meanwhile, or a zombie about to be reaped
+                continue
         return None
 
     found: psutil.Process = wait_for("the training child", find, timeout=60)
@@ -116,7 +121,7 @@ def test_sigkill_worker_three_times_resumes_and_matches_uninterrupted_run(stack:
             lambda a=attempt, k=kill_after_step: max(stack.train_steps(job_id, a), default=0) >= k,
         )
         worker = live_worker(stack)
-        child = training_child(worker.pid)
+        child = training_child(worker.pid, stack.job_dir(job_id))
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
         # PR_SET_PDEATHSIG: the kernel kills the training child with its worker.

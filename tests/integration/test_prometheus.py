@@ -51,70 +51,78 @@ def test_counters_move_when_a_job_runs(stack: Stack) -> None:
     points_before = value(before, "traindepot_metric_points_written_total")
     assert value(before, "traindepot_jobs", queue=queue) == 0
 
-    stack.start_worker("prom", queues=queue)
-    job = stack.submit(tiny_spec(name="prom-job", queue=queue, training_args={"max_steps": 6}))
-    done = stack.wait(job["id"])
-    assert done["status"] == "succeeded"
-    stack.http.get(f"/jobs/{job['id']}")  # one more request on a route with an id
+    with stack.extra_worker("prom", queues=queue):
+        job = stack.submit(tiny_spec(name="prom-job", queue=queue, training_args={"max_steps": 6}))
+        done = stack.wait(job["id"])
+        assert done["status"] == "succeeded"
+        stack.http.get(f"/jobs/{job['id']}")  # one more request on a route with an id
 
-    after = scrape(stack.http)
-    # Every logged step of the job was written as a point (6 train points and the summary).
-    assert value(after, "traindepot_metric_points_written_total") >= points_before + 7
-    assert value(after, "traindepot_jobs", queue=queue, status="succeeded") == 1
-    assert value(after, "traindepot_queue_depth", queue=queue) == 0
-    assert value(after, "traindepot_job_queue_seconds_count", queue=queue) == 1
-    assert value(after, "traindepot_job_duration_seconds_count", queue=queue) == 1
-    assert value(after, "traindepot_job_duration_seconds_bucket", queue=queue, le="+Inf") == 1
-    assert value(after, "traindepot_job_duration_seconds_sum", queue=queue) > 0
-    # The worker of that queue sends heartbeats.
-    beats = [
-        s
-        for s in after
-        if s.name == "traindepot_worker_heartbeat_timestamp_seconds" and s.labels["queue"] == queue
-    ]
-    assert len(beats) == 1 and beats[0].value > 0
-    assert value(after, "traindepot_workers", queue=queue) == 1
-    # Latency by route template: never a raw path with a job id in it.
-    routes = {
-        s.labels["route"]
-        for s in after
-        if s.name == "traindepot_http_request_duration_seconds_count"
-    }
-    assert "/jobs/{job_id}" in routes and "/jobs" in routes
-    assert not any(job["id"] in route for route in routes)
-    assert value(
-        after, "traindepot_http_request_duration_seconds_count", route="/jobs/{job_id}"
-    ) > value(before, "traindepot_http_request_duration_seconds_count", route="/jobs/{job_id}")
+        after = scrape(stack.http)
+        # Every logged step of the job was written as a point (6 train points and the summary).
+        assert value(after, "traindepot_metric_points_written_total") >= points_before + 7
+        assert value(after, "traindepot_jobs", queue=queue, status="succeeded") == 1
+        assert value(after, "traindepot_queue_depth", queue=queue) == 0
+        assert value(after, "traindepot_job_queue_seconds_count", queue=queue) == 1
+        assert value(after, "traindepot_job_duration_seconds_count", queue=queue) == 1
+        assert value(after, "traindepot_job_duration_seconds_bucket", queue=queue, le="+Inf") == 1
+        assert value(after, "traindepot_job_duration_seconds_sum", queue=queue) > 0
+
+        # The worker of that queue sends heartbeats (it registers after its device probe,
+        # which on a busy machine can end after so short a job).
+        def beats() -> list[Sample]:
+            return [
+                s
+                for s in scrape(stack.http)
+                if s.name == "traindepot_worker_heartbeat_timestamp_seconds"
+                and s.labels["queue"] == queue
+            ]
+
+        deadline = time.monotonic() + 120
+        while not beats() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(beats()) == 1 and beats()[0].value > 0
+        assert value(after, "traindepot_workers", queue=queue) == 1
+        # Latency by route template: never a raw path with a job id in it.
+        routes = {
+            s.labels["route"]
+            for s in after
+            if s.name == "traindepot_http_request_duration_seconds_count"
+        }
+        assert "/jobs/{job_id}" in routes and "/jobs" in routes
+        assert not any(job["id"] in route for route in routes)
+        assert value(
+            after, "traindepot_http_request_duration_seconds_count", route="/jobs/{job_id}"
+        ) > value(before, "traindepot_http_request_duration_seconds_count", route="/jobs/{job_id}")
 
 
 def test_running_jobs_report_steps_per_second_and_queue_depth(stack: Stack) -> None:
     queue = "metrics-b"  # a queue of this test's own
-    stack.start_worker("prom-rate", queues=queue)
-    job = stack.submit(
-        tiny_spec(name="prom-rate", queue=queue, training_args={"max_steps": 100_000})
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (stack.get(job["id"]).get("progress") or {}).get("steps_per_second"):
-            assert time.monotonic() < deadline, "no progress snapshot with steps_per_second"
-            time.sleep(0.2)
-        # One more job behind it in the same queue (one worker): queued, waiting.
-        waiting = stack.submit(tiny_spec(name="prom-waiting", queue=queue))
-        samples = scrape(stack.http)
-        rate = [
-            s
-            for s in samples
-            if s.name == "traindepot_job_steps_per_second" and s.labels["job_id"] == job["id"]
-        ]
-        assert len(rate) == 1 and rate[0].value > 0
-        assert rate[0].labels["queue"] == queue and rate[0].labels["name"] == "prom-rate"
-        assert value(samples, "traindepot_queue_depth", queue=queue) == 1
-        assert value(samples, "traindepot_queue_oldest_wait_seconds", queue=queue) >= 0
-        assert value(samples, "traindepot_jobs", queue=queue, status="running") == 1
-        assert stack.http.post(f"/jobs/{waiting['id']}/cancel").status_code == 200
-    finally:
-        stack.http.post(f"/jobs/{job['id']}/cancel")
-    assert stack.wait(job["id"])["status"] == "cancelled"
+    with stack.extra_worker("prom-rate", queues=queue):
+        job = stack.submit(
+            tiny_spec(name="prom-rate", queue=queue, training_args={"max_steps": 100_000})
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (stack.get(job["id"]).get("progress") or {}).get("steps_per_second"):
+                assert time.monotonic() < deadline, "no progress snapshot with steps_per_second"
+                time.sleep(0.2)
+            # One more job behind it in the same queue (one worker): queued, waiting.
+            waiting = stack.submit(tiny_spec(name="prom-waiting", queue=queue))
+            samples = scrape(stack.http)
+            rate = [
+                s
+                for s in samples
+                if s.name == "traindepot_job_steps_per_second" and s.labels["job_id"] == job["id"]
+            ]
+            assert len(rate) == 1 and rate[0].value > 0
+            assert rate[0].labels["queue"] == queue and rate[0].labels["name"] == "prom-rate"
+            assert value(samples, "traindepot_queue_depth", queue=queue) == 1
+            assert value(samples, "traindepot_queue_oldest_wait_seconds", queue=queue) >= 0
+            assert value(samples, "traindepot_jobs", queue=queue, status="running") == 1
+            assert stack.http.post(f"/jobs/{waiting['id']}/cancel").status_code == 200
+        finally:
+            stack.http.post(f"/jobs/{job['id']}/cancel")
+        assert stack.wait(job["id"])["status"] == "cancelled"
 
 
 @pytest.fixture
@@ -144,8 +152,8 @@ def test_latency_of_every_process_is_reported_by_any(
     headers = stack.headers()
     missing = f"/jobs/{uuid.uuid4()}"
     with (
-        httpx.Client(base_url=first, headers=headers) as a,
-        httpx.Client(base_url=second, headers=headers) as b,
+        httpx.Client(base_url=first, headers=headers, timeout=60) as a,
+        httpx.Client(base_url=second, headers=headers, timeout=60) as b,
     ):
         for _ in range(5):
             assert a.get(missing).status_code == 404

@@ -208,7 +208,8 @@ def test_32_concurrent_submits_with_one_idempotency_key_create_one_job(stack: St
             pool.map(lambda _: submit(c, spec, **{"Idempotency-Key": "one"}), range(32))
         )
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 201, 409}, statuses
+    # 503 (Retry-After): the stack's small test pool was busy; never a second job.
+    assert set(statuses) <= {200, 201, 409, 503}, statuses
     assert statuses.count(201) == 1
     ids = {r.json()["id"] for r in responses if r.status_code in (200, 201)}
     assert len(ids) == 1

@@ -68,7 +68,7 @@ def test_worker_outlives_the_cancel_grace_and_services_restart() -> None:
         )
     )
     assert seconds(str(worker["stop_grace_period"])) > grace
-    for name in ("postgres", "redis", "api", "worker"):
+    for name in ("postgres", "redis", "api", "worker", "webhooks"):
         assert services[name].get("restart") in ("unless-stopped", "always"), name
     assert services["migrate"].get("restart") == "on-failure"
 

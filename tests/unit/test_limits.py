@@ -14,12 +14,13 @@ from pydantic import ValidationError
 
 from api.stream_slots import StreamSlots, is_stream
 from tests.specs import TINY_GPT2, tiny_spec
+from traindepot.artifacts import disk_usage
 from traindepot.limits import apply_defaults, check_limits, count_parameters
 from traindepot.localpaths import PathRefused, model_dir_problems, resolve_allowed
 from traindepot.queues import check_queue_name, is_broker_name
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec
-from worker.budget import Budget, disk_usage, tree_rss
+from worker.budget import Budget, tree_rss
 from worker.child_env import child_environment
 
 
@@ -211,7 +212,7 @@ def test_the_child_environment_is_an_allowlist() -> None:
 
 def test_budget_measures_memory_of_the_tree_and_disk(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 100_000)
-    assert disk_usage(tmp_path) >= 100_000
+    assert disk_usage(tmp_path, allocated=True) >= 100_000
     assert tree_rss(os.getpid()) > 0
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

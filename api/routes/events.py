@@ -1,5 +1,4 @@
-"""Following a job: its events as they happen (SSE), its metric history downsampled for
-charts, and its training log.
+"""A job's events as they happen (Server-Sent Events).
 
 `GET /jobs/{id}/events`, in order:
 1. Subscribe to the job's Redis channel (and wait for the subscription to be confirmed), so
@@ -26,65 +25,40 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import redis
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api import stream_slots
-from api.access import AccessDep, Caller, load_job
+from api import listen, stream_slots
+from api.access import AccessDep, load_job
 from api.database import Saturated, run_db
 from api.deps import SettingsDep
-from api.schemas import ErrorOut, MetricSeries, MetricsOut, json_response
+from api.responses import JOB_ROUTE, json_errors
 from db import jobs, metrics
 from db.models import Job
-from traindepot import events, logtail
-from traindepot.downsample import downsample
-from traindepot.problems import Problem, SpecInvalid
+from traindepot import events
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["live"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No API key, or an unknown or revoked one"},
-    404: {"model": ErrorOut, "description": "No such job"},
-    422: {"model": ErrorOut, "description": "The request names the problem in `detail`"},
-    503: {"model": ErrorOut, "description": "The database is unreachable"},
-}
-# Routes whose own media type is not JSON: their errors are documented as the JSON they are.
-_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": spec["description"],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
-    }
-    for code, spec in {
-        **_ERRORS,
-        429: {"description": "Too many event streams and log followers open (Retry-After)"},
-    }.items()
-}
 BACKLOG_PAGE = 1000
 IDLE_CHECK_SECONDS = 2.0  # how often a quiet stream looks at the job row
 POLL_SECONDS = 0.5  # the database poll interval without Redis
-LOG_FOLLOW_POLL_SECONDS = 0.5
 
 
-# --- the event stream -------------------------------------------------------------------------
 @dataclass
-class _JobState:
+class JobState:
     status: str
     attempt: int
     result: dict[str, Any] | None
     error: dict[str, Any] | None
 
     @classmethod
-    def of(cls, job: Job) -> _JobState:
+    def of(cls, job: Job) -> JobState:
         return cls(str(job.status), job.attempt, job.result, job.error)
 
     @property
@@ -96,10 +70,10 @@ class _JobState:
         return self.status in events.TERMINAL
 
 
-async def _read_job(job_id: uuid.UUID) -> _JobState | None:
-    def read(session: Session) -> _JobState | None:
+async def read_job(job_id: uuid.UUID) -> JobState | None:
+    def read(session: Session) -> JobState | None:
         job = jobs.get(session=session, job_id=job_id)
-        return None if job is None else _JobState.of(job)
+        return None if job is None else JobState.of(job)
 
     return await run_db(read)
 
@@ -146,7 +120,7 @@ class _Stream:
             id=self._id(),
         )
 
-    def end_event(self, job: _JobState) -> ServerSentEvent:
+    def end_event(self, job: JobState) -> ServerSentEvent:
         self.version = max(self.version, job.version)
         self.ended = True
         body = {
@@ -159,7 +133,7 @@ class _Stream:
 
     async def catch_up(self) -> AsyncIterator[ServerSentEvent]:
         """Everything the database has that this reader lacks; the end if the job ended."""
-        job = await _read_job(self.job_id)
+        job = await read_job(self.job_id)
         if job is None:  # deleted while streamed
             self.ended = True
             return
@@ -219,38 +193,11 @@ class _Stream:
                 yield caught
 
 
-async def _subscribe(redis_url: str | None, channel: str) -> aioredis.client.PubSub | None:
-    """A confirmed subscription, or None when Redis cannot be reached."""
-    if not redis_url:
-        return None
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1.0)
-    pubsub = client.pubsub()
-    try:
-        with anyio.fail_after(3):
-            await pubsub.subscribe(channel)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
-                    return pubsub
-    except (redis.RedisError, OSError, TimeoutError) as exc:
-        log.warning("events: Redis unavailable (%s); polling the database", exc)
-        await _close(pubsub)
-        return None
-
-
-async def _close(pubsub: aioredis.client.PubSub) -> None:
-    try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await pubsub.connection_pool.disconnect()
-    except (redis.RedisError, OSError) as exc:
-        log.debug("events: closing the subscription: %s", exc)
-
-
 async def _event_stream(
     job_id: uuid.UUID, last_event_id: str | None, redis_url: str | None
 ) -> AsyncIterator[ServerSentEvent]:
     stream = _Stream(job_id, last_event_id)
-    pubsub = await _subscribe(redis_url, events.channel(job_id))
+    pubsub = await listen.subscribe(redis_url, events.channel(job_id))
     try:
         try:
             async for event in stream.catch_up():
@@ -267,7 +214,7 @@ async def _event_stream(
                     )
                 except (redis.RedisError, OSError) as exc:
                     log.warning("events: Redis failed (%s); polling the database", exc)
-                    await _close(pubsub)
+                    await listen.close(pubsub)
                     pubsub = None
             else:
                 await anyio.sleep(POLL_SECONDS)
@@ -286,13 +233,13 @@ async def _event_stream(
     finally:
         if pubsub is not None:
             with anyio.CancelScope(shield=True):
-                await _close(pubsub)
+                await listen.close(pubsub)
 
 
 @router.get(
     "/{job_id}/events",
     responses={
-        **_JSON_ERRORS,
+        **json_errors(*JOB_ROUTE, 429),
         200: {
             "content": {"text/event-stream": {}},
             "description": "Server-Sent Events: `status`, `train`/`eval`/`summary`/`restart` "
@@ -318,7 +265,7 @@ async def job_events(
     repeated. Ids are `P-V` (the last point id, the status version; see traindepot/events.py).
     Comment lines (`: ping`) are heartbeats. A reader that already had the `end` event gets
     204 No Content."""
-    job = await access.run(lambda s, c: _JobState.of(load_job(s, c, job_id)))
+    job = await access.run(lambda s, c: JobState.of(load_job(s, c, job_id)))
     cursor = last_event_id or after
     if job.terminal and events.parse_event_id(cursor)[1] >= job.version:
         # The reader has had the end: 204 tells an EventSource not to reconnect again.
@@ -328,112 +275,4 @@ async def job_events(
         _event_stream(job_id, cursor, settings.redis_url),
         ping=ping,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-# --- metric history ---------------------------------------------------------------------------
-def _keys(raw: str) -> list[str]:
-    keys = list(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
-    if not keys or len(keys) > 20 or any(len(k) > 100 for k in keys):
-        raise SpecInvalid(
-            [
-                Problem(
-                    ("query", "keys"),
-                    "give 1 to 20 comma-separated metric names of at most 100 characters",
-                    "invalid_keys",
-                )
-            ]
-        )
-    return keys
-
-
-@router.get("/{job_id}/metrics", response_model=MetricsOut, responses=_ERRORS)
-async def job_metrics(
-    job_id: uuid.UUID,
-    access: AccessDep,
-    keys: Annotated[
-        str, Query(description="Comma-separated metric names, e.g. `loss,eval_loss`")
-    ] = "loss",
-    max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
-) -> Response:
-    """Each metric's history as (step, value) pairs, at most `max_points` per metric: a
-    longer history is split into `max_points // 4` buckets, each keeping its first, last,
-    minimum and maximum point, so spikes and the global extremes survive. Read through a
-    server-side cursor: memory stays bounded however long the run."""
-    names = _keys(keys)
-
-    def read(session: Session, caller: Caller) -> Response:
-        load_job(session, caller, job_id)
-        series: dict[str, MetricSeries] = {}
-        for key in names:
-            count = metrics.series_length(session=session, job_id=job_id, key=key)
-            points = downsample(
-                metrics.iter_series(session=session, job_id=job_id, key=key),
-                count=count,
-                max_points=max_points,
-            )
-            series[key] = MetricSeries(
-                count=count, points=[(int(step), value) for step, value in points]
-            )
-        return json_response(MetricsOut(job_id=job_id, max_points=max_points, series=series))
-
-    return await access.run(read)
-
-
-# --- the training log -------------------------------------------------------------------------
-async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> AsyncIterator[bytes]:
-    """The tail, then whatever the log gains, until the job has ended and the log is read."""
-    if start:
-        yield start
-    while True:
-        try:
-            job = await _read_job(job_id)
-        except Saturated:  # the database is busy: look again at the next round
-            await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
-            continue
-        ended = job is None or job.terminal
-        # Read everything there is (in blocks); after the end, this is the last of it.
-        while True:
-            data, offset = await run_in_threadpool(logtail.read_from, path, offset)
-            if not data:
-                break
-            yield data
-        if ended:
-            return
-        await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
-
-
-@router.get(
-    "/{job_id}/logs",
-    response_class=PlainTextResponse,
-    response_model=None,
-    responses={**_JSON_ERRORS, 200: {"content": {"text/plain": {}}, "description": "The log"}},
-)
-async def job_logs(
-    job_id: uuid.UUID,
-    request: Request,
-    settings: SettingsDep,
-    access: AccessDep,
-    tail: Annotated[int, Query(ge=0, le=100_000, description="How many last lines")] = 100,
-    follow: Annotated[
-        bool,
-        Query(
-            description="Keep the response open and stream what is appended (chunked)"
-            " until the job has ended"
-        ),
-    ] = False,
-) -> Response:
-    """The job's training log (the training process's output: one JSON object per logged
-    step, Python logging, one header line per attempt). Never read whole: the tail is read
-    backwards in blocks and capped at 8 MiB."""
-    await access.run(lambda s, c: load_job(s, c, job_id))
-    path = settings.job_dir(job_id) / "train.log"
-    data, offset = await run_in_threadpool(logtail.tail, path, tail)
-    if not follow:
-        return PlainTextResponse(data, media_type="text/plain; charset=utf-8")
-    stream_slots.take(request, (await access.who()).tenant)  # 429 beyond the limits
-    return StreamingResponse(
-        _follow(job_id, path, data, offset),
-        media_type="text/plain; charset=utf-8",
-        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
