@@ -143,10 +143,10 @@ class Settings(BaseSettings):
     # operator); off, a request does not pay for asking whether they are.
     opentelemetry: bool = False
 
-    # Warm start (worker/warm.py): training children are forked from a prepared process
-    # that has imported torch, transformers and datasets; off, each is a fresh Python.
+    # Warm start (worker/warm.py): training children are forked from a template process
+    # that has imported torch, transformers and datasets once; off, each is a fresh Python.
     warm_start: bool = True
-    # How long a job waits for a prepared process that is still importing before it starts
+    # How long a job waits for a template process that is still importing before it starts
     # cold (waiting is never slower: a cold start does the same imports from the start).
     warm_start_wait_seconds: float = Field(default=30.0, ge=0)
 

@@ -61,7 +61,7 @@ def child_environment(
 
 
 def training_environment(settings: Settings) -> dict[str, str]:
-    """The training child's environment (cold, or the prepared process a warm child is
+    """The training child's environment (cold, or the template process a warm child is
     forked from): the worker's, allowlisted, with the paths it resolved against its own
     directory made absolute (the child, started elsewhere, reads its settings from it)."""
     overrides = {

@@ -109,7 +109,7 @@ class Supervisor:
                 log_file.flush()
                 child: warm.TrainingChild | None = None
                 if prepared is not None:
-                    child = self._start_warm(prepared, log_path, env, log_file)
+                    child = self._start_warm(prepared, log_path, log_file)
                 if child is None:
                     child = self._start_cold(log_file, env)
                 self._record_start("cold" if isinstance(child, subprocess.Popen) else "warm")
@@ -149,7 +149,7 @@ class Supervisor:
         )
 
     def _start_warm(
-        self, prepared: warm.Prepared, log_path: Path, env: dict[str, str], log_file: BinaryIO
+        self, prepared: warm.Prepared, log_path: Path, log_file: BinaryIO
     ) -> warm.TrainingChild | None:
         """The child forked from the worker's prepared process (worker/warm.py); None if
         that failed (the cold path then starts it)."""
@@ -160,8 +160,6 @@ class Supervisor:
                 attempt=self.attempt,
                 job_dir=self.job_dir,
                 log_path=log_path,
-                settings=self.settings,
-                env=env,
                 job_env=self.devices_env,
             )
         except (OSError, TimeoutError, ValueError) as exc:

@@ -131,7 +131,7 @@ def _wake_later(settings: Settings, queues: list[str]) -> None:
 def _start_reaper(**_: object) -> None:
     settings = get_settings()
     reaper.start(settings)
-    # The first job starts warm too: its prepared process imports while the worker waits.
+    # The first job starts warm too: the template imports while the worker waits.
     warm.starter.prepare(settings, training_environment(settings))
 
 

@@ -1,18 +1,24 @@
-"""The prepared process of a warm start (`python -m worker.zygote WORKER_PID`).
+"""Warm start's template process (`python -m worker.zygote WORKER_PID`, stdin a Unix
+socket to the worker; worker/warm.py is the worker's side).
 
-It imports what every training child imports (torch, transformers, datasets, the builders,
-the callback, the flusher), never touches CUDA, says whether forking it is safe, and waits
-for one job. It then forks the job's training child, which starts in `train()`'s building
-phase at once instead of after seconds of imports, reports the child's pid, waits for it and
-reports its exit status, and exits: the worker has already started its replacement
-(worker/warm.py). It stays the child's parent on purpose: the child's PDEATHSIG is tied to
-it, and it dies with the worker (its own PDEATHSIG), so a training child still dies with its
-worker, SIGKILL included.
+The template imports what every training child imports (torch, transformers, datasets, the
+builders, the callback, the flusher), never touches CUDA, says whether forking it is safe,
+and then only forks: for each request (one byte on its socket, carrying a new socket to the
+worker) it forks a *prepared process* that owns that new socket. The template never runs a
+job, so it stays exactly as its imports left it, and every prepared process is a fresh copy
+of that state, ready in milliseconds: no job inherits anything from an earlier one.
 
-The protocol is one JSON object per line: on stdout, `{"ready": true, "unsafe": null or
-why}`, then `{"pid": N}` and `{"exit": code}` (negative: killed by that signal, as
-`subprocess` reports it); on stdin, one `{"job_id", "attempt", "job_dir", "log"}`. Anything
-the imports print goes to stderr (the worker's log), never into the protocol.
+A prepared process serves one job and exits. It reports `{"ready": true, "pid": N}`, reads
+one request `{"job_id", "attempt", "job_dir", "log", "env"}`, forks the job's training
+child, which starts in `train()`'s building phase at once instead of after seconds of
+imports, reports `{"pid": N}`, waits for it and reports `{"exit": code}` (negative: killed
+by that signal, as `subprocess` reports it). It stays the child's parent on purpose: the
+child's PDEATHSIG is tied to it, its own to the template, and the template's to the worker,
+so a training child still dies with its worker, SIGKILL included.
+
+The protocol is one JSON object per line; the template's single report is
+`{"ready": true, "unsafe": null or why}`. Anything the imports print goes to stderr (the
+worker's log), never into the protocol.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from worker import runner
 
@@ -81,14 +88,14 @@ def prepare() -> str | None:
     return None
 
 
-def _run_child(request: dict[str, Any], zygote_pid: int, replies: TextIO) -> NoReturn:
+def _run_child(request: dict[str, Any], parent_pid: int, channel: socket.socket) -> NoReturn:
     """In the forked child: become what `python -m worker.runner JOB ATTEMPT`, started in
     the job's directory with its log as stdout and stderr, would be; never returns."""
     code = 1
     try:
         os.setsid()  # its own process group, which the budget's kill_tree ends whole
-        _die_with(zygote_pid)
-        replies.close()  # the worker reads the zygote's reports only
+        _die_with(parent_pid)
+        channel.close()  # the worker reads the prepared process's reports only
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null_fd, 0)
@@ -108,13 +115,45 @@ def _run_child(request: dict[str, Any], zygote_pid: int, replies: TextIO) -> NoR
     runner.exit_now(code)  # as the cold child ends
 
 
+def _report(channel: socket.socket, report: dict[str, Any]) -> None:
+    channel.sendall((json.dumps(report) + "\n").encode())
+
+
+def _serve_one(channel: socket.socket, template_pid: int) -> NoReturn:
+    """In a prepared process, just forked from the template: serve one job on `channel`,
+    then exit."""
+    # The template lets the kernel reap its prepared processes; this one waits for its child.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _die_with(template_pid)
+    _report(channel, {"ready": True, "pid": os.getpid()})
+    with channel.makefile("rb") as requests:
+        line = requests.readline()
+    if not line:
+        os._exit(0)  # the worker closed its end: it will not use this process
+    request = json.loads(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    prepared_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _run_child(request, prepared_pid, channel)
+    _report(channel, {"pid": pid})
+    _, status = os.waitpid(pid, 0)
+    _report(channel, {"exit": os.waitstatus_to_exitcode(status)})
+    # Nothing to tear down: finalizing every module it imported would take seconds, which
+    # the worker, waiting for the exit report's end of file, would add to the job.
+    os._exit(0)
+
+
 def serve(worker_pid: int) -> NoReturn:
     _die_with(worker_pid)
-    # The protocol gets its own descriptor; fd 1 becomes stderr, so nothing an import
-    # prints can corrupt it.
-    reply_fd = os.dup(1)
+    # The protocol is the socket on fd 0; fd 0 becomes /dev/null and fd 1 stderr, so
+    # nothing an import prints can corrupt it.
+    control = socket.socket(fileno=os.dup(0))
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.close(null_fd)
     os.dup2(2, 1)
-    replies = os.fdopen(reply_fd, "w", buffering=1)
     # The runner's SIGUSR1 handler is in place before the fork: a cancel that arrives in
     # the child's first instant is kept, not fatal.
     signal.signal(signal.SIGUSR1, runner._request_stop)
@@ -122,24 +161,23 @@ def serve(worker_pid: int) -> NoReturn:
         unsafe = prepare()
     except Exception as exc:  # an import that fails: the worker goes cold and says why
         unsafe = f"importing failed: {type(exc).__name__}: {exc}"
-    replies.write(json.dumps({"ready": True, "unsafe": unsafe}) + "\n")
-    line = sys.stdin.readline()
-    if not line or unsafe is not None:
-        os._exit(0)  # the worker closed the pipe (it exits) or will not use this process
-    request = json.loads(line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    zygote_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        _run_child(request, zygote_pid, replies)
-    replies.write(json.dumps({"pid": pid}) + "\n")
-    _, status = os.waitpid(pid, 0)
-    replies.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
-    replies.flush()
-    # Nothing to tear down: finalizing every module it imported would take seconds, which
-    # the worker, waiting to reap it, would add to the job.
-    os._exit(0)
+    _report(control, {"ready": True, "unsafe": unsafe})
+    if unsafe is not None:
+        os._exit(0)  # the worker will not use this process
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # prepared processes are reaped for us
+    template_pid = os.getpid()
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 1, 1)
+        if not message:
+            os._exit(0)  # the worker closed its end (it exits)
+        if not fds:
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            control.close()
+            _serve_one(socket.socket(fileno=fds[0]), template_pid)
+        os.close(fds[0])
 
 
 if __name__ == "__main__":

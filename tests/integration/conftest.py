@@ -52,12 +52,12 @@ TEST_SETTINGS = {
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    # Training children start cold here (the production default is warm): a warm worker keeps
-    # a prepared process that imports torch, transformers and datasets at every worker start
-    # and again after every job, and the suite starts dozens of workers in parallel stacks on
-    # two cores; those imports, most of them never used, saturated the CPU. Warm start has
-    # its own tests (test_warm_start.py, a warm worker beside a cold one).
-    "TRAINDEPOT_WARM_START": "false",
+    # Training children start warm, as in production (worker/warm.py): each worker's
+    # template imports torch, transformers and datasets once and every job's child is a
+    # fork of it, which saves the suite a cold import (seconds of CPU) per training job.
+    # Waiting for a template still importing is never slower than a cold start, which
+    # would do the same imports; on a loaded machine they can outlast the default wait.
+    "TRAINDEPOT_WARM_START_WAIT_SECONDS": "600",
     # Parallel test processes each run stacks on the one PostgreSQL (max_connections 100 by
     # default): smaller pools than a server's, or a burst in one stack (the fuzzer, the
     # concurrent submits) leaves the others "too many clients".
@@ -315,12 +315,14 @@ def build_stack(
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The suite runs in parallel processes (pytest-xdist, `--dist loadgroup`, scripts/test),
     each with a session stack of its own. The tests of a module that use one of its
     module-scoped fixtures (a trained job they all read, a stack of their own) form a group
     that one process runs, so the fixture is made once; every other test goes to whichever
     process is free."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         defs = getattr(info, "name2fixturedefs", {})

@@ -155,4 +155,4 @@ def test_only_the_cli_starts_other_packages() -> None:
         for path in (ROOT / "traindepot").rglob("*.py")
         if imported_packages(path) & {"worker", "api"}
     }
-    assert starters <= {"traindepot/cli.py", "traindepot/stack.py"}
+    assert starters <= {"traindepot/cli.py", "traindepot/cli_server.py", "traindepot/stack.py"}
