@@ -142,6 +142,16 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     try:
         trainer = builders.build_trainer(spec, output_dir, callbacks=[callback], on_phase=entering)
+        if rank.several:  # the Trainer's arguments joined the process group
+            import torch.distributed as dist
+
+            log.info(
+                "rank %s of %s: %s process group, device %s",
+                rank.index,
+                rank.size,
+                dist.get_backend(),
+                trainer.args.device,
+            )
         last_complete = checkpoints.complete_for(rank.size)
         resume_from = resume_checkpoint(spec, attempt, output_dir, last_complete)
         if resume_from is not None and resume_from.parent == output_dir and rank.reports:
