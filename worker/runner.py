@@ -152,6 +152,11 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
                 dist.get_backend(),
                 trainer.args.device,
             )
+            if trainer.args.fsdp and not trainer.is_fsdp_enabled:
+                log.warning(
+                    "FSDP asked, but accelerate shards on accelerators only: these CPU ranks"
+                    " train with DDP (each holds the whole model)"
+                )
         last_complete = checkpoints.complete_for(rank.size)
         resume_from = resume_checkpoint(spec, attempt, output_dir, last_complete)
         if resume_from is not None and resume_from.parent == output_dir and rank.reports:

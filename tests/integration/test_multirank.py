@@ -221,7 +221,13 @@ def resumes_on_both_ranks_after_a_sigkill(ranks: Ranks) -> None:
 
 def cancel_stops_both_ranks_with_a_checkpoint(ranks: Ranks) -> None:
     stack = ranks.stack
-    job = stack.submit(ranks.spec("two-ranks-cancelled", max_steps=100_000))
+    # FSDP asked: sharded on GPUs (the checkpoint and the final model are collective then);
+    # accelerate shards on accelerators only, so CPU ranks train with DDP, and say so.
+    fsdp: dict[str, Any] = {
+        "fsdp": "full_shard",
+        "fsdp_config": {"transformer_layer_cls_to_wrap": ["GPT2Block"]},
+    }
+    job = stack.submit(ranks.spec("two-ranks-cancelled", max_steps=100_000, **fsdp))
     job_id = job["id"]
     wait_for("training", lambda: len(stack.train_steps(job_id)) >= 2)
     _, processes = wait_for("both ranks", lambda: running_ranks(stack))
@@ -238,6 +244,9 @@ def cancel_stops_both_ranks_with_a_checkpoint(ranks: Ranks) -> None:
         "rng_state_1.pth",
     ]
     assert all(map(gone, processes))
+    # The model as far as it trained (gathered from both shards with FSDP).
+    assert (stack.job_dir(job_id) / "model" / "model.safetensors").is_file()
+    assert ("train with DDP" in log_of(stack, job_id)) == ranks.use_cpu
 
 
 def rank_1_exception_is_the_jobs_error(ranks: Ranks) -> None:
