@@ -72,15 +72,19 @@ def stop_path(job_dir: Path, attempt: int) -> Path:
 
 
 class StopFlag(threading.Event):
-    """The runner's stop event, also set once `path` exists (checked at each step end: a
-    stat, microseconds). A stop asked before training started is kept, as a SIGUSR1 is."""
+    """The rank's stop event: set once `path` exists (checked at each step end: a stat,
+    microseconds) or once `signalled` is (the SIGUSR1 handler's event: a rank signalled
+    directly stops too). A stop asked before training started is kept, as a SIGUSR1 is."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signalled: threading.Event | None = None) -> None:
         super().__init__()
         self.path = path
+        self.signalled = signalled
 
     def is_set(self) -> bool:
-        if not super().is_set() and self.path.exists():
+        if not super().is_set() and (
+            (self.signalled is not None and self.signalled.is_set()) or self.path.exists()
+        ):
             self.set()
         return super().is_set()
 

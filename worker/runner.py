@@ -111,7 +111,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     job_dir = settings.job_dir(job_id)
     stop: threading.Event = stop_requested
     if rank.several:
-        stop = ranks.StopFlag(ranks.stop_path(job_dir, attempt))
+        stop = ranks.StopFlag(ranks.stop_path(job_dir, attempt), signalled=stop_requested)
     output_dir = job_dir / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -3,6 +3,7 @@ file every rank watches."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,4 +28,12 @@ def test_the_stop_file_sets_the_flag_for_good(tmp_path: Path) -> None:
     stop_path(tmp_path, 3).touch()
     assert flag.is_set()
     stop_path(tmp_path, 3).unlink()
+    assert flag.is_set()
+
+
+def test_a_rank_signalled_directly_stops_too(tmp_path: Path) -> None:
+    signalled = threading.Event()
+    flag = StopFlag(stop_path(tmp_path, 1), signalled=signalled)
+    assert not flag.is_set()
+    signalled.set()  # what the SIGUSR1 handler does
     assert flag.is_set()
