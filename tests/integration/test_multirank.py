@@ -179,13 +179,15 @@ def trains_like_one_process(ranks: Ranks) -> None:
 
 def resumes_on_both_ranks_after_a_sigkill(ranks: Ranks) -> None:
     stack = ranks.stack
-    max_steps = 40
+    # Long enough that the kill lands mid-run: a step takes tens of milliseconds on CPU
+    # slots, a few on GPUs.
+    max_steps, save_steps = (60, 4) if ranks.use_cpu else (600, 40)
     job = stack.submit(
         ranks.spec(
             "two-ranks-killed",
             max_steps=max_steps,
             save_strategy="steps",
-            save_steps=4,
+            save_steps=save_steps,
             save_total_limit=2,
         )
         | {"limits": {"max_restarts": 3, "max_runtime_seconds": None}}
