@@ -48,6 +48,9 @@ class JobErrorOut(BaseModel):
     traceback: str | None
     reason: str
     step: int | None = None
+    rank: int | None = Field(
+        default=None, description="A job of several ranks: the rank that raised first."
+    )
 
 
 class AttemptOut(BaseModel):

@@ -277,7 +277,9 @@ class Resources(_Strict):
         ge=1,
         le=64,
         description="Devices the job needs at once: GPUs, or slots of a CPU-only worker. It"
-        " goes only to a worker with this many free (their ids in `CUDA_VISIBLE_DEVICES`).",
+        " goes only to a worker with this many free (their ids in `CUDA_VISIBLE_DEVICES`)."
+        " 2 or more: one rank per device, started with `torch.distributed.run` (DDP, or FSDP"
+        " or DeepSpeed when `training_args` ask; gloo on CPU slots); rank 0 reports.",
     )
 
 

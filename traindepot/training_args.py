@@ -42,7 +42,7 @@ SERVER_OWNED: dict[str, str] = {
     "resume_from_checkpoint": "use the spec's top-level `resume_from_checkpoint`",
     "overwrite_output_dir": "removed in transformers 5, and each job has its own output directory",
     "disable_tqdm": "progress bars are off on workers; follow the job's events instead",
-    "local_rank": "each job runs in one process that the worker starts; launchers are not used",
+    "local_rank": "the worker launches a job's ranks itself, one per device of `resources.gpus`",
 }
 SERVER_OWNED_PREFIXES: dict[str, str] = {
     "hub_": "workers do not push to the Hub",

@@ -14,16 +14,38 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
-from worker.flusher import Flusher
 
 log = logging.getLogger(__name__)
 
 # Keys of the end-of-training log (`Trainer` logs them once, with the TrainOutput metrics).
 _SUMMARY_KEYS = frozenset({"train_runtime", "train_loss", "train_samples_per_second"})
+
+
+class PointSink(Protocol):
+    """Where the callback hands its points: the flusher (worker/flusher.py), or on a rank
+    other than 0 of a multi-rank job a sink that writes nothing (worker/ranks.py)."""
+
+    fenced: bool
+
+    def add_point(
+        self, *, step: int, kind: str, epoch: float | None, values: dict[str, Any]
+    ) -> None: ...
+
+    def set_progress(self, progress: dict[str, Any]) -> None: ...
+
+    def watch_state(self, state: Any, *, samples_per_step: int) -> None: ...
+
+    def flush_sync(self, timeout: float) -> bool: ...
+
+    def close(self, timeout: float = 300.0) -> bool: ...
+
+
+# (stop, fenced) of this rank -> of any rank (worker/ranks.py `agree`), on `args.device`.
+Agreement = Callable[[tuple[bool, bool], Any], tuple[bool, bool]]
 
 
 def point_kind(logs: dict[str, Any]) -> str:
@@ -44,8 +66,16 @@ def non_finite(logs: dict[str, Any]) -> dict[str, Any]:
 
 
 class TraindepotCallback(TrainerCallback):
-    def __init__(self, flusher: Flusher, *, checkpoint_flush_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        flusher: PointSink,
+        *,
+        checkpoint_flush_timeout: float = 30.0,
+        agree: Agreement | None = None,
+    ) -> None:
         self.flusher = flusher
+        # Several ranks: the stop is decided together, so all stop at the same step.
+        self.agree = agree
         self.checkpoint_flush_timeout = checkpoint_flush_timeout
         # Set from a signal handler (cancel / time limit) or by the runner.
         self.stop_requested = threading.Event()
@@ -84,11 +114,14 @@ class TraindepotCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # The only per-step work: the flusher reads the step progress from `state` itself.
-        if self.stop_requested.is_set() or self.flusher.fenced:
+        stop, fenced = self.stop_requested.is_set(), self.flusher.fenced
+        if self.agree is not None:  # one small all-reduce per step (worker/ranks.py)
+            stop, fenced = self.agree((stop, fenced), args.device)
+        if stop or fenced:
             control.should_training_stop = True
             # Without this no checkpoint is written at the stop step (docs/architecture.md,
             # "Stopping a job").
-            control.should_save = not self.flusher.fenced
+            control.should_save = not fenced
         if control.should_save:
             self._points_before_checkpoint()
 

@@ -6,6 +6,11 @@ weights, optimizer, scheduler and RNG states first and `trainer_state.json` last
 checkpoint is trusted only when its trainer state names its own step, and the weights,
 optimizer and scheduler states are present and whole: a safetensors file as long as its header
 says, a `torch.save` file (a zip archive) with its end-of-archive record.
+
+A checkpoint of several ranks (`rng_state_0.pth`, ...) is written by all of them at once:
+rank 0 writes `trainer_state.json` last of its files, but the other ranks write their RNG
+state beside it without waiting for each other, so for N ranks it is whole only when
+`rng_state_0.pth` to `rng_state_{N-1}.pth` are whole too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -25,7 +31,7 @@ _WEIGHTS = (
 _REQUIRED = ("optimizer.pt", "scheduler.pt")
 
 
-def is_complete(checkpoint: Path) -> bool:
+def is_complete(checkpoint: Path, ranks: int = 1) -> bool:
     match = _CHECKPOINT.match(checkpoint.name)
     if match is None or not checkpoint.is_dir():
         return False
@@ -37,7 +43,11 @@ def is_complete(checkpoint: Path) -> bool:
         return False
     if not any(_whole(checkpoint / name) for name in _WEIGHTS):
         return False
-    return all(_whole(checkpoint / name) for name in _REQUIRED)
+    if not all(_whole(checkpoint / name) for name in _REQUIRED):
+        return False
+    if ranks > 1 and (checkpoint / "rng_state_0.pth").exists():
+        return all(_whole(checkpoint / f"rng_state_{rank}.pth") for rank in range(ranks))
+    return True
 
 
 def _whole(path: Path) -> bool:
@@ -73,7 +83,7 @@ def safetensors_whole(path: Path) -> bool:
     return path.stat().st_size == 8 + header_len + end
 
 
-def last_complete(output_dir: Path) -> Path | None:
+def last_complete(output_dir: Path, ranks: int = 1) -> Path | None:
     if not output_dir.is_dir():
         return None
     candidates = sorted(
@@ -81,4 +91,9 @@ def last_complete(output_dir: Path) -> Path | None:
         key=lambda p: int(p.name.split("-")[1]),
         reverse=True,
     )
-    return next((p for p in candidates if is_complete(p)), None)
+    return next((p for p in candidates if is_complete(p, ranks)), None)
+
+
+def complete_for(ranks: int) -> Callable[[Path], Path | None]:
+    """`last_complete` for a job of `ranks` ranks."""
+    return lambda output_dir: last_complete(output_dir, ranks)

@@ -56,8 +56,13 @@ class DevicePool:
             self._free = sorted({*self._free, *devices}, key=self.ids.index)
 
     def child_env(self, devices: list[str]) -> dict[str, str]:
-        """The training child's view of its devices: only its own GPUs."""
-        return {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.gpu else {}
+        """The training child's view of its devices: only its own GPUs. The ranks of a job
+        of several CPU slots are told to run on the CPU (`ACCELERATE_USE_CPU`, read by
+        `TrainingArguments`): accelerate then joins them with gloo; without it, a spec that
+        does not say `use_cpu` would leave each rank training alone."""
+        if self.gpu:
+            return {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+        return {"ACCELERATE_USE_CPU": "true"} if len(devices) > 1 else {}
 
     def describe(self) -> dict[str, object]:
         """What the worker registers (traindepot/dispatch.py reads `devices`)."""

@@ -90,11 +90,17 @@ def save_final_model(
     job_id: str,
     attempt: int,
     result: dict[str, Any],
-) -> Path:
-    """Write the job's `model/` (see the module docstring) and return it."""
+) -> Path | None:
+    """Write the job's `model/` (see the module docstring) and return it. Called on every
+    rank of a job of several: `save_model` gathers the weights with all of them (FSDP,
+    DeepSpeed), and only rank 0 writes; the other ranks return None."""
     staging = job_dir / f".model.attempt-{attempt}"
-    shutil.rmtree(staging, ignore_errors=True)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # no rank writes into a staging being removed
     trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return None
     (staging / "training_args.bin").unlink(missing_ok=True)
     built: Any = trainer.args  # to_dict() is untyped
     args = json_safe(built.to_dict())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,37 @@ def write_outcome(path: Path, outcome: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(json_safe(outcome)))
     tmp.replace(path)
+
+
+def rank_error_path(job_dir: Path, attempt: int, rank: int) -> Path:
+    return job_dir / f"attempt-{attempt}.rank-{rank}.error.json"
+
+
+def write_rank_error(job_dir: Path, attempt: int, rank: int, error: dict[str, Any]) -> None:
+    """A rank of a multi-rank job raised: its error, with when it was caught."""
+    write_outcome(rank_error_path(job_dir, attempt, rank), {"at": time.time(), "error": error})
+
+
+def first_rank_error(job_dir: Path, attempt: int) -> dict[str, Any] | None:
+    """The error of the rank that failed first, or None. When one rank raises, the others
+    fail after it (their collectives lose a peer, or the launcher stops them): the earliest
+    is the cause."""
+    found = []
+    for path in job_dir.glob(f"attempt-{attempt}.rank-*.error.json"):
+        try:
+            data = json.loads(path.read_text())
+            found.append((float(data["at"]), dict(data["error"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return min(found, key=lambda pair: pair[0])[1] if found else None
+
+
+def with_rank_errors(outcome: dict[str, Any], first_error: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0's outcome, failed with the first rank error if any rank raised: an exception on
+    any rank fails the job (rank 0's result, if it wrote one, is kept)."""
+    if first_error is None:
+        return outcome
+    return {"status": "failed", "result": outcome.get("result"), "error": first_error}
 
 
 def read_outcome(job_dir: Path, attempt: int) -> dict[str, Any]:

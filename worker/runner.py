@@ -8,6 +8,11 @@ terminal status.
 
 SIGUSR1 asks for a cooperative stop (cancel, time limit): training stops at the next step
 boundary and saves a checkpoint there.
+
+A job of several ranks runs this same module once per rank, started by torch's launcher
+(worker/launcher.py, worker/ranks.py): rank 0 alone reports (points, progress, the outcome
+file); a rank that raises writes its own error file, which the supervisor reads; the stop is
+a file in the job's directory, agreed on by all ranks at each step.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from db.retry import TRANSIENT, retry_db
 from db.session import session_scope
 from traindepot.settings import Settings, get_settings
 from traindepot.spec import JobSpec
+from worker import ranks
 from worker.errors import NonFiniteLossError, Reason, describe
-from worker.outcome import outcome_path, write_outcome
+from worker.outcome import outcome_path, write_outcome, write_rank_error
 
 if TYPE_CHECKING:
+    from worker.callback import PointSink
     from worker.flusher import Flusher
 
 log = logging.getLogger("traindepot.runner")
@@ -95,12 +102,16 @@ def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flush
 
 def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     signal.signal(signal.SIGUSR1, _request_stop)
+    rank = ranks.current()
     settings = get_settings()
     spec = _load_spec(job_id, attempt)
     if spec is None:
         return {"status": "fenced"}
 
     job_dir = settings.job_dir(job_id)
+    stop: threading.Event = stop_requested
+    if rank.several:
+        stop = ranks.StopFlag(ranks.stop_path(job_dir, attempt), signalled=stop_requested)
     output_dir = job_dir / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -115,9 +126,13 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     # datasets' maps, and transformers' own (saving the model writes one per shard).
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    flusher = new_flusher(settings=settings, job_id=job_id, attempt=attempt)
-    callback = TraindepotCallback(flusher)
-    callback.stop_requested = stop_requested  # the event the SIGUSR1 handler sets
+    flusher: PointSink = (
+        new_flusher(settings=settings, job_id=job_id, attempt=attempt)
+        if rank.reports
+        else ranks.SilentSink()
+    )
+    callback = TraindepotCallback(flusher, agree=ranks.agree if rank.several else None)
+    callback.stop_requested = stop  # the event the SIGUSR1 handler (or the stop file) sets
 
     phase: Reason = "config"
 
@@ -127,8 +142,24 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     try:
         trainer = builders.build_trainer(spec, output_dir, callbacks=[callback], on_phase=entering)
-        resume_from = resume_checkpoint(spec, attempt, output_dir, checkpoints.last_complete)
-        if resume_from is not None and resume_from.parent == output_dir:
+        if rank.several:  # the Trainer's arguments joined the process group
+            import torch.distributed as dist
+
+            log.info(
+                "rank %s of %s: %s process group, device %s",
+                rank.index,
+                rank.size,
+                dist.get_backend(),
+                trainer.args.device,
+            )
+            if trainer.args.fsdp and not trainer.is_fsdp_enabled:
+                log.warning(
+                    "FSDP asked, but accelerate shards on accelerators only: these CPU ranks"
+                    " train with DDP (each holds the whole model)"
+                )
+        last_complete = checkpoints.complete_for(rank.size)
+        resume_from = resume_checkpoint(spec, attempt, output_dir, last_complete)
+        if resume_from is not None and resume_from.parent == output_dir and rank.reports:
             _record_resume(job_id, attempt, resume_from)
         phase = "internal"
         log.info("attempt %s: training (resume from %s)", attempt, resume_from)
@@ -150,12 +181,18 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     except BaseException as exc:
         log.exception("attempt %s failed", attempt)
         outcome = {"status": "failed", "error": describe(exc, phase_reason=phase)}
+        if rank.several:
+            # Written at once, before anything else can fail: the supervisor takes the
+            # earliest rank error as the job's (the others' are usually its echo).
+            outcome["error"]["rank"] = rank.index
+            write_rank_error(job_dir, attempt, rank.index, outcome["error"])
     finally:
         if not flusher.close():
             log.error("flusher could not write every event before exit")
     if flusher.fenced:
         return {"status": "fenced"}
-    write_outcome(outcome_path(job_dir, attempt), outcome)
+    if rank.reports:
+        write_outcome(outcome_path(job_dir, attempt), outcome)
     return outcome
 
 
@@ -184,10 +221,15 @@ def resume_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    rank = ranks.current()
+    if rank.several:
+        ranks.die_with_launcher()  # first: a worker killed from now on takes this rank along
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # Several ranks share the job's log: each line says whose it is.
+        format=f"%(asctime)s {f'[rank {rank.index}] ' if rank.several else ''}"
+        "%(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     outcome = run(uuid.UUID(args[0]), int(args[1]))

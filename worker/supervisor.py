@@ -4,6 +4,11 @@ cooperative stop, and writes what the outcome (worker/outcome.py) means for the 
 
 The supervisor never imports torch: CUDA lives only in the child, which gets a fresh
 context and gives all of its memory back when it exits.
+
+A job of several devices runs as several ranks: the child is then torch's launcher
+(worker/launcher.py), always started cold, and the stop is a file its ranks watch
+(worker/ranks.py) instead of a signal; the outcome is rank 0's, failed with the first rank
+error if any rank raised.
 """
 
 from __future__ import annotations
@@ -30,10 +35,16 @@ from db.session import session_scope
 from traindepot import artifacts, events
 from traindepot.logtail import tail
 from traindepot.settings import Settings
-from worker import budget, warm
+from worker import budget, launcher, ranks, warm
 from worker.child_env import training_environment
 from worker.lease import Lease
-from worker.outcome import StopReason, read_outcome, verdict
+from worker.outcome import (
+    StopReason,
+    first_rank_error,
+    read_outcome,
+    verdict,
+    with_rank_errors,
+)
 from worker.reaper import send
 
 log = logging.getLogger(__name__)
@@ -71,10 +82,13 @@ class Supervisor:
         started_at: datetime | None = None,
         max_runtime_seconds: float | None = None,
         devices_env: dict[str, str] | None = None,
+        ranks: int = 1,
     ) -> None:
         self.job_id = job_id
         # The job's devices (`CUDA_VISIBLE_DEVICES`, worker/devices.py).
         self.devices_env = devices_env or {}
+        # One process per device when the job has several (worker/launcher.py).
+        self.ranks = ranks
         self.attempt = attempt
         self.settings = settings
         self.job_dir = settings.job_dir(job_id).resolve()
@@ -103,7 +117,11 @@ class Supervisor:
         try:
             with log_path.open("ab") as log_file:
                 env = self._child_env()
-                prepared, how = warm.starter.take(self.settings, env)
+                if self.ranks > 1:
+                    # The prepared process is a single training process: ranks start cold.
+                    prepared, how = None, f"{self.ranks} ranks, cold start: torch's launcher"
+                else:
+                    prepared, how = warm.starter.take(self.settings, env)
                 header = f"--- attempt {self.attempt} started {_now()} ({how}) ---\n"
                 log_file.write(header.encode())
                 log_file.flush()
@@ -133,9 +151,15 @@ class Supervisor:
             self.lease.stop()
 
     def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """A fresh Python: `python -m worker.runner JOB ATTEMPT`."""
+        """A fresh Python: `python -m worker.runner JOB ATTEMPT`, or for several ranks
+        `python -m worker.launcher N JOB ATTEMPT`."""
+        argv = (
+            launcher.command(self.ranks, str(self.job_id), self.attempt)
+            if self.ranks > 1
+            else [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)]
+        )
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)],
+            argv,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -233,13 +257,20 @@ class Supervisor:
         self.stop_reason = reason
         self._kill_at = time.monotonic() + self.settings.cancel_grace_seconds
         log.info("job %s: stopping training (%s)", self.job_id, reason)
+        if self.ranks > 1:
+            # The launcher would die of SIGUSR1; its ranks watch this file (worker/ranks.py).
+            ranks.stop_path(self.job_dir, self.attempt).touch()
+            return
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGUSR1)
 
     # --- after the child exited -----------------------------------------------------------
     def _finish(self, returncode: int, log_path: Path) -> None:
+        outcome = read_outcome(self.job_dir, self.attempt)
+        if self.ranks > 1:
+            outcome = with_rank_errors(outcome, first_rank_error(self.job_dir, self.attempt))
         ended = verdict(
-            read_outcome(self.job_dir, self.attempt),
+            outcome,
             stop_reason=self.stop_reason,
             returncode=returncode,
             max_runtime_seconds=self.max_runtime_seconds,

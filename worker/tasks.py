@@ -51,7 +51,7 @@ def run_job(self: Any, job_id: str) -> None:
             ",".join(taken),
         )
         try:
-            _supervise(settings, claimed, pool.child_env(taken))
+            _supervise(settings, claimed, pool.child_env(taken), ranks=len(taken))
         finally:
             pool.give_back(taken)
     if ran == 0:
@@ -87,7 +87,7 @@ def _claim(
 
 
 def _supervise(
-    settings: Settings, claimed: scheduling.Claimed, devices_env: dict[str, str]
+    settings: Settings, claimed: scheduling.Claimed, devices_env: dict[str, str], *, ranks: int
 ) -> None:
     with session_scope() as session:
         job = jobs.get(session=session, job_id=claimed.job_id)
@@ -104,6 +104,7 @@ def _supervise(
         started_at=started_at,
         max_runtime_seconds=min(runtime, settings.max_runtime_seconds),
         devices_env=devices_env,
+        ranks=ranks,
     ).run()
 
 

@@ -90,3 +90,22 @@ def test_safetensors_garbage_header(tmp_path: Path) -> None:
     assert not safetensors_whole(path)
     path.write_bytes(b"\x01")
     assert not safetensors_whole(path)
+
+
+def test_a_checkpoint_of_two_ranks_needs_the_rng_state_of_both(tmp_path: Path) -> None:
+    """Rank 1 writes its RNG state beside rank 0's trainer state, without waiting: a worker
+    killed between them leaves a checkpoint that one rank could not resume from."""
+    whole = make_checkpoint(tmp_path, 10)
+    partial = make_checkpoint(tmp_path, 20)
+    for checkpoint in (whole, partial):
+        (checkpoint / "rng_state.pth").unlink()
+        torch.save({"python": 1}, checkpoint / "rng_state_0.pth")
+    torch.save({"python": 1}, whole / "rng_state_1.pth")
+    torch.save({"python": 1}, partial / "rng_state_1.pth")
+    truncate(partial / "rng_state_1.pth", 30)
+    assert is_complete(whole, ranks=2) and not is_complete(partial, ranks=2)
+    assert last_complete(tmp_path, 2) == whole
+    # A single process resumes from either (it reads rank 0's state only), and a 2-rank job
+    # resumes from a single process's checkpoint (transformers warns that ranks share it).
+    assert last_complete(tmp_path) == partial
+    assert is_complete(make_checkpoint(tmp_path / "single", 5), ranks=2)

@@ -26,6 +26,8 @@ def test_cpu_slots_set_no_cuda_devices_and_the_defaults() -> None:
     slots = configured([], 2)
     assert slots is not None and slots.total == 2 and not slots.gpu
     assert slots.child_env(slots.take(1)) == {}
+    # The ranks of a job of several slots run on the CPU, whatever the spec says (gloo).
+    assert slots.child_env(["slot0", "slot1"]) == {"ACCELERATE_USE_CPU": "true"}
     assert configured(["0", "2"], None) == DevicePool(ids=["0", "2"], gpu=True)
     assert configured([], None) is None  # every GPU the probe sees
     assert probed(0).total == 1 and not probed(0).gpu

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from traindepot.statuses import JobStatus
-from worker.outcome import StopReason, outcome_path, read_outcome, verdict, write_outcome
+from worker.outcome import (
+    StopReason,
+    first_rank_error,
+    outcome_path,
+    read_outcome,
+    verdict,
+    with_rank_errors,
+    write_outcome,
+    write_rank_error,
+)
 
 RESULT = {"global_step": 3, "training_loss": 1.5, "metrics": {}}
 
@@ -69,3 +78,25 @@ def test_outcome_file_round_trip(tmp_path: Path) -> None:
     assert read_outcome(tmp_path, 1) == {}
     write_outcome(outcome_path(tmp_path, 1), {"status": "failed", "loss": float("nan")})
     assert read_outcome(tmp_path, 1) == {"status": "failed", "loss": None}
+
+
+def test_the_first_rank_error_fails_the_job(tmp_path: Path) -> None:
+    """Rank 1 raised; rank 0 failed after it (its collective lost the peer): the job's error
+    is rank 1's, whatever rank 0's outcome says."""
+    assert first_rank_error(tmp_path, 1) is None
+    rank_1 = {"type": "IndexError", "message": "index out of range", "rank": 1}
+    rank_0 = {"type": "RuntimeError", "message": "Connection closed by peer", "rank": 0}
+    write_rank_error(tmp_path, 1, 1, rank_1)
+    write_rank_error(tmp_path, 1, 0, rank_0)  # later
+    write_rank_error(tmp_path, 2, 0, rank_0)  # another attempt's
+    first = first_rank_error(tmp_path, 1)
+    assert first == rank_1
+    rank_0_outcome = {"status": "failed", "error": rank_0}
+    assert with_rank_errors(rank_0_outcome, first) == {
+        "status": "failed",
+        "result": None,
+        "error": rank_1,
+    }
+    succeeded = {"status": "succeeded", "result": RESULT}
+    assert with_rank_errors(succeeded, None) is succeeded
+    assert with_rank_errors(succeeded, first)["status"] == "failed"
