@@ -9,9 +9,8 @@ from typing import Annotated, Any
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import Job, JobAttempt, Webhook, WebhookDelivery
+from db.models import Job, JobAttempt
 from traindepot import apikeys
-from traindepot.spec import WebhookTarget
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -348,83 +347,3 @@ class ArtifactsOut(BaseModel):
     )
     best_metric: float | None
     checkpoints: list[CheckpointArtifacts] = Field(description="In step order.")
-
-
-class WebhookIn(WebhookTarget):
-    """A subscription to every job of the caller's tenant (`POST /webhooks`); a job's own
-    are in its spec (`notify.webhooks`), with the same fields."""
-
-
-class WebhookOut(BaseModel):
-    id: uuid.UUID
-    tenant: str
-    job_id: uuid.UUID | None = Field(
-        description="The job it belongs to (`notify.webhooks` of its spec); null: every "
-        "job of the tenant."
-    )
-    url: str
-    events: list[str]
-    created_at: datetime
-
-    @classmethod
-    def of(cls, hook: Webhook) -> WebhookOut:
-        return cls(
-            id=hook.id,
-            tenant=hook.tenant,
-            job_id=hook.job_id,
-            url=hook.url,
-            events=list(hook.events),
-            created_at=hook.created_at,
-        )
-
-
-class NewWebhookOut(WebhookOut):
-    secret: str = Field(
-        description="The signing secret (`whsec_...`, Standard Webhooks): shown this once."
-    )
-
-    @classmethod
-    def of(cls, hook: Webhook) -> NewWebhookOut:
-        return cls(**WebhookOut.of(hook).model_dump(), secret=hook.secret)
-
-
-class SubmittedJobOut(JobOut):
-    webhooks: list[NewWebhookOut] = Field(
-        default_factory=list,
-        description="The job's own subscriptions (`notify.webhooks`) with their signing "
-        "secrets: in the response to the submit that created the job, and only there.",
-    )
-
-
-class DeliveryOut(BaseModel):
-    """One event for one subscription (`GET /jobs/{id}/deliveries`)."""
-
-    id: uuid.UUID = Field(description="The `webhook-id` header is `msg_` + this.")
-    webhook_id: uuid.UUID
-    url: str
-    event: str
-    status: str = Field(description="`pending`, `delivered` or `failed` (retries given up).")
-    attempts: int
-    last_status_code: int | None = Field(description="The receiver's last answer's status.")
-    last_error: str | None = Field(description="Why the last attempt failed.")
-    last_attempt_at: datetime | None
-    next_attempt_at: datetime | None = Field(description="When it is tried next (pending).")
-    created_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, delivery: WebhookDelivery, event: str, url: str) -> DeliveryOut:
-        return cls(
-            id=delivery.id,
-            webhook_id=delivery.webhook_id,
-            url=url,
-            event=event,
-            status=delivery.status,
-            attempts=delivery.attempts,
-            last_status_code=delivery.last_status_code,
-            last_error=delivery.last_error,
-            last_attempt_at=delivery.last_attempt_at,
-            next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
-            created_at=delivery.created_at,
-            finished_at=delivery.finished_at,
-        )

@@ -22,7 +22,8 @@ from api.deps import SettingsDep
 from api.errors import Conflict
 from api.responses import JOB_ROUTE, errors
 from api.routes.jobs import validated
-from api.schemas import CloneIn, JobOut, JobPatch, NewWebhookOut, SubmittedJobOut
+from api.schemas import CloneIn, JobOut, JobPatch
+from api.webhook_schemas import NewWebhookOut, SubmittedJobOut
 from db import scheduling
 from db.models import Job, JobStatus
 from traindepot import events

@@ -25,11 +25,10 @@ from api.schemas import (
     JobOut,
     JobPage,
     JobSummary,
-    NewWebhookOut,
-    SubmittedJobOut,
     ValidatedSpec,
     json_response,
 )
+from api.webhook_schemas import NewWebhookOut, SubmittedJobOut
 from db import jobs, scheduling
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities

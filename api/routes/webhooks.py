@@ -14,7 +14,7 @@ from api.access import AccessDep, Caller, load_job
 from api.deps import SettingsDep
 from api.errors import NotFound, TooManyRequests
 from api.responses import errors
-from api.schemas import DeliveryOut, NewWebhookOut, WebhookIn, WebhookOut
+from api.webhook_schemas import DeliveryOut, NewWebhookOut, WebhookIn, WebhookOut
 from db import webhooks
 from db.models import Webhook
 from traindepot.problems import Problem, SpecInvalid
