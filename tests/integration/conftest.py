@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import redis
@@ -72,6 +73,14 @@ TEST_SETTINGS = {
     "TRAINDEPOT_WEBHOOK_RETRY_SECONDS": "120",
     "TRAINDEPOT_WEBHOOK_POLL_SECONDS": "0.5",
 }
+
+
+def process_gone(process: psutil.Process) -> bool:
+    """Exited: no such process any more, or a zombie its parent has yet to reap."""
+    try:
+        return bool(process.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def api_key_headers() -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, process_gone
 from tests.specs import TINY_GPT2, tiny_spec
 from worker.checkpoints import is_complete
 
@@ -75,13 +75,6 @@ def training_child(worker_pid: int, job_dir: Path) -> psutil.Process:
     return found
 
 
-def is_gone(process: psutil.Process) -> bool:
-    try:
-        return bool(process.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-
-
 def assert_history_complete(stack: Stack, job_id: str, max_steps: int) -> None:
     # One row per step (the unique index forbids duplicates), and no gap.
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))
@@ -125,7 +118,7 @@ def test_sigkill_worker_three_times_resumes_and_matches_uninterrupted_run(stack:
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
         # PR_SET_PDEATHSIG: the kernel kills the training child with its worker.
-        wait_for("the training child to die with its worker", lambda c=child: is_gone(c), 30)
+        wait_for("the training child to die with its worker", lambda c=child: process_gone(c), 30)
         deaths.append(datetime.now(UTC))
         assert max(stack.train_steps(job_id, attempt)) < max_steps  # it was mid-training
         stack.start_worker(f"after-kill-{attempt}")

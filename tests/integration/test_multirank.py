@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, process_gone
 from tests.specs import TINY_GPT2, tiny_spec
 from traindepot.stack import stop_process
 from worker.checkpoints import is_complete, last_complete
@@ -114,13 +114,6 @@ def running_ranks(stack: Stack) -> tuple[subprocess.Popen[bytes], list[psutil.Pr
     return None
 
 
-def gone(process: psutil.Process) -> bool:
-    try:
-        return bool(process.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-
-
 def losses(stack: Stack, job_id: str) -> list[float]:
     rows = stack.sql(
         "SELECT values->>'loss' FROM job_metrics WHERE job_id = %s AND kind = 'train'"
@@ -201,7 +194,7 @@ def resumes_on_both_ranks_after_a_sigkill(ranks: Ranks) -> None:
     worker.wait(30)
     stack.workers.remove(worker)
     # The launcher dies with the worker, and each rank with the launcher.
-    wait_for("both ranks to die with their worker", lambda: all(map(gone, processes)), 30)
+    wait_for("both ranks to die with their worker", lambda: all(map(process_gone, processes)), 30)
     killed_at = max(stack.train_steps(job_id, 1))
     ranks.start_worker()
 
@@ -245,7 +238,7 @@ def cancel_stops_both_ranks_with_a_checkpoint(ranks: Ranks) -> None:
         "rng_state_0.pth",
         "rng_state_1.pth",
     ]
-    assert all(map(gone, processes))
+    assert all(map(process_gone, processes))
     # The model as far as it trained (gathered from both shards with FSDP).
     assert (stack.job_dir(job_id) / "model" / "model.safetensors").is_file()
     assert ("train with DDP" in log_of(stack, job_id)) == ranks.use_cpu
