@@ -1,8 +1,9 @@
 """Submit to first logged step, warm start against cold (run by hand, not in CI).
 
 One stack (API, Postgres, Redis) with two workers side by side: one warm (its training
-children are forked from a prepared process, worker/warm.py) on queue `default`, one cold
-(`TRAINDEPOT_WARM_START=false`: a fresh Python per child) on queue `bench-cold`. Rounds are
+children are forked from prepared processes of its template, worker/warm.py) on queue
+`default`, one cold (`TRAINDEPOT_WARM_START=false`: a fresh Python per child) on queue
+`bench-cold`. Rounds are
 interleaved (warm job, cold job, cold import) so that load from elsewhere hits all alike:
 - latency: from the client's clock just before `POST /jobs` to the `recorded_at` of the
   job's first logged step (the training child's clock when `on_log` fired; same machine);
