@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from kombu.exceptions import OperationalError as BrokerError
 
 from db import jobs, scheduling, tenants
+from db.retry import retry_db
 from db.session import session_scope
 from traindepot.dispatch import TASK_NAME, enqueue, worker_id
 from traindepot.settings import Settings, get_settings
@@ -69,6 +70,10 @@ def _queues(task: Any) -> list[str]:
     return [routing_key or "default"]
 
 
+# A claim outlives a short database outage (a restart, "too many clients"): the wake-up
+# that started it is already consumed, and without a claim the job would wait for the
+# reaper's re-send (`requeue_stale_seconds`).
+@retry_db(give_up_after_seconds=120)
 def _claim(
     settings: Settings, queues: list[str], pool: devices.DevicePool
 ) -> scheduling.Claimed | None:
