@@ -82,17 +82,18 @@ def requeue_all(url: str) -> None:
 
 
 def scheduler_claim(url: str, queue: str) -> Callable[[], bool]:
+    claimant = scheduling.Claimant(
+        queues=[queue],
+        worker="bench",
+        lease_seconds=30,
+        free_gpus=1,
+        total_gpus=1,
+        default_quota=QUOTA,
+    )
+
     def claim() -> bool:
         with session_scope(url) as session:
-            got = scheduling.claim_next(
-                session=session,
-                queues=[queue],
-                worker="bench",
-                lease_seconds=30,
-                free_gpus=1,
-                total_gpus=1,
-                default_quota=QUOTA,
-            )
+            got = scheduling.claim_next(session=session, claimant=claimant)
         return got is not None
 
     return claim

@@ -22,7 +22,6 @@ worker claims the most urgent eligible job of its queues that fits its free devi
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,20 +72,23 @@ class Claimed:
     gpus: int
 
 
-def claim_next(
-    *,
-    session: Session,
-    queues: Sequence[str],
-    worker: str,
-    lease_seconds: float,
-    free_gpus: int,
-    total_gpus: int,
-    default_quota: tenants.Quota,
-) -> Claimed | None:
-    """Claim the most urgent eligible queued job of `queues` that this worker (`total_gpus`
-    devices, `free_gpus` of them free) can run: `queued -> running`, attempt + 1, leased
-    to `worker`. None when there is none, or when the most urgent one needs more devices
-    than are free (it waits for them: see `_claim`).
+@dataclass(frozen=True)
+class Claimant:
+    """The worker asking for a job, and what it can take."""
+
+    queues: Sequence[str]
+    worker: str
+    lease_seconds: float
+    free_gpus: int
+    total_gpus: int
+    default_quota: tenants.Quota
+
+
+def claim_next(*, session: Session, claimant: Claimant) -> Claimed | None:
+    """Claim the most urgent eligible queued job of the claimant's `queues` that it (a
+    worker with `total_gpus` devices, `free_gpus` of them free) can run: `queued ->
+    running`, attempt + 1, leased to its `worker`. None when there is none, or when the
+    most urgent one needs more devices than are free (it waits for them: see `_claim`).
 
     The tenant's running count is checked again under the tenant's lock (held until the
     caller commits), so two workers cannot both take a tenant's last running slot.
@@ -96,30 +98,14 @@ def claim_next(
     after the wake-up was sent, changing its priority): when the first pass finds nothing,
     a second one waits for such locks instead of skipping them. Postgres then re-reads a
     row another claim took and passes over it (it is no longer queued)."""
-    claim = functools.partial(
-        _claim,
-        session=session,
-        queues=queues,
-        worker=worker,
-        lease_seconds=lease_seconds,
-        free_gpus=free_gpus,
-        total_gpus=total_gpus,
-        default_quota=default_quota,
+    return _claim(session, claimant, skip_locked=True) or _claim(
+        session, claimant, skip_locked=False
     )
-    return claim(skip_locked=True) or claim(skip_locked=False)
 
 
-def _claim(
-    *,
-    session: Session,
-    queues: Sequence[str],
-    worker: str,
-    lease_seconds: float,
-    free_gpus: int,
-    total_gpus: int,
-    default_quota: tenants.Quota,
-    skip_locked: bool,
-) -> Claimed | None:
+def _claim(session: Session, claimant: Claimant, *, skip_locked: bool) -> Claimed | None:
+    queues, free_gpus, total_gpus = claimant.queues, claimant.free_gpus, claimant.total_gpus
+    default_quota = claimant.default_quota
     skipped: list[str] = []
     while True:
         query = (
@@ -149,7 +135,10 @@ def _claim(
             skipped.append(tenant)  # another worker took its last slot meanwhile
             continue
         attempt = attempts.claim(
-            session=session, job_id=job_id, worker=worker, lease_seconds=lease_seconds
+            session=session,
+            job_id=job_id,
+            worker=claimant.worker,
+            lease_seconds=claimant.lease_seconds,
         )
         if attempt is None:  # cannot happen under the row lock; stay safe
             continue

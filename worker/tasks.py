@@ -78,8 +78,7 @@ def _claim(
     settings: Settings, queues: list[str], pool: devices.DevicePool
 ) -> scheduling.Claimed | None:
     with session_scope() as session:
-        return scheduling.claim_next(
-            session=session,
+        claimant = scheduling.Claimant(
             queues=queues,
             worker=worker_id(),
             lease_seconds=settings.lease_seconds,
@@ -89,6 +88,7 @@ def _claim(
                 settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
             ),
         )
+        return scheduling.claim_next(session=session, claimant=claimant)
 
 
 def _supervise(
