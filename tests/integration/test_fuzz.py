@@ -3,8 +3,9 @@
 type, headers, schema).
 
 Bounded by examples per operation (`--max-examples`, `--max-time` as a backstop) and
-seeded. Three runs: every operation but the key revocation, retry and clone; then retry and
-clone alone (they queue jobs, see ACTIONS); then the revocation alone. In one run the fuzzer
+seeded. Four runs: every operation but the key revocation, retry, clone and the log; then
+retry and clone alone (they queue jobs, see ACTIONS); then the revocation alone; then the
+log alone (see LOGS). In one run the fuzzer
 follows the document's links and revokes the very key it authenticates with, after which
 every request is a 401 and the routes are no longer fuzzed with a valid key. Jobs it
 happens to create are cancelled afterwards if they still wait (specs the fuzzer found valid
@@ -36,6 +37,10 @@ CHECKS = ",".join(
 )
 REVOKE = "/keys/{key_id}"
 CHANGES = "/jobs/events"
+# `follow=true` streams a job's log until the job ends, silent while it waits in the queue:
+# followed from the same run that submitted it, behind the other jobs the fuzzer made, it
+# outlasts the request timeout. Fuzzed alone, when the fuzzer can name no job of its own.
+LOGS = "/jobs/{job_id}/logs"
 # A retry or a clone puts jobs in the queue: a `follow=true` read of one's log, generated in
 # the same run, then lasts until the worker has run them all, past the request timeout.
 ACTIONS = ["/jobs/{job_id}/retry", "/jobs/{job_id}/clone"]
@@ -95,7 +100,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(ready: Stack, tmp_path
         # `GET /jobs/events` never ends by design (a job list's stream of changes):
         # tests/integration/test_job_changes.py covers it. Bounded by examples per
         # operation; the time limits are a backstop on a slow host.
-        everything_else = [REVOKE, CHANGES, *ACTIONS]
+        everything_else = [REVOKE, CHANGES, LOGS, *ACTIONS]
         fuzz(
             stack,
             tmp_path / "all",
@@ -106,6 +111,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(ready: Stack, tmp_path
         # the stateful phase then repeats link chains until the time bound.
         fuzz(stack, tmp_path / "actions", 30, [a for p in ACTIONS for a in ("--include-path", p)])
         fuzz(stack, tmp_path / "revoke", 20, ["--include-path", REVOKE])
+        fuzz(stack, tmp_path / "logs", 20, ["--include-path", LOGS])
     finally:
         for (job_id,) in stack.sql("SELECT id FROM jobs WHERE status = 'queued'"):
             stack.http.post(f"/jobs/{job_id}/cancel")
