@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select, tuple_,
 from sqlalchemy.orm import Session, defer
 
 from db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
-from db.scheduling import effective_queued_at
+from db.scheduling import effective_queued_at, position_of
 
 
 def create(
@@ -63,18 +63,20 @@ def get(*, session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Jo
 
 def get_with_attempts(
     *, session: Session, job_id: uuid.UUID, tenant: str | None = None
-) -> tuple[Job, list[JobAttempt]] | None:
-    """The job and its attempts, first to last, in one statement (one round trip); None as
-    `get` gives it."""
+) -> tuple[Job, list[JobAttempt], int | None] | None:
+    """The job, its attempts (first to last) and, for a queued job, its queue position
+    (`db/scheduling.py` `position_of`), in one statement (one round trip); None as `get`
+    gives it."""
     rows = session.execute(
-        select(Job, JobAttempt)
+        select(Job, JobAttempt, position_of(Job))
         .outerjoin(JobAttempt, JobAttempt.job_id == Job.id)
         .where(Job.id == job_id)
         .order_by(JobAttempt.attempt)
     ).all()
     if not rows or (tenant is not None and rows[0][0].tenant != tenant):
         return None
-    return rows[0][0], [attempt for _, attempt in rows if attempt is not None]
+    job, _, position = rows[0]
+    return job, [attempt for _, attempt, _ in rows if attempt is not None], position
 
 
 @dataclass(frozen=True)
