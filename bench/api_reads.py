@@ -39,9 +39,13 @@ from traindepot.embedded import free_port
 from traindepot.stack import stop_process, wait_until_up
 
 
-def serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def serve(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`cwd`: the tree to run. `python -m` puts the working directory first on sys.path,
+    before PYTHONPATH, so a before tree must be the working directory, not a PYTHONPATH."""
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 def main() -> None:
@@ -77,6 +81,7 @@ def main() -> None:
                  "--workers", str(workers)],
                 {**env, "PYTHONPATH": str(args.before_tree.resolve())},
                 home / "api-before.log",
+                cwd=args.before_tree.resolve(),
             )  # fmt: skip
         elif args.before_tree is not None:
             processes["before"] = serve(
@@ -84,6 +89,7 @@ def main() -> None:
                  "--loop", "asyncio", "--http", "h11"],
                 {**env, "PYTHONPATH": str(args.before_tree.resolve())},
                 home / "api-before.log",
+                cwd=args.before_tree.resolve(),
             )  # fmt: skip
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in (*processes, "bare")}
         try:
