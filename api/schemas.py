@@ -247,10 +247,18 @@ class ErrorOut(BaseModel):
 
 
 class MetricSeries(BaseModel):
-    count: int = Field(description="How many points the full history of this metric has.")
+    count: int | None = Field(
+        description="How many points the full history of this metric has; null for a "
+        "sampled series (counting would read every point)."
+    )
+    sampled: bool = Field(
+        default=False,
+        description="True for a history too long to read whole: `points` are its first and "
+        "last points and the first point at or after evenly spaced steps between them.",
+    )
     points: list[tuple[int, float]] = Field(
-        description="(step, value) pairs in step order, downsampled to at most `max_points`: "
-        "each bucket keeps its first, last, minimum and maximum point."
+        description="(step, value) pairs in step order, at most `max_points`; unless "
+        "`sampled`, each bucket keeps its first, last, minimum and maximum point."
     )
 
 

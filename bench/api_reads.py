@@ -8,7 +8,7 @@ same machine, interleaved round by round so that load from elsewhere hits all al
 - before: with `--before-tree DIR`, the API of another checkout (e.g. `git worktree add
   /tmp/td-before <commit>`) run as a new user ran it then: `uvicorn api.app:app`, one
   process, access log on, the asyncio loop and the h11 parser (the install had neither
-  uvloop nor httptools).
+  uvloop nor httptools); with `--before-as-after` too, served exactly as `after` is.
 Errors are counted, not fatal: wrk's non-2xx answers (503 when a request waited
 `api_db_wait_seconds` for a database slot) and its socket errors (timeouts: no answer in
 2 s).
@@ -39,9 +39,13 @@ from traindepot.embedded import free_port
 from traindepot.stack import stop_process, wait_until_up
 
 
-def serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def serve(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`cwd`: the tree to run. `python -m` puts the working directory first on sys.path,
+    before PYTHONPATH, so a before tree must be the working directory, not a PYTHONPATH."""
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 def main() -> None:
@@ -51,6 +55,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
     parser.add_argument("--before-tree", type=Path, default=None)
+    parser.add_argument(
+        "--before-as-after",
+        action="store_true",
+        help="serve the before tree as `after` is served (`traindepot api --workers N`), "
+        "to measure one change rather than a new user's set-up",
+    )
     args = parser.parse_args()
     workers = args.workers or len(os.sched_getaffinity(0))
 
@@ -65,12 +75,21 @@ def main() -> None:
                 env, home / "api-after.log",
             ),
         }  # fmt: skip
-        if args.before_tree is not None:
+        if args.before_tree is not None and args.before_as_after:
+            processes["before"] = serve(
+                [sys.executable, "-m", "traindepot.cli", "api", "--port", str(ports["before"]),
+                 "--workers", str(workers)],
+                {**env, "PYTHONPATH": str(args.before_tree.resolve())},
+                home / "api-before.log",
+                cwd=args.before_tree.resolve(),
+            )  # fmt: skip
+        elif args.before_tree is not None:
             processes["before"] = serve(
                 [*uvicorn, "api.app:app", "--port", str(ports["before"]),
                  "--loop", "asyncio", "--http", "h11"],
                 {**env, "PYTHONPATH": str(args.before_tree.resolve())},
                 home / "api-before.log",
+                cwd=args.before_tree.resolve(),
             )  # fmt: skip
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in (*processes, "bare")}
         try:

@@ -112,16 +112,15 @@ def points_after(
     return [as_dict(point) for point in session.scalars(query)]
 
 
-def series_length(*, session: Session, job_id: uuid.UUID, key: str) -> int:
-    """How many points of the job have a numeric value for `key`."""
-    count = session.scalar(
-        text(
-            """SELECT count(*) FROM job_metrics
-            WHERE job_id = :job_id AND jsonb_typeof("values" -> :key) = 'number'"""
-        ),
-        {"job_id": job_id, "key": key},
-    )
-    return int(count or 0)
+def series_filter(key: str) -> str:
+    """The WHERE clause of a job's points with a numeric `key` (parameters :job_id, :key).
+
+    A key named `eval_*` is only ever in evaluation points (the callback's `point_kind`
+    makes every log with such a key an `eval` point), so its series is read on
+    `ix_job_metrics_job_kind_step` among the job's evaluations alone: `eval_loss` of a run
+    with a million training points reads its thousand evaluations, not the million."""
+    where = """job_id = :job_id AND jsonb_typeof("values" -> :key) = 'number'"""
+    return where + (" AND kind = 'eval'" if key.startswith("eval_") else "")
 
 
 def iter_series(
@@ -131,9 +130,8 @@ def iter_series(
     server-side cursor `chunk` rows at a time: memory stays bounded however long the run."""
     result = session.execute(
         text(
-            """SELECT step, CAST("values" ->> :key AS float8) FROM job_metrics
-            WHERE job_id = :job_id AND jsonb_typeof("values" -> :key) = 'number'
-            ORDER BY step, id"""
+            f"""SELECT step, CAST("values" ->> :key AS float8) FROM job_metrics
+            WHERE {series_filter(key)} ORDER BY step, id"""
         ),
         {"job_id": job_id, "key": key},
         execution_options={"yield_per": chunk},
@@ -143,6 +141,81 @@ def iter_series(
             yield int(step), float(value)
     finally:
         result.close()
+
+
+def history_longer_than(*, session: Session, job_id: uuid.UUID, key: str, limit: int) -> bool:
+    """Whether the job has more than `limit` points that may carry `key` (its `eval`
+    points for an `eval_*` key, else all of them): an index-only walk that stops after
+    `limit + 1` entries, so a long history costs `limit` index entries, never a read of
+    every point. (Counting the points that do carry the key would read each one's JSON.)"""
+    kind = " AND kind = 'eval'" if key.startswith("eval_") else ""
+    found = session.scalar(
+        text(
+            f"""SELECT count(*) FROM (
+                SELECT 1 FROM job_metrics WHERE job_id = :job_id{kind} LIMIT :limit) AS p"""
+        ),
+        {"job_id": job_id, "limit": limit + 1},
+    )
+    return int(found or 0) > limit
+
+
+def series_length(*, session: Session, job_id: uuid.UUID, key: str) -> int:
+    """How many points of the job have a numeric value for `key` (reads each one)."""
+    count = session.scalar(
+        text(f"SELECT count(*) FROM job_metrics WHERE {series_filter(key)}"),
+        {"job_id": job_id, "key": key},
+    )
+    return int(count or 0)
+
+
+# The first point with a numeric `key` at or after each of `samples` evenly spaced steps of
+# [lo, lo + span): one index lookup per sample on `uq_job_metrics_job_step_kind`
+# (job_id, step, kind), or `ix_job_metrics_job_kind_step` for an `eval_*` key, whose bounds
+# are integers so that they are the scan's Index Cond (docs/benchmarks.md shows the plan).
+# An empty stretch of steps contributes nothing.
+_SAMPLES = """
+    SELECT s.step, s.value
+    FROM generate_series(0, :samples - 1) AS b(i)
+    CROSS JOIN LATERAL (
+        SELECT step, CAST("values" ->> :key AS float8) AS value
+        FROM job_metrics
+        WHERE {where}
+          AND step >= :lo + CAST(b.i::bigint * :span / :samples AS integer)
+          AND step < :lo + CAST((b.i::bigint + 1) * :span / :samples AS integer)
+        ORDER BY step
+        LIMIT 1
+    ) AS s
+    ORDER BY s.step
+"""
+
+_END = """SELECT step, CAST("values" ->> :key AS float8) FROM job_metrics
+    WHERE {where} ORDER BY step {order}, id {order} LIMIT 1"""
+
+
+def sample_series(
+    *, session: Session, job_id: uuid.UUID, key: str, max_points: int
+) -> list[tuple[int, float]]:
+    """At most `max_points` (step, value) pairs of a long series, in step order, read with
+    about `max_points` index lookups whatever the history's length: the first point, the
+    last point, and between them the first point at or after each of `max_points - 2`
+    evenly spaced steps. Spikes between two samples are not seen (finding them means
+    reading every point: see `iter_series`). Runs in the caller's transaction, where it
+    turns JIT off: compiling the lookups' plan took longer than running it."""
+    where = series_filter(key)
+    params: dict[str, Any] = {"job_id": job_id, "key": key}
+    first = session.execute(text(_END.format(where=where, order="ASC")), params).first()
+    last = session.execute(text(_END.format(where=where, order="DESC")), params).first()
+    if first is None or last is None:
+        return []
+    lo, hi = int(first[0]), int(last[0])
+    session.execute(text("SET LOCAL jit = off"))
+    rows = session.execute(
+        text(_SAMPLES.format(where=where)),
+        {**params, "lo": lo + 1, "span": max(hi - lo - 1, 0), "samples": max(max_points - 2, 1)},
+    )
+    middle = [(int(step), float(value)) for step, value in rows if lo < step < hi]
+    ends = [(lo, float(first[1]))] + ([(hi, float(last[1]))] if hi != lo else [])
+    return [ends[0], *middle, *ends[1:]]
 
 
 def as_dict(point: JobMetric) -> dict[str, Any]:

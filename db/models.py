@@ -151,6 +151,9 @@ class JobMetric(Base):
         # The event stream's backlog (db/metrics.py `points_after`): "points of job X with
         # id > N, in id order", read in pages without a sort.
         Index("ix_job_metrics_job_id_id", "job_id", "id"),
+        # An evaluation metric's series (db/metrics.py `series_filter`): the job's `eval`
+        # points in step order, without walking its training points.
+        Index("ix_job_metrics_job_kind_step", "job_id", "kind", "step"),
     )
 
 

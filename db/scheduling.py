@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, tuple_, update
+from sqlalchemy import ColumnElement, case, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from db import attempts, tenants
@@ -157,22 +157,24 @@ def waiting(*, session: Session, queues: Sequence[str]) -> tuple[uuid.UUID, str,
     return None if row is None else (row[0], str(row[1]), int(row[2]))
 
 
-def position(*, session: Session, job: Job) -> int | None:
-    """1 + how many queued jobs of its queue rank before a queued `job` (None when it is
-    not queued). The order the claim serves; a job held back by its tenant's running
-    limit or by devices lets later ones pass."""
-    if job.status != JobStatus.QUEUED:
-        return None
-    ahead = session.scalar(
+def position_of(job: type[Job]) -> ColumnElement[int | None]:
+    """A column for a statement that selects `job` (the Job entity): 1 + how many queued
+    jobs of its queue rank before it when it is queued, else NULL. The order the claim
+    serves; a job held back by its tenant's running limit or by devices lets later ones
+    pass. A correlated count on `ix_jobs_queued_order`, evaluated for a queued job only, in
+    the statement that reads the job (no round trip of its own)."""
+    ahead = aliased(Job)
+    count = (
         select(func.count())
-        .select_from(Job)
+        .select_from(ahead)
         .where(
-            Job.status == JobStatus.QUEUED,
-            Job.queue == job.queue,
-            tuple_(Job.effective_queued_at, Job.id) < tuple_(job.effective_queued_at, job.id),
+            ahead.status == JobStatus.QUEUED,
+            ahead.queue == job.queue,
+            tuple_(ahead.effective_queued_at, ahead.id) < tuple_(job.effective_queued_at, job.id),
         )
+        .scalar_subquery()
     )
-    return int(ahead or 0) + 1
+    return case((job.status == JobStatus.QUEUED, count + 1), else_=None)
 
 
 def set_priority(

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # How long an API request waits for one of the `db_pool_capacity` slots before it is
     # answered 503 with Retry-After: saturation is a fast answer, never a stall.
     api_db_wait_seconds: float = Field(default=2.0, gt=0)
+    # How many points an event stream reads per database call while it replays a backlog
+    # (api/routes/events.py): the stream holds one such page at a time, whatever the
+    # backlog's length.
+    sse_backlog_page: int = Field(default=1000, ge=1, le=100_000)
 
     # Server limits (issue 11): what one spec may ask of a small GPU pool. Each is refused at
     # submit with a 422 naming the field and the limit (traindepot/limits.py).

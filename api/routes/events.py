@@ -45,7 +45,6 @@ from traindepot import events
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["live"])
 
-BACKLOG_PAGE = 1000
 IDLE_CHECK_SECONDS = 2.0  # how often a quiet stream looks at the job row
 POLL_SECONDS = 0.5  # the database poll interval without Redis
 
@@ -78,17 +77,21 @@ async def read_job(job_id: uuid.UUID) -> JobState | None:
     return await run_db(read)
 
 
-async def _read_points(job_id: uuid.UUID, after: int) -> list[dict[str, Any]]:
+async def _read_points(job_id: uuid.UUID, after: int, limit: int) -> list[dict[str, Any]]:
+    """One keyset page of the backlog (`id > after`, in id order, on the index
+    `ix_job_metrics_job_id_id`): a page per database call, so a backlog of any length is
+    replayed holding one page, and every call returns its connection."""
     return await run_db(
-        lambda s: metrics.points_after(session=s, job_id=job_id, after_id=after, limit=BACKLOG_PAGE)
+        lambda s: metrics.points_after(session=s, job_id=job_id, after_id=after, limit=limit)
     )
 
 
 class _Stream:
     """One reader's stream: its cursor (point id, status version) and how to advance it."""
 
-    def __init__(self, job_id: uuid.UUID, last_event_id: str | None) -> None:
+    def __init__(self, job_id: uuid.UUID, last_event_id: str | None, page: int) -> None:
         self.job_id = job_id
+        self.page = page
         self.point, self.version = events.parse_event_id(last_event_id)
         self.attempt = 0
         self.ended = False
@@ -140,10 +143,10 @@ class _Stream:
         if not job.terminal and (event := self.status_event(job.status, job.attempt)):
             yield event
         while True:
-            page = await _read_points(self.job_id, self.point)
+            page = await _read_points(self.job_id, self.point, self.page)
             for point in page:
                 yield self.point_event(point)
-            if len(page) < BACKLOG_PAGE:
+            if len(page) < self.page:
                 break
         if job.terminal:
             yield self.end_event(job)
@@ -194,9 +197,9 @@ class _Stream:
 
 
 async def _event_stream(
-    job_id: uuid.UUID, last_event_id: str | None, redis_url: str | None
+    job_id: uuid.UUID, last_event_id: str | None, redis_url: str | None, page: int
 ) -> AsyncIterator[ServerSentEvent]:
-    stream = _Stream(job_id, last_event_id)
+    stream = _Stream(job_id, last_event_id, page)
     pubsub = await listen.subscribe(redis_url, events.channel(job_id))
     try:
         try:
@@ -272,7 +275,7 @@ async def job_events(
         return Response(status_code=204)
     stream_slots.take(request, (await access.who()).tenant)  # 429 beyond the limits
     return EventSourceResponse(
-        _event_stream(job_id, cursor, settings.redis_url),
+        _event_stream(job_id, cursor, settings.redis_url, settings.sse_backlog_page),
         ping=ping,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

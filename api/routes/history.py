@@ -17,6 +17,11 @@ from traindepot.problems import Problem, SpecInvalid
 
 router = APIRouter(prefix="/jobs", tags=["live"])
 
+# Up to this many points (or max_points, if more) a series is read whole for the exact
+# envelope; past it, sampled in the database (docs/benchmarks.md: reading a million points
+# took over a second, the sampled read tens of milliseconds).
+EXACT_LIMIT = 20_000
+
 
 def _keys(raw: str) -> list[str]:
     keys = list(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
@@ -42,16 +47,30 @@ async def job_metrics(
     ] = "loss",
     max_points: Annotated[int, Query(ge=4, le=100_000)] = 1000,
 ) -> Response:
-    """Each metric's history as (step, value) pairs, at most `max_points` per metric: a
-    longer history is split into `max_points // 4` buckets, each keeping its first, last,
-    minimum and maximum point, so spikes and the global extremes survive. Read through a
-    server-side cursor: memory stays bounded however long the run."""
+    """Each metric's history as (step, value) pairs, at most `max_points` per metric.
+
+    A job of up to `max(20000, max_points)` points (evaluations, for an `eval_*` key) has
+    each series read whole and split into `max_points // 4` buckets, each keeping its
+    first, last, minimum and maximum point, so spikes and the global extremes survive
+    (`sampled: false`, `count` exact). A longer history is sampled by step in the database
+    (`sampled: true`, `count` null): its first and last points and the first point at or
+    after each of `max_points - 2` evenly spaced steps, about `max_points` index lookups
+    however long the run."""
     names = _keys(keys)
+    exact_limit = max(EXACT_LIMIT, max_points)
 
     def read(session: Session, caller: Caller) -> Response:
         load_job(session, caller, job_id)
         series: dict[str, MetricSeries] = {}
         for key in names:
+            if metrics.history_longer_than(
+                session=session, job_id=job_id, key=key, limit=exact_limit
+            ):
+                sampled = metrics.sample_series(
+                    session=session, job_id=job_id, key=key, max_points=max_points
+                )
+                series[key] = MetricSeries(count=None, sampled=True, points=sampled)
+                continue
             count = metrics.series_length(session=session, job_id=job_id, key=key)
             points = downsample(
                 metrics.iter_series(session=session, job_id=job_id, key=key),

@@ -29,7 +29,7 @@ from api.schemas import (
     json_response,
 )
 from api.webhook_schemas import NewWebhookOut, SubmittedJobOut
-from db import jobs, scheduling
+from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
 from traindepot import events
@@ -180,14 +180,8 @@ async def get_job(job_id: uuid.UUID, access: AccessDep) -> Response:
         found = jobs.get_with_attempts(session=session, job_id=job_id, tenant=caller.scope)
         if found is None:
             raise NotFound(f"job {job_id}")
-        job, attempts = found
-        return json_response(
-            JobOut.of(
-                job,
-                attempts=attempts,
-                queue_position=scheduling.position(session=session, job=job),
-            )
-        )
+        job, attempts, position = found
+        return json_response(JobOut.of(job, attempts=attempts, queue_position=position))
 
     # One statement (and the key's, when not cached): no transaction needed.
     return await access.run(read, autocommit=True)

@@ -248,7 +248,11 @@ def test_metrics_downsampled_keep_first_last_min_max(stack: Stack, live_job: Liv
     assert min(full, key=lambda p: p[1]) in kept and max(full, key=lambda p: p[1]) in kept
 
     nothing = stack.http.get(f"/jobs/{job_id}/metrics", params={"keys": "no_such_metric"})
-    assert nothing.json()["series"]["no_such_metric"] == {"count": 0, "points": []}
+    assert nothing.json()["series"]["no_such_metric"] == {
+        "count": 0,
+        "sampled": False,
+        "points": [],
+    }
     bad = stack.http.get(f"/jobs/{job_id}/metrics", params={"keys": ",", "max_points": 8})
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
     assert stack.http.get(f"/jobs/{job_id}/metrics", params={"max_points": 2}).status_code == 422
