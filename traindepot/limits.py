@@ -316,6 +316,11 @@ def _count(
     }[Task(task)]
     if overrides is not None:
         given = dict(overrides)
+        # The worker takes the special token ids from the tokenizer (worker/builders.py);
+        # they do not change the count, and a family's defaults (GPT-2's 50256) outside a
+        # small vocabulary would only print a warning into the API's log.
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            given.setdefault(name, None)
         config = AutoConfig.for_model(str(given.pop("model_type")), **given)
     else:
         assert name_or_path is not None
