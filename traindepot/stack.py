@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from traindepot import lifetime
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis
 from traindepot.settings import Settings, get_settings
 
@@ -52,6 +53,13 @@ def backing_services(settings: Settings) -> Iterator[tuple[str, str]]:
         yield database_url, redis_url
 
 
+# The stack's processes (API, worker, webhook sender) get SIGTERM, their graceful stop, when
+# the process that started them dies, even by SIGKILL: a killed `serve`, `demo` or test run
+# leaves none behind (the embedded PostgreSQL and Redis daemonize: `stop` ends them).
+def ends_with_us() -> Callable[[], None]:
+    return lifetime.dying_with_this_process(signal.SIGTERM)
+
+
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     return start_command(["worker"], env, log_path)
 
@@ -74,6 +82,7 @@ def start_command(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=ends_with_us(),
         )
 
 
@@ -89,6 +98,7 @@ def start_api(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=ends_with_us(),
         )
     return process, f"http://{host}:{port}"
 

@@ -20,17 +20,16 @@ Imports torch only inside `agree`.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traindepot import lifetime
+
 # Set by worker/launcher.py in the launcher's environment, which its ranks inherit.
 LAUNCHER_PID_ENV = "TRAINDEPOT_LAUNCHER_PID"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,7 @@ def die_with_launcher() -> None:
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     if launcher is None:
         return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(launcher):
-        os._exit(1)
+    lifetime.die_with(int(launcher))
 
 
 def stop_path(job_dir: Path, attempt: int) -> Path:

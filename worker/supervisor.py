@@ -14,16 +14,13 @@ error if any rank raised.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,7 +29,7 @@ from db import attempts, jobs
 from db.models import JobStatus
 from db.retry import TRANSIENT, retry_db
 from db.session import session_scope
-from traindepot import artifacts, events
+from traindepot import artifacts, events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
 from worker import budget, launcher, ranks, warm
@@ -52,24 +49,6 @@ log = logging.getLogger(__name__)
 # Set by the Celery `worker_shutting_down` signal: stop the child at a checkpoint and put
 # the job back in the queue instead of failing it.
 shutting_down = threading.Event()
-
-_PR_SET_PDEATHSIG = 1
-# Loaded in the parent: the code between fork and exec should do as little as possible.
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        """Runs in the child before exec: the kernel kills it when the worker dies (SIGKILL
-        included), so an orphaned attempt can never train beside the next one. The death
-        signal is tied to the thread that forked (the solo pool's main thread, or a threads
-        pool's task thread: both live as long as the worker) and survives exec. If the
-        worker died before the prctl, the child was already re-parented: exit at once."""
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 class Supervisor:
@@ -163,7 +142,11 @@ class Supervisor:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(os.getpid()),
+            # The kernel kills it when the worker dies (SIGKILL included), so an orphaned
+            # attempt can never train beside the next one. Tied to the thread that forks:
+            # the solo pool's main thread, or a threads pool's task thread, both as long-lived
+            # as the worker.
+            preexec_fn=lifetime.dying_with_this_process(),
             start_new_session=True,  # terminal signals go to the worker, not the child
             # The job's directory, not the worker's: `from_pretrained("gpt2")` looks
             # for a ./gpt2 directory first. The project is imported as an installed

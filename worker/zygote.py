@@ -23,7 +23,6 @@ worker's log), never into the protocol.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -33,18 +32,8 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
+from traindepot import lifetime
 from worker import runner
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with(parent_pid: int) -> None:
-    """The kernel kills this process when its parent dies; if the parent is already gone
-    (re-parented between the fork and the prctl), exit now."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def prepare() -> str | None:
@@ -94,7 +83,7 @@ def _run_child(request: dict[str, Any], parent_pid: int, channel: socket.socket)
     code = 1
     try:
         os.setsid()  # its own process group, which the budget's kill_tree ends whole
-        _die_with(parent_pid)
+        lifetime.die_with(parent_pid)
         channel.close()  # the worker reads the prepared process's reports only
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)
@@ -124,7 +113,7 @@ def _serve_one(channel: socket.socket, template_pid: int) -> NoReturn:
     then exit."""
     # The template lets the kernel reap its prepared processes; this one waits for its child.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _die_with(template_pid)
+    lifetime.die_with(template_pid)
     _report(channel, {"ready": True, "pid": os.getpid()})
     with channel.makefile("rb") as requests:
         line = requests.readline()
@@ -146,7 +135,7 @@ def _serve_one(channel: socket.socket, template_pid: int) -> NoReturn:
 
 
 def serve(worker_pid: int) -> NoReturn:
-    _die_with(worker_pid)
+    lifetime.die_with(worker_pid)
     # The protocol is the socket on fd 0; fd 0 becomes /dev/null and fd 1 stderr, so
     # nothing an import prints can corrupt it.
     control = socket.socket(fileno=os.dup(0))

@@ -32,7 +32,13 @@ from sqlalchemy.engine import make_url
 
 from traindepot.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from traindepot.settings import Settings
-from traindepot.stack import start_api, start_webhook_sender, stop_process, wait_until_up
+from traindepot.stack import (
+    ends_with_us,
+    start_api,
+    start_webhook_sender,
+    stop_process,
+    wait_until_up,
+)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -201,6 +207,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=ends_with_us(),  # a killed test run leaves no worker behind
         )
         self.workers.append(proc)
         return proc
