@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.auth import wrk_run
-from bench.service import bench_home
+from bench.service import bench_home, spread
 from traindepot.demo import demo_spec
 from traindepot.embedded import free_port
 from traindepot.stack import stop_process, wait_until_up
@@ -137,7 +137,7 @@ def main() -> None:
         p99s = [p for n, _, p, _ in rows if n == name]
         errors = sum(e for n, _, _, e in rows if n == name)
         print(
-            f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+            f"| {name} | {spread(rates, '{:,.0f}')}"
             f" | {statistics.median(p99s):.1f} ms ({max(p99s):.1f}) |"
             f" {statistics.median(rates) / bare:.3f} | {errors} |"
         )

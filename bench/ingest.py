@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -37,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from bench.service import spread
 from traindepot.embedded import EmbeddedRedis
 from traindepot.stack import migrate
 
@@ -161,13 +161,6 @@ def run_phase(
     return rows
 
 
-def _spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    return (
-        f"{fmt.format(statistics.median(values))} "
-        f"({fmt.format(min(values))}-{fmt.format(max(values))})"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--children", type=int, default=20)
@@ -198,7 +191,7 @@ def main() -> None:
                     span = max(r["ended"] for r in rows) - min(r["began"] for r in rows)
                     line = (
                         f"round {round_ + 1} {name:9} children {len(rows)}"
-                        f" | ms/step {_spread([r['ms_per_step'] for r in rows])}"
+                        f" | ms/step {spread([r['ms_per_step'] for r in rows])}"
                         f" | steps {sum(r['steps'] for r in rows):,} in {span:.1f} s"
                     )
                     if reporting:
@@ -208,10 +201,10 @@ def main() -> None:
                         stored = sum(r["stored"] for r in rows)
                         drained = max(r["drained_s"] for r in rows)
                         line += (
-                            f" | hooks us/step {_spread(hooks, '{:.1f}')}"
+                            f" | hooks us/step {spread(hooks, '{:.1f}')}"
                             f" | committed while running {during:,.0f} points/s"
                             f" | all {stored:,} stored, last drained {drained:.2f} s after"
-                            f" | flusher CPU share {_spread(cpu)}"
+                            f" | flusher CPU share {spread(cpu)}"
                         )
                     print(line, flush=True)
         finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
 from api.schemas import JobPage, JobSummary, json_response
+from bench.service import spread
 from db import jobs
 from db.models import JobStatus
 from db.session import session_scope
@@ -152,9 +152,7 @@ def main() -> None:
                     started = time.perf_counter()
                     page(session, tenant, status, after, args.limit)
                     seconds.append((time.perf_counter() - started) * 1000)
-                timings.append(
-                    f"{statistics.median(seconds):.1f} ms ({min(seconds):.1f}-{max(seconds):.1f})"
-                )
+                timings.append(spread(seconds, "{:.1f}", " ms"))
         print(f"| {label} | {timings[0]} | {timings[1]} |", flush=True)
     print("\n(a filtered list with fewer rows: its deep page is half way down)\n")
     print("\n\n".join(plans))

@@ -21,7 +21,6 @@ Results: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import httpx
 import psycopg
 from sqlalchemy import text
 
-from bench.service import bench_home
+from bench.service import bench_home, spread
 from db import metrics
 from db.session import session_scope
 from traindepot.downsample import downsample
@@ -77,10 +76,6 @@ def fill_job(database_url: str, *, tenant: str, points: int, eval_every: int) ->
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE job_metrics")
     return job_id
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ms ({min(values):.1f}-{max(values):.1f})"
 
 
 def _check(
@@ -188,7 +183,7 @@ def main() -> None:
                     times.append((time.perf_counter() - t0) * 1000)
                     response.raise_for_status()
                     _check(response.json(), keys.split(","), max_points, steps)
-                print(f"after  | {name} | {_spread(times)}", flush=True)
+                print(f"after  | {name} | {spread(times, '{:.1f}', ' ms')}", flush=True)
         finally:
             stop_process(api)
         times = []
@@ -196,8 +191,11 @@ def main() -> None:
             t0 = time.perf_counter()
             kept = before(bench.database_url, job_id, "loss", 1000)
             times.append((time.perf_counter() - t0) * 1000)
-        print(f"before | loss, max_points=1000 (in-process, no HTTP) | {_spread(times)};"
-              f" {kept} points", flush=True)  # fmt: skip
+        took = spread(times, "{:.1f}", " ms")
+        print(
+            f"before | loss, max_points=1000 (in-process, no HTTP) | {took}; {kept} points",
+            flush=True,
+        )
         explain(bench.database_url, job_id, "loss", 1000)
         explain(bench.database_url, job_id, "eval_loss", 500)
 

@@ -4,6 +4,7 @@ embedded Redis, the database of `TRAINDEPOT_DATABASE_URL` migrated, and an API k
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -78,3 +79,10 @@ def submit_and_wait(
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
     return job
+
+
+def spread(values: list[float], fmt: str = "{:.3f}", unit: str = "") -> str:
+    """`median (min-max)` of a benchmark's repeats, as docs/benchmarks.md reports them:
+    `spread([1.2, 0.8, 1.0], "{:.2f}", " s")` is `1.00 s (0.80-1.20)`."""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return f"{fmt.format(statistics.median(values))}{unit} ({low}-{high})"

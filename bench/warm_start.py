@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.service import submit_and_wait
+from bench.service import spread, submit_and_wait
 
 COLD_QUEUE = "bench-cold"
 
@@ -78,10 +78,6 @@ def cold_import(env: dict[str, str]) -> float:
         env=env, check=True, capture_output=True,
     )  # fmt: skip
     return time.perf_counter() - started
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| | submit to first logged step, median (min-max) | submit to end |")
     print("|---|---|---|")
-    print(f"| warm start | {spread(results['warm'])} | {spread(results['warm_end'])} |")
-    print(f"| cold start | {spread(results['cold'])} | {spread(results['cold_end'])} |")
-    print(f"| cold import alone (reference) | {spread(imports)} | |")
+
+    def secs(values: list[float]) -> str:
+        return spread(values, "{:.2f}", " s")
+
+    print(f"| warm start | {secs(results['warm'])} | {secs(results['warm_end'])} |")
+    print(f"| cold start | {secs(results['cold'])} | {secs(results['cold_end'])} |")
+    print(f"| cold import alone (reference) | {secs(imports)} | |")
     print(f"| **warm / cold** | **{warm / cold:.3f}** | |")
     print(f"\nall runs: warm {results['warm']}\ncold {results['cold']}\nimport {imports}")
     return 0
