@@ -225,6 +225,20 @@ class Stack:
             stop_process(proc, timeout=20)
             self.workers.remove(proc)
 
+    @contextmanager
+    def extra_api(
+        self, name: str, settings: dict[str, str], *, ready_path: str = "/healthz"
+    ) -> Iterator[str]:
+        """A second API process on this stack with `settings` overriding the stack's, up
+        (`ready_path` answers 200) for the block and stopped at its end; yields its URL."""
+        env = {**self.env, **settings}
+        process, url = start_api(env, self.home / "logs" / f"api-{name}.log", port=free_port())
+        try:
+            wait_until_up(url, process=process, path=ready_path)
+            yield url
+        finally:
+            stop_process(process)
+
     def start_sender(self) -> subprocess.Popen[bytes]:
         log = self.home / "logs" / f"webhooks-{len(self.senders)}.log"
         self.senders.append(start_webhook_sender(self.env, log))

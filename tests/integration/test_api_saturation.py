@@ -21,8 +21,6 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.specs import tiny_spec
-from traindepot.embedded import free_port
-from traindepot.stack import start_api, stop_process, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +43,7 @@ class Answer:
 @pytest.fixture(scope="module")
 def starved_api(stack: Stack) -> Iterator[str]:
     """The API on the session stack's database with a 2-connection pool."""
-    env = {
-        **stack.env,
+    settings = {
         "TRAINDEPOT_DB_POOL_SIZE": "2",
         "TRAINDEPOT_DB_MAX_OVERFLOW": "0",
         "TRAINDEPOT_API_DB_WAIT_SECONDS": "1",
@@ -54,14 +51,10 @@ def starved_api(stack: Stack) -> Iterator[str]:
         # database pool, not the stream limit (its default, 20 per tenant, would answer 429).
         "TRAINDEPOT_MAX_STREAMS_PER_TENANT": "1000",
     }
-    process, url = start_api(env, stack.home / "logs" / "api-starved.log", port=free_port())
-    try:
-        # Ready, not just up: the start-up import of transformers (the validator's warm-up)
-        # holds the GIL for seconds and is not what this test is about.
-        wait_until_up(url, process=process, path="/readyz")
+    # Ready, not just up: the start-up import of transformers (the validator's warm-up)
+    # holds the GIL for seconds and is not what this test is about.
+    with stack.extra_api("starved", settings, ready_path="/readyz") as url:
         yield url
-    finally:
-        stop_process(process)
 
 
 def _curl_healthz(url: str) -> tuple[int, float]:
@@ -185,10 +178,8 @@ def test_readyz_reports_the_database_and_redis(stack: Stack) -> None:
 
 def test_readyz_is_503_when_the_database_is_unreachable(stack: Stack) -> None:
     """`/healthz` stays 200 (the process is alive); `/readyz` says what is wrong."""
-    env = {**stack.env, "TRAINDEPOT_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
-    process, url = start_api(env, stack.home / "logs" / "api-nodb.log", port=free_port())
-    try:
-        wait_until_up(url, process=process)
+    nowhere = {"TRAINDEPOT_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    with stack.extra_api("nodb", nowhere) as url:
         response = httpx.get(f"{url}/readyz", timeout=15)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
@@ -196,5 +187,3 @@ def test_readyz_is_503_when_the_database_is_unreachable(stack: Stack) -> None:
         assert body["status"] == "not_ready"
         assert body["checks"]["database"].startswith("unreachable")
         assert body["checks"]["redis"] == "ok"
-    finally:
-        stop_process(process)

@@ -14,8 +14,6 @@ import pytest
 from api.routes.history import EXACT_LIMIT
 from tests.integration.conftest import Stack
 from tests.integration.test_live import read_events
-from traindepot.embedded import free_port
-from traindepot.stack import start_api, stop_process, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -93,13 +91,8 @@ def test_long_history_is_sampled_in_the_database(stack: Stack, long_job: str) ->
 @pytest.fixture(scope="module")
 def small_page_api(stack: Stack) -> Iterator[str]:
     """A second API process whose event streams read their backlog 7 points a page."""
-    env = {**stack.env, "TRAINDEPOT_SSE_BACKLOG_PAGE": "7"}
-    api, url = start_api(env, stack.home / "logs" / "api-small-page.log", port=free_port())
-    try:
-        wait_until_up(url)
+    with stack.extra_api("small-page", {"TRAINDEPOT_SSE_BACKLOG_PAGE": "7"}) as url:
         yield url
-    finally:
-        stop_process(api)
 
 
 def test_backlog_of_many_pages_is_replayed_complete_and_in_order(

@@ -16,7 +16,6 @@ import pytest
 from tests.integration.conftest import Stack, api_key_headers
 from tests.specs import tiny_spec
 from traindepot.embedded import free_port
-from traindepot.stack import start_api, stop_process, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -295,13 +294,9 @@ def test_heartbeats_then_a_cancel_ends_the_stream(stack: Stack) -> None:
 @pytest.fixture
 def api_without_redis(stack: Stack) -> Iterator[str]:
     """A second API process whose Redis URL points at a port nobody listens on."""
-    env = {**stack.env, "TRAINDEPOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    api, url = start_api(env, stack.home / "logs" / "api-no-redis.log", port=free_port())
-    try:
-        wait_until_up(url)
+    nobody = {"TRAINDEPOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    with stack.extra_api("no-redis", nobody) as url:
         yield url
-    finally:
-        stop_process(api)
 
 
 def test_redis_down_falls_back_to_polling_the_database(
