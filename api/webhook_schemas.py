@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from api.schemas import JobOut
-from db.models import Webhook, WebhookDelivery
+from db.models import Job, Webhook, WebhookDelivery
 from traindepot.spec import WebhookTarget
 
 
@@ -58,6 +58,11 @@ class SubmittedJobOut(JobOut):
         description="The job's own subscriptions (`notify.webhooks`) with their signing "
         "secrets: in the response to the submit that created the job, and only there.",
     )
+
+    @classmethod
+    def created(cls, job: Job, hooks: list[Webhook]) -> SubmittedJobOut:
+        """The answer to a submit or a clone: the job and its own subscriptions' secrets."""
+        return cls(**JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks])
 
 
 class DeliveryOut(BaseModel):

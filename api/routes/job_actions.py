@@ -23,7 +23,7 @@ from api.errors import Conflict
 from api.responses import JOB_ROUTE, errors
 from api.routes.jobs import validated
 from api.schemas import CloneIn, JobOut, JobPatch
-from api.webhook_schemas import NewWebhookOut, SubmittedJobOut
+from api.webhook_schemas import SubmittedJobOut
 from db import scheduling
 from db.models import Job, JobStatus
 from traindepot import events
@@ -129,9 +129,7 @@ async def clone_job(
     stored_spec, _ = await validated(spec, settings, access)
     job, hooks = await submission.create(access, settings, stored_spec, None)
     await submission.announce(job)
-    return SubmittedJobOut(
-        **JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks]
-    )
+    return SubmittedJobOut.created(job, hooks)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -28,7 +28,7 @@ from api.schemas import (
     ValidatedSpec,
     json_response,
 )
-from api.webhook_schemas import NewWebhookOut, SubmittedJobOut
+from api.webhook_schemas import SubmittedJobOut
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
@@ -158,9 +158,7 @@ async def submit_job(
     job, hooks = await submission.create(access, settings, stored_spec, idempotency_key)
     await submission.announce(job)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return SubmittedJobOut(
-        **JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks]
-    )
+    return SubmittedJobOut.created(job, hooks)
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
