@@ -19,6 +19,7 @@ that does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import subprocess
@@ -58,14 +59,21 @@ print(json.dumps({
 """
 
 
-def probe_devices(timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[str, Any]:
+def probe_devices() -> dict[str, Any]:
     """This machine's devices, as a child process with torch sees them (it inherits
-    CUDA_VISIBLE_DEVICES, as the training child will)."""
+    CUDA_VISIBLE_DEVICES, as the training child will). Probed once per worker: `traindepot
+    worker` asks first when it must size its pool from the GPUs it sees, and the
+    registration then gets the same answer instead of importing torch a second time."""
+    return dict(_probe_once())
+
+
+@functools.cache
+def _probe_once() -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=PROBE_TIMEOUT_SECONDS,
         check=True,
     )
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
