@@ -29,6 +29,7 @@ from api.deps import SettingsDep
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.keycache import cache
 from db import jobs, keys
+from db.keys import Holder
 from db.models import Job
 from traindepot import apikeys
 from traindepot.settings import Settings
@@ -67,15 +68,22 @@ class Access:
         self._settings = settings
         self.caller: Caller | None = None if settings.auth else ANONYMOUS
 
+    def _digest(self) -> bytes:
+        assert self._key is not None
+        return apikeys.digest(self._key, apikeys.server_secret(self._settings))
+
+    def _known(self, holder: Holder) -> Caller:
+        self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
+        return self.caller
+
     def _authenticate(self, session: Session) -> Caller:
         if self.caller is None:
-            assert self._key is not None
-            digest = apikeys.digest(self._key, apikeys.server_secret(self._settings))
+            digest = self._digest()
             holder = cache.get(digest) or keys.find_active(session=session, digest=digest)
             if holder is None:
                 raise Unauthorized("the API key is unknown or revoked")
             cache.put(digest, holder)
-            self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
+            return self._known(holder)
         return self.caller
 
     async def run(
@@ -94,8 +102,12 @@ class Access:
         )
 
     async def who(self) -> Caller:
-        """The caller, for a route that needs it before (or without) its own work."""
+        """The caller, for a route that needs it before (or without) its own work: from
+        the key cache when it holds the key (no database call, no thread), else read."""
         if self.caller is None:
+            holder = cache.get(self._digest())
+            if holder is not None:
+                return self._known(holder)
             await self.run(lambda _session, caller: caller)
         assert self.caller is not None
         return self.caller

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from api import db_errors, errors, keycache
+from api import aio_db, db_errors, errors, job_docs, keycache
 from api.body_limit import BodyLimit
 from api.routes import (
     admin,
@@ -40,8 +40,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.start_soon(
             keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds
         )
+        tasks.start_soon(
+            job_docs.follow_changes, settings.require_database_url(), settings.api_job_cache_size
+        )
         yield
         tasks.cancel_scope.cancel()
+    await aio_db.close()
 
 
 def create_app() -> FastAPI:

@@ -30,6 +30,11 @@ from traindepot.settings import get_settings
 T = TypeVar("T")
 
 
+after_commit: list[Callable[[], None]] = []
+"""Called, on the event loop, after each commit of `run_db(..., commit=True)` (the job
+document cache, api/job_docs.py, empties itself)."""
+
+
 class Saturated(Exception):
     """Every database slot stayed taken for `api_db_wait_seconds`: answered 503 at once."""
 
@@ -79,8 +84,12 @@ async def run_db(
         except TimeoutError:
             raise Saturated("the API is at capacity; retry shortly") from None
     try:
-        return await anyio.to_thread.run_sync(
+        value = await anyio.to_thread.run_sync(
             _in_session, work, commit, autocommit, limiter=threads
         )
     finally:
         slots.release()
+    if commit:
+        for hook in after_commit:
+            hook()
+    return value

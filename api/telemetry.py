@@ -6,11 +6,12 @@ Two kinds of metrics, chosen so that several API processes report correctly:
   heartbeats) is computed from PostgreSQL and Redis at scrape time (`db/stats.py`,
   `traindepot/dispatch.py`). Every process reads the same rows, so any of them answers the
   same, and nothing is lost when a process restarts.
-- What only a process can see, the latency of the requests it served, is a histogram per
-  process. With `PROMETHEUS_MULTIPROC_DIR` set (an empty directory, shared by the API
-  processes of a host, wiped before they start) prometheus-client keeps it in files there
-  and a scrape of any process sums every process' files; without it, each process reports
-  its own requests (one process: the whole truth).
+- What only a process can see, the latency of the requests it served (a histogram) and
+  where its job documents came from (a counter), is kept per process. With
+  `PROMETHEUS_MULTIPROC_DIR` set (an empty directory, shared by the API processes of a
+  host, wiped before they start) prometheus-client keeps it in files there and a scrape of
+  any process sums every process' files; without it, each process reports its own
+  requests (one process: the whole truth).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import os
 import time
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -38,6 +45,14 @@ REQUEST_SECONDS = Histogram(
     "route's template",
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=None,
+)
+
+JOB_READS = Counter(
+    "traindepot_job_reads",
+    "`GET /jobs/{id}` documents by where they came from: `cache` (this process' job cache, "
+    "api/job_docs.py) or `database`",
+    ["source"],
     registry=None,
 )
 
@@ -194,4 +209,5 @@ def exposition(stats: JobStats, workers: list[tuple[str, str, float | None]] | N
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(REQUEST_SECONDS)
+        registry.register(JOB_READS)
     return generate_latest(registry)

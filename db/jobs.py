@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, defer
 
 from db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobAttempt, JobMetric, JobStatus
-from db.scheduling import effective_queued_at, position_of
+from db.scheduling import effective_queued_at
 
 
 def create(
@@ -59,30 +59,6 @@ def get(*, session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Jo
     if job is None or (tenant is not None and job.tenant != tenant):
         return None
     return job
-
-
-# Built once: constructing this ORM statement (the aliased queue count above all) took more
-# CPU than everything else a read does (py-spy, docs/benchmarks.md); executed with the id
-# bound, it is compiled once too (SQLAlchemy's statement cache).
-_JOB_WITH_ATTEMPTS = (
-    select(Job, JobAttempt, position_of(Job))
-    .outerjoin(JobAttempt, JobAttempt.job_id == Job.id)
-    .where(Job.id == bindparam("job_id"))
-    .order_by(JobAttempt.attempt)
-)
-
-
-def get_with_attempts(
-    *, session: Session, job_id: uuid.UUID, tenant: str | None = None
-) -> tuple[Job, list[JobAttempt], int | None] | None:
-    """The job, its attempts (first to last) and, for a queued job, its queue position
-    (`db/scheduling.py` `position_of`), in one statement (one round trip); None as `get`
-    gives it."""
-    rows = session.execute(_JOB_WITH_ATTEMPTS, {"job_id": job_id}).all()
-    if not rows or (tenant is not None and rows[0][0].tenant != tenant):
-        return None
-    job, _, position = rows[0]
-    return job, [attempt for _, attempt, _ in rows if attempt is not None], position
 
 
 @dataclass(frozen=True)

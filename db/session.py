@@ -20,6 +20,14 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """The URL as libpq and asyncpg read it (`postgresql://`), whatever driver it names."""
+    for prefix in ("postgresql+psycopg://", "postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
 @lru_cache(maxsize=4)
 def get_engine(url: str | None = None, *, api: bool = False) -> Engine:
     """The process' pool: `db_pool_size` connections kept, up to `db_max_overflow` more

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     # How long an API request waits for one of the `db_pool_capacity` slots before it is
     # answered 503 with Retry-After: saturation is a fast answer, never a stall.
     api_db_wait_seconds: float = Field(default=2.0, gt=0)
+    # The API's hottest reads (`GET /jobs/{id}`) run on an async pool of their own
+    # (api/aio_db.py), opened on first use: its connections per API process. A read waits
+    # `api_db_wait_seconds` for one, then 503.
+    api_read_pool_size: int = Field(default=4, gt=0)
+    # How many job documents each API process keeps for `GET /jobs/{id}`, each until its job
+    # changes (api/job_docs.py: PostgreSQL LISTEN/NOTIFY); 0: every read goes to the
+    # database (for a connection pooler that does not forward LISTEN).
+    api_job_cache_size: int = Field(default=10_000, ge=0)
     # How many points an event stream reads per database call while it replays a backlog
     # (api/routes/events.py): the stream holds one such page at a time, whatever the
     # backlog's length.

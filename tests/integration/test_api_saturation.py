@@ -5,7 +5,8 @@ answered (200, or 503 with Retry-After when the database slots are all taken), a
 Before the fix, a sync `yield` session dependency held connections that only a free thread
 could return: 64 readers took every thread, and every route, `/healthz` included, hung for
 the pool's 30 s timeout. Here a second API process runs on the session stack's database
-with only two connections, so the readers really do contend for the pool.
+with only two connections (and one for `GET /jobs/{id}`, uncached), so the readers really
+do contend for the pool.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def starved_api(stack: Stack) -> Iterator[str]:
         "TRAINDEPOT_DB_POOL_SIZE": "2",
         "TRAINDEPOT_DB_MAX_OVERFLOW": "0",
         "TRAINDEPOT_API_DB_WAIT_SECONDS": "1",
+        # `GET /jobs/{id}`'s own pool (api/aio_db.py), one connection, and no job cache:
+        # every one of its readers contends for that connection.
+        "TRAINDEPOT_API_READ_POOL_SIZE": "1",
+        "TRAINDEPOT_API_JOB_CACHE_SIZE": "0",
         # ~26 readers of the event stream at once, all one tenant: this test is about the
         # database pool, not the stream limit (its default, 20 per tenant, would answer 429).
         "TRAINDEPOT_MAX_STREAMS_PER_TENANT": "1000",

@@ -1,0 +1,174 @@
+"""The documents `GET /jobs/{id}` answers with: from this process' cache when it holds the
+job, else read from PostgreSQL (db/job_json.py, api/aio_db.py) and kept.
+
+A job is polled by every client that waits for it (CLIs, CI systems, dashboards), and
+between two of its changes every poll would read the same row. The cache keeps each
+document until PostgreSQL announces that its job changed: migration 0010's triggers NOTIFY
+`traindepot_jobs` at the commit of every change of a job's row or of its attempts, and
+`follow_changes` (the app's lifespan) LISTENs on a connection of its own and drops what
+changed. A notice that names a queue drops every queued job of that queue too: their
+`queue_position` may have moved.
+
+It is trusted only while that connection is known to be up (the same rule as the key
+cache, api/keycache.py): until `LISTEN` is confirmed, and from the moment the connection
+fails, its termination is seen or a ping on it goes unanswered for `PING_SECONDS`, the cache
+is emptied and bypassed, and every read goes to the database. A read that began before a
+change (or before the cache went live) is never kept: `put` takes the `epoch` read before
+the database call, and every notice advances it. A commit by this process also empties it,
+so a client reads its own writes through the process that made them; through another
+process, a change is seen once that process has the notice (milliseconds).
+`api_job_cache_size` = 0 turns it off (e.g. behind a connection pooler that does not
+forward LISTEN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+
+from api import aio_db, database
+from api.schemas import JobOut
+from api.telemetry import JOB_READS
+from db.job_json import JOB_JSON, job_json_args
+from db.models import JobStatus
+from db.session import libpq_url
+
+log = logging.getLogger(__name__)
+CHANNEL = "traindepot_jobs"
+PING_SECONDS = 5.0
+LISTENER = "traindepot-job-changes"  # its application_name in pg_stat_activity
+
+
+@dataclass(frozen=True)
+class JobDoc:
+    tenant: str
+    queue: str | None  # its queue while it is queued (its position moves with the queue)
+    body: bytes  # the JobOut JSON
+
+
+class JobCache:
+    def __init__(self) -> None:
+        self._docs: OrderedDict[uuid.UUID, JobDoc] = OrderedDict()
+        self._queued: dict[str, set[uuid.UUID]] = {}
+        self.size = 0
+        self.live = False  # LISTENing: every change reaches this process
+        self.epoch = 0  # advanced by every notice, every commit here, and going live or dark
+
+    def get(self, job_id: uuid.UUID) -> JobDoc | None:
+        doc = self._docs.get(job_id) if self.live else None
+        if doc is not None:
+            self._docs.move_to_end(job_id)
+        return doc
+
+    def put(self, job_id: uuid.UUID, doc: JobDoc, epoch: int) -> None:
+        """Keep `doc`, read from the database after `epoch` was taken, unless anything
+        changed since then (or the cache is not trusted)."""
+        if not self.live or epoch != self.epoch or self.size <= 0:
+            return
+        self._docs[job_id] = doc
+        if doc.queue is not None:
+            self._queued.setdefault(doc.queue, set()).add(job_id)
+        while len(self._docs) > self.size:
+            self._drop(next(iter(self._docs)))
+
+    def _drop(self, job_id: uuid.UUID) -> None:
+        doc = self._docs.pop(job_id, None)
+        if doc is not None and doc.queue is not None:
+            self._queued.get(doc.queue, set()).discard(job_id)
+
+    def changed(self, notice: str) -> None:
+        """A notice from the channel: `<job id>` or `<job id> <queue>`."""
+        self.epoch += 1
+        job_id, _, queue = notice.partition(" ")
+        try:
+            self._drop(uuid.UUID(job_id))
+        except ValueError:
+            log.warning("job cache: a notice that names no job: %r", notice)
+            self.clear()
+        if queue:
+            for queued in self._queued.pop(queue, set()):
+                self._docs.pop(queued, None)
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self._docs.clear()
+        self._queued.clear()
+
+    def go_live(self) -> None:
+        self.clear()
+        self.live = True
+
+    def go_dark(self) -> None:
+        self.live = False
+        self.clear()
+
+
+cache = JobCache()
+FROM_CACHE = JOB_READS.labels("cache")
+FROM_DATABASE = JOB_READS.labels("database")
+# What this process commits, it reads back at once (the notice comes a moment later).
+database.after_commit.append(cache.clear)
+
+
+async def read(job_id: uuid.UUID) -> JobDoc | None:
+    """The job's document: cached, or one statement (None: no such job)."""
+    doc = cache.get(job_id)
+    if doc is not None:
+        FROM_CACHE.inc()
+        return doc
+    FROM_DATABASE.inc()
+    epoch = cache.epoch
+    row = await aio_db.fetch_row(JOB_JSON, job_json_args(job_id))
+    if row is None:
+        return None
+    doc = JobDoc(
+        tenant=row["tenant"],
+        queue=row["queue"] if row["status"] == JobStatus.QUEUED else None,
+        body=JobOut.model_validate_json(row["job"]).model_dump_json().encode(),
+    )
+    cache.put(job_id, doc, epoch)
+    return doc
+
+
+async def _listen(database_url: str) -> None:
+    """One LISTEN connection, trusted from its confirmation until it fails."""
+    connection = await asyncpg.connect(
+        libpq_url(database_url), timeout=5, server_settings={"application_name": LISTENER}
+    )
+    lost = asyncio.Event()
+
+    def on_notice(_c: object, _pid: int, _channel: str, notice: object) -> None:
+        cache.changed(str(notice))
+
+    try:
+        connection.add_termination_listener(lambda _c: lost.set())
+        await connection.add_listener(CHANNEL, on_notice)
+        cache.go_live()
+        while not lost.is_set():
+            with anyio.move_on_after(PING_SECONDS):
+                await lost.wait()
+            if not lost.is_set():  # a silent network drops no connection: ask
+                with anyio.fail_after(PING_SECONDS):
+                    await connection.fetchval("SELECT 1")
+    finally:
+        cache.go_dark()
+        connection.terminate()
+
+
+async def follow_changes(database_url: str, size: int) -> None:
+    """Run for the app's lifetime: keep a LISTEN connection up, drop what changes."""
+    cache.size = size
+    if size <= 0:
+        return
+    while True:
+        try:
+            await _listen(database_url)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("job changes unavailable (%s): every GET /jobs/{id} reads the database", exc)
+        await anyio.sleep(1.0)
