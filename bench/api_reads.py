@@ -5,6 +5,8 @@ Contenders, each served by uvicorn on this machine, with `wrk` (Debian's package
 same machine, interleaved round by round so that load from elsewhere hits all alike:
 - bare:   bench/bare_app.py, the same number of processes, no access log;
 - after:  `traindepot api --workers N` (this tree);
+- uncached: the same with `TRAINDEPOT_API_JOB_CACHE_SIZE=0`: every read goes to
+  PostgreSQL (api/job_docs.py's cache off), the path of a job's first read;
 - before: with `--before-tree DIR`, the API of another checkout (e.g. `git worktree add
   /tmp/td-before <commit>`) run as a new user ran it then: `uvicorn api.app:app`, one
   process, access log on, the asyncio loop and the h11 parser (the install had neither
@@ -38,6 +40,8 @@ from traindepot.demo import demo_spec
 from traindepot.embedded import free_port
 from traindepot.stack import stop_process, wait_until_up
 
+NAMES = ("after", "uncached", "before")
+
 
 def serve(
     cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
@@ -66,15 +70,17 @@ def main() -> None:
 
     with bench_home("bench") as bench:
         home, env, key = bench.home, bench.env, bench.key
-        ports = {name: free_port() for name in ("bare", "after", "before")}
+        ports = {name: free_port() for name in (*NAMES, "bare")}
         uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1"]
+        api = [sys.executable, "-m", "traindepot.cli", "api", "--workers", str(workers)]
         processes = {
-            "after": serve(
-                [sys.executable, "-m", "traindepot.cli", "api", "--port", str(ports["after"]),
-                 "--workers", str(workers)],
-                env, home / "api-after.log",
+            "after": serve([*api, "--port", str(ports["after"])], env, home / "api-after.log"),
+            "uncached": serve(
+                [*api, "--port", str(ports["uncached"])],
+                {**env, "TRAINDEPOT_API_JOB_CACHE_SIZE": "0"},
+                home / "api-uncached.log",
             ),
-        }  # fmt: skip
+        }
         if args.before_tree is not None and args.before_as_after:
             processes["before"] = serve(
                 [sys.executable, "-m", "traindepot.cli", "api", "--port", str(ports["before"]),
@@ -113,7 +119,7 @@ def main() -> None:
             )  # fmt: skip
             wait_until_up(urls["bare"], timeout=60, path=f"/jobs/{job['id']}")
             rows: list[tuple[str, float, float, int]] = []
-            order = [name for name in ("bare", "after", "before") if name in processes]
+            order = [name for name in ("bare", *NAMES) if name in processes]
             for round_ in range(args.rounds):
                 for name in order:
                     rate, p99, errors = wrk_run(
