@@ -56,6 +56,36 @@ class Caller:
 ANONYMOUS = Caller(tenant="default", admin=True, key_id=None)
 
 
+def _caller_of(holder: Holder) -> Caller:
+    return Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
+
+
+def _cached(key: str, settings: Settings) -> Caller | None:
+    """The key's caller if the key cache holds it (no database call)."""
+    holder = cache.get(apikeys.digest(key, apikeys.server_secret(settings)))
+    return None if holder is None else _caller_of(holder)
+
+
+def _bearer_key(authorization: str | None) -> str | None:
+    """`Bearer <key>` -> the key, as FastAPI's HTTPBearer reads the header; None for no
+    header or another scheme."""
+    scheme, _, key = (authorization or "").partition(" ")
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def cached_caller(authorization: str | None) -> Caller | None:
+    """The caller of a request with this `Authorization` header, known without a database
+    call (auth off, or a well-formed key in the key cache); None otherwise, and the request
+    takes the full path, which answers every other case (api/cached_reads.py)."""
+    settings = get_settings()
+    if not settings.auth:
+        return ANONYMOUS
+    key = _bearer_key(authorization)
+    if key is None or not apikeys.well_formed(key):
+        return None
+    return _cached(key, settings)
+
+
 class Access:
     """The request's credentials and its database work (see the module docstring)."""
 
@@ -64,22 +94,15 @@ class Access:
         self._settings = settings
         self.caller: Caller | None = None if settings.auth else ANONYMOUS
 
-    def _digest(self) -> bytes:
-        assert self._key is not None
-        return apikeys.digest(self._key, apikeys.server_secret(self._settings))
-
-    def _known(self, holder: Holder) -> Caller:
-        self.caller = Caller(tenant=holder.tenant, admin=holder.admin, key_id=holder.key_id)
-        return self.caller
-
     def _authenticate(self, session: Session) -> Caller:
         if self.caller is None:
-            digest = self._digest()
+            assert self._key is not None
+            digest = apikeys.digest(self._key, apikeys.server_secret(self._settings))
             holder = cache.get(digest) or keys.find_active(session=session, digest=digest)
             if holder is None:
                 raise Unauthorized("the API key is unknown or revoked")
             cache.put(digest, holder)
-            return self._known(holder)
+            self.caller = _caller_of(holder)
         return self.caller
 
     async def run(
@@ -101,9 +124,9 @@ class Access:
         """The caller, for a route that needs it before (or without) its own work: from
         the key cache when it holds the key (no database call, no thread), else read."""
         if self.caller is None:
-            holder = cache.get(self._digest())
-            if holder is not None:
-                return self._known(holder)
+            assert self._key is not None
+            self.caller = _cached(self._key, self._settings)
+        if self.caller is None:
             await self.run(lambda _session, caller: caller)
         assert self.caller is not None
         return self.caller
@@ -119,12 +142,12 @@ class _ApiKey(HTTPBearer):
         settings = get_settings()
         if not settings.auth:
             return Access(None, settings)
-        credentials = await super().__call__(request)
-        if credentials is None:
+        key = _bearer_key(request.headers.get("Authorization"))
+        if key is None:
             raise Unauthorized("send an API key: `Authorization: Bearer <key>`")
-        if not apikeys.well_formed(credentials.credentials):
+        if not apikeys.well_formed(key):
             raise Unauthorized("the API key is malformed")
-        return Access(credentials.credentials, settings)
+        return Access(key, settings)
 
 
 _api_key = _ApiKey(

@@ -8,9 +8,12 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from api import aio_db, db_errors, errors, job_docs, keycache
 from api.body_limit import BodyLimit
+from api.cached_reads import CachedJobReads
 from api.routes import (
     admin,
     artifacts,
@@ -64,18 +67,6 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     db_errors.install(app)  # after errors: a refused value is not an outage
-    settings = get_settings()
-    # Pure ASGI: a body over the limit is refused before it is read (413); event streams and
-    # log followers give their slot back however they end (the routes take it, 429 beyond).
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        StreamLimit,
-        slots=StreamSlots(
-            per_key=settings.max_streams_per_tenant, total=settings.max_streams_total
-        ),
-    )
-    # Outermost: the latency of every answer, those of the middlewares above included.
-    app.add_middleware(RequestLatency)
     # `GET /jobs/events` before `GET /jobs/{job_id}`, which would take "events" for an id.
     app.include_router(changes.router)
     app.include_router(jobs.router)
@@ -90,8 +81,37 @@ def create_app() -> FastAPI:
 
     app.include_router(ops.router)
     app.include_router(prometheus.router)
-
+    _add_middlewares(app)
     return app
+
+
+def _add_middlewares(app: FastAPI) -> None:
+    """Pure ASGI middlewares, the last added outermost."""
+    settings = get_settings()
+    # Pure ASGI: a body over the limit is refused before it is read (413); event streams and
+    # log followers give their slot back however they end (the routes take it, 429 beyond).
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        StreamLimit,
+        slots=StreamSlots(
+            per_key=settings.max_streams_per_tenant, total=settings.max_streams_total
+        ),
+    )
+    # Inside the latency's: a cached `GET /jobs/{id}` is answered before the framework.
+    app.add_middleware(CachedJobReads, route=_job_route())
+    # Outermost: the latency of every answer, those of the middlewares above included.
+    app.add_middleware(RequestLatency)
+
+
+def _job_route() -> BaseRoute:
+    """`GET /jobs/{job_id}`'s route (the cached reads are timed under its template)."""
+    return next(
+        route
+        for route in jobs.router.routes
+        if isinstance(route, APIRoute)
+        and route.path == "/jobs/{job_id}"
+        and "GET" in (route.methods or ())
+    )
 
 
 app = create_app()

@@ -60,8 +60,9 @@ def api(
         typer.Option(
             min=1,
             show_default="one per core",
-            help="API processes. Each has its own database pool of TRAINDEPOT_DB_POOL_SIZE +"
-            " TRAINDEPOT_DB_MAX_OVERFLOW connections.",
+            help="API processes. Each opens at most TRAINDEPOT_DB_POOL_SIZE +"
+            " TRAINDEPOT_DB_MAX_OVERFLOW + TRAINDEPOT_API_READ_POOL_SIZE database connections,"
+            " and one more to follow job changes.",
         ),
     ] = None,
     access_log: Annotated[
@@ -78,8 +79,8 @@ def api(
     settings.require_redis_url()
     processes = workers or _default_api_workers()
     err.print(
-        f"{processes} API process(es) x {settings.db_pool_capacity} database connections"
-        f" = {processes * settings.db_pool_capacity} at most (PostgreSQL's max_connections"
+        f"{processes} API process(es) x {settings.api_connections} database connections"
+        f" = {processes * settings.api_connections} at most (PostgreSQL's max_connections"
         " must hold them and the workers')"
     )
     if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         return self.db_pool_size + self.db_max_overflow
 
     @property
+    def api_connections(self) -> int:
+        """The most PostgreSQL connections one API process opens: its pool, the async pool
+        of its hottest read, and the job cache's LISTEN connection."""
+        return self.db_pool_capacity + self.api_read_pool_size + int(self.api_job_cache_size > 0)
+
+    @property
     def jobs_dir(self) -> Path:
         """Where job outputs (checkpoints, logs) live; chosen by the server, never by a spec."""
         return self.home / "jobs"

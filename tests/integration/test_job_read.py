@@ -273,3 +273,70 @@ def test_without_the_cache_every_read_goes_to_the_database(stack: Stack) -> None
         assert client.get(f"/jobs/{job_id}").json()["priority"] == 6  # no notice needed
         reads = _reads(client)
         assert reads.get("database") == 2 and reads.get("cache", 0) == 0
+
+
+def _route_count(api: Stack, route: str) -> float:
+    """How many 200s of `route` the API's latency histogram has counted."""
+    text = api.http.get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "traindepot_http_request_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+        and sample.labels.get("route") == route
+        and sample.labels.get("status") == "200"
+    )
+
+
+def test_a_cached_answer_is_the_routes_own(stack: Stack) -> None:
+    """Cache hits are answered before FastAPI (api/cached_reads.py): the same answer, and
+    timed under the route's template."""
+    job_id = _insert(stack, queue=_queue())
+    first = stack.http.get(f"/jobs/{job_id}")
+    before = _route_count(stack, "/jobs/{job_id}")
+    hits = _reads(stack).get("cache", 0)
+    for _ in range(10):
+        hit = stack.http.get(f"/jobs/{job_id}")
+        assert hit.status_code == 200 and hit.content == first.content
+        for header in ("content-type", "content-length"):
+            assert hit.headers[header] == first.headers[header]
+    assert _reads(stack).get("cache", 0) - hits >= 10
+    assert _route_count(stack, "/jobs/{job_id}") - before >= 10
+
+
+def _cached(stack: Stack, job_id: str) -> None:
+    """Read until a read of the job is a cache hit (an admin's)."""
+    _eventually(
+        lambda: (
+            (hits := _reads(stack).get("cache", 0)),
+            stack.get(job_id),
+            _reads(stack).get("cache", 0) > hits,
+        )[2],
+        True,
+    )
+
+
+def test_a_cached_job_is_refused_to_a_revoked_or_missing_key(stack: Stack) -> None:
+    created = stack.http.post("/keys", json={"tenant": "default", "name": "reader"})
+    assert created.status_code == 201, created.text
+    key, key_id = created.json()["key"], created.json()["id"]
+    job_id = _insert(stack, queue=_queue())
+    with httpx.Client(base_url=stack.url, headers=stack.headers(key), timeout=30) as reader:
+        for _ in range(3):  # the job and the key both cached
+            assert reader.get(f"/jobs/{job_id}").status_code == 200
+        assert stack.http.delete(f"/keys/{key_id}").status_code == 200
+        _cached(stack, job_id)  # (the revoke's commit emptied this process' job cache)
+        refused = reader.get(f"/jobs/{job_id}")
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "unauthorized"
+    for headers in (
+        {},
+        {"Authorization": "Bearer td_not_a_key"},
+        {"Authorization": f"Basic {key}"},
+        {"Authorization": f"Bearer{key}"},
+    ):
+        _cached(stack, job_id)
+        response = httpx.get(f"{stack.url}/jobs/{job_id}", headers=headers, timeout=30)
+        assert response.status_code == 401, (headers, response.text)
+        assert response.json()["error"] == "unauthorized"
