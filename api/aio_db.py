@@ -72,19 +72,37 @@ async def _get_pool() -> asyncpg.Pool:
 async def fetch_row(sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
     """The first row of `sql` (None when it has none). Raises `Saturated` when no
     connection frees up within `api_db_wait_seconds`, `ServiceUnavailable` when the
-    database cannot be reached."""
+    database cannot be reached.
+
+    A read that fails on a dead connection (the server restarted since it was opened) is
+    read once more: the pool then replaces every connection it holds (`expire_connections`,
+    as SQLAlchemy's pool does on a disconnect), and a read is safe to repeat. A database
+    that is still down fails that second read too: 503."""
     try:
-        pool = await _get_pool()
+        return await _fetch_row(sql, args)
+    except _UNREACHABLE:
+        await _expire()
+    try:
+        return await _fetch_row(sql, args)
+    except _UNREACHABLE as exc:
+        await _expire()
+        raise ServiceUnavailable("the database is unreachable; retry shortly") from exc
+
+
+async def _expire() -> None:
+    if _pool is not None:
+        await _pool.expire_connections()
+
+
+async def _fetch_row(sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
+    pool = await _get_pool()
+    try:
         connection = await pool.acquire(timeout=get_settings().api_db_wait_seconds)
     except TimeoutError:
         raise Saturated("the API is at capacity; retry shortly") from None
-    except _UNREACHABLE as exc:
-        raise ServiceUnavailable("the database is unreachable; retry shortly") from exc
     try:
         row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
         return row
-    except _UNREACHABLE as exc:
-        raise ServiceUnavailable("the database is unreachable; retry shortly") from exc
     finally:
         await pool.release(connection)
 
