@@ -44,7 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds
         )
         tasks.start_soon(
-            job_docs.follow_changes, settings.require_database_url(), settings.api_job_cache_size
+            job_docs.follow_changes, settings.require_database_url(), settings.api_job_cache_mib
         )
         yield
         tasks.cancel_scope.cancel()

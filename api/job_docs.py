@@ -17,8 +17,9 @@ change (or before the cache went live) is never kept: `put` takes the `epoch` re
 the database call, and every notice advances it. A commit by this process also empties it,
 so a client reads its own writes through the process that made them; through another
 process, a change is seen once that process has the notice (milliseconds).
-`api_job_cache_size` = 0 turns it off (e.g. behind a connection pooler that does not
-forward LISTEN).
+It holds at most `api_job_cache_mib` of bodies (least recently read out first), and not
+a body over an eighth of that (a spec with megabytes of inline rows is read each time);
+0 turns it off (e.g. behind a connection pooler that does not forward LISTEN).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class JobCache:
     def __init__(self) -> None:
         self._docs: OrderedDict[uuid.UUID, JobDoc] = OrderedDict()
         self._queued: dict[str, set[uuid.UUID]] = {}
-        self.size = 0
+        self.budget = 0  # bytes of bodies at most
+        self._bytes = 0
         self.live = False  # LISTENing: every change reaches this process
         self.epoch = 0  # advanced by every notice, every commit here, and going live or dark
 
@@ -69,18 +71,22 @@ class JobCache:
     def put(self, job_id: uuid.UUID, doc: JobDoc, epoch: int) -> None:
         """Keep `doc`, read from the database after `epoch` was taken, unless anything
         changed since then (or the cache is not trusted)."""
-        if not self.live or epoch != self.epoch or self.size <= 0:
+        if not self.live or epoch != self.epoch or len(doc.body) > self.budget // 8:
             return
+        self._drop(job_id)
         self._docs[job_id] = doc
+        self._bytes += len(doc.body)
         if doc.queue is not None:
             self._queued.setdefault(doc.queue, set()).add(job_id)
-        while len(self._docs) > self.size:
+        while self._bytes > self.budget:
             self._drop(next(iter(self._docs)))
 
     def _drop(self, job_id: uuid.UUID) -> None:
         doc = self._docs.pop(job_id, None)
-        if doc is not None and doc.queue is not None:
-            self._queued.get(doc.queue, set()).discard(job_id)
+        if doc is not None:
+            self._bytes -= len(doc.body)
+            if doc.queue is not None:
+                self._queued.get(doc.queue, set()).discard(job_id)
 
     def changed(self, notice: str) -> None:
         """A notice from the channel: `<job id>` or `<job id> <queue>`."""
@@ -92,13 +98,14 @@ class JobCache:
             log.warning("job cache: a notice that names no job: %r", notice)
             self.clear()
         if queue:
-            for queued in self._queued.pop(queue, set()):
-                self._docs.pop(queued, None)
+            for queued in list(self._queued.pop(queue, ())):
+                self._drop(queued)
 
     def clear(self) -> None:
         self.epoch += 1
         self._docs.clear()
         self._queued.clear()
+        self._bytes = 0
 
     def go_live(self) -> None:
         self.clear()
@@ -161,10 +168,10 @@ async def _listen(database_url: str) -> None:
         connection.terminate()
 
 
-async def follow_changes(database_url: str, size: int) -> None:
+async def follow_changes(database_url: str, mib: int) -> None:
     """Run for the app's lifetime: keep a LISTEN connection up, drop what changes."""
-    cache.size = size
-    if size <= 0:
+    cache.budget = mib * 1024 * 1024
+    if cache.budget <= 0:
         return
     while True:
         try:

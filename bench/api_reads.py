@@ -5,7 +5,7 @@ Contenders, each served by uvicorn on this machine, with `wrk` (Debian's package
 same machine, interleaved round by round so that load from elsewhere hits all alike:
 - bare:   bench/bare_app.py, the same number of processes, no access log;
 - after:  `traindepot api --workers N` (this tree);
-- uncached: the same with `TRAINDEPOT_API_JOB_CACHE_SIZE=0`: every read goes to
+- uncached: the same with `TRAINDEPOT_API_JOB_CACHE_MIB=0`: every read goes to
   PostgreSQL (api/job_docs.py's cache off), the path of a job's first read;
 - before: with `--before-tree DIR`, the API of another checkout (e.g. `git worktree add
   /tmp/td-before <commit>`) run as a new user ran it then: `uvicorn api.app:app`, one
@@ -77,7 +77,7 @@ def main() -> None:
             "after": serve([*api, "--port", str(ports["after"])], env, home / "api-after.log"),
             "uncached": serve(
                 [*api, "--port", str(ports["uncached"])],
-                {**env, "TRAINDEPOT_API_JOB_CACHE_SIZE": "0"},
+                {**env, "TRAINDEPOT_API_JOB_CACHE_MIB": "0"},
                 home / "api-uncached.log",
             ),
         }

@@ -86,10 +86,10 @@ class Settings(BaseSettings):
     # (api/aio_db.py), opened on first use: its connections per API process. A read waits
     # `api_db_wait_seconds` for one, then 503.
     api_read_pool_size: int = Field(default=4, gt=0)
-    # How many job documents each API process keeps for `GET /jobs/{id}`, each until its job
-    # changes (api/job_docs.py: PostgreSQL LISTEN/NOTIFY); 0: every read goes to the
-    # database (for a connection pooler that does not forward LISTEN).
-    api_job_cache_size: int = Field(default=10_000, ge=0)
+    # The job documents each API process keeps for `GET /jobs/{id}` (MiB of bodies), each
+    # until its job changes (api/job_docs.py: PostgreSQL LISTEN/NOTIFY); 0: every read goes
+    # to the database (for a connection pooler that does not forward LISTEN).
+    api_job_cache_mib: int = Field(default=64, ge=0)
     # How many points an event stream reads per database call while it replays a backlog
     # (api/routes/events.py): the stream holds one such page at a time, whatever the
     # backlog's length.
@@ -212,7 +212,7 @@ class Settings(BaseSettings):
     def api_connections(self) -> int:
         """The most PostgreSQL connections one API process opens: its pool, the async pool
         of its hottest read, and the job cache's LISTEN connection."""
-        return self.db_pool_capacity + self.api_read_pool_size + int(self.api_job_cache_size > 0)
+        return self.db_pool_capacity + self.api_read_pool_size + int(self.api_job_cache_mib > 0)
 
     @property
     def jobs_dir(self) -> Path:

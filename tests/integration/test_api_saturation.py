@@ -51,7 +51,7 @@ def starved_api(stack: Stack) -> Iterator[str]:
         # `GET /jobs/{id}`'s own pool (api/aio_db.py), one connection, and no job cache:
         # every one of its readers contends for that connection.
         "TRAINDEPOT_API_READ_POOL_SIZE": "1",
-        "TRAINDEPOT_API_JOB_CACHE_SIZE": "0",
+        "TRAINDEPOT_API_JOB_CACHE_MIB": "0",
         # ~26 readers of the event stream at once, all one tenant: this test is about the
         # database pool, not the stream limit (its default, 20 per tenant, would answer 429).
         "TRAINDEPOT_MAX_STREAMS_PER_TENANT": "1000",

@@ -265,7 +265,7 @@ def test_a_cut_listener_is_replaced_and_no_change_is_missed(stack: Stack) -> Non
 
 def test_without_the_cache_every_read_goes_to_the_database(stack: Stack) -> None:
     job_id = _insert(stack, queue=_queue())
-    with stack.extra_api("uncached", {"TRAINDEPOT_API_JOB_CACHE_SIZE": "0"}) as url:
+    with stack.extra_api("uncached", {"TRAINDEPOT_API_JOB_CACHE_MIB": "0"}) as url:
         client = httpx.Client(base_url=url, headers=stack.headers(), timeout=30)
         first = client.get(f"/jobs/{job_id}")
         assert first.status_code == 200, first.text

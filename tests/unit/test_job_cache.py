@@ -12,9 +12,9 @@ def _doc(queue: str | None = None, body: bytes = b"{}") -> JobDoc:
     return JobDoc(tenant="t", queue=queue, body=body)
 
 
-def _live(size: int = 10) -> JobCache:
+def _live(budget: int = 1000) -> JobCache:
     cache = JobCache()
-    cache.size = size
+    cache.budget = budget
     cache.go_live()
     return cache
 
@@ -60,18 +60,22 @@ def test_nothing_is_served_or_kept_unless_the_cache_is_live() -> None:
     assert cache.get(job) is None
 
 
-def test_the_least_recently_read_document_leaves_first() -> None:
-    cache = _live(size=2)
+def test_the_least_recently_read_documents_leave_first_past_the_budget() -> None:
+    cache = _live(budget=800)
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    cache.put(a, _doc(), cache.epoch)
-    cache.put(b, _doc(), cache.epoch)
+    for job in (a, b):
+        cache.put(job, _doc(body=b"x" * 100), cache.epoch)
     assert cache.get(a) is not None  # a is now the most recent
-    cache.put(c, _doc(), cache.epoch)
-    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None
+    cache.put(a, _doc(body=b"y" * 100), cache.epoch)  # replaced, counted once
+    for _ in range(7):  # 900 bytes: one over the budget
+        cache.put(uuid.uuid4(), _doc(body=b"z" * 100), cache.epoch)
+    assert cache.get(b) is None and cache.get(a) is not None  # b, least recently read
+    cache.put(c, _doc(body=b"x" * 101), cache.epoch)  # over an eighth of the budget
+    assert cache.get(c) is None
 
 
-def test_size_zero_keeps_nothing() -> None:
-    cache, job = _live(size=0), uuid.uuid4()
+def test_a_budget_of_zero_keeps_nothing() -> None:
+    cache, job = _live(budget=0), uuid.uuid4()
     cache.put(job, _doc(), cache.epoch)
     assert cache.get(job) is None
 
