@@ -12,11 +12,12 @@ changed. A notice that names a queue drops every queued job of that queue too: t
 It is trusted only while that connection is known to be up (the same rule as the key
 cache, api/keycache.py): until `LISTEN` is confirmed, and from the moment the connection
 fails, its termination is seen or a ping on it goes unanswered for `PING_SECONDS`, the cache
-is emptied and bypassed, and every read goes to the database. A read that began before a
-change (or before the cache went live) is never kept: `put` takes the `epoch` read before
-the database call, and every notice advances it. A commit by this process also empties it,
-so a client reads its own writes through the process that made them; through another
-process, a change is seen once that process has the notice (milliseconds).
+is emptied and bypassed, and every read goes to the database. A read that overlapped a
+change of its job (or of its queue, for a queued job), or a clear, is never kept: `put`
+takes the `epoch` read before the database call and looks through the notices since
+(the last `RECENT_NOTICES`; past those it keeps nothing). A commit by this process also
+empties it, so a client reads its own writes through the process that made them; through
+another process, a change is seen once that process has the notice (milliseconds).
 It holds at most `api_job_cache_mib` of bodies (least recently read out first), and not
 a body over an eighth of that (a spec with megabytes of inline rows is read each time);
 0 turns it off (e.g. behind a connection pooler that does not forward LISTEN).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import anyio
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "traindepot_jobs"
 PING_SECONDS = 5.0
 LISTENER = "traindepot-job-changes"  # its application_name in pg_stat_activity
+RECENT_NOTICES = 1024
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ class JobCache:
         self.budget = 0  # bytes of bodies at most
         self._bytes = 0
         self.live = False  # LISTENing: every change reaches this process
-        self.epoch = 0  # advanced by every notice, every commit here, and going live or dark
+        self.epoch = 0  # advanced by every notice and every clear
+        self._cleared = 0  # the epoch of the last clear (a commit here, going live or dark)
+        # The latest notices, (epoch, job, queue): what changed while a read was under way.
+        self._recent: deque[tuple[int, uuid.UUID, str]] = deque(maxlen=RECENT_NOTICES)
 
     def get(self, job_id: uuid.UUID) -> JobDoc | None:
         doc = self._docs.get(job_id) if self.live else None
@@ -69,9 +74,12 @@ class JobCache:
         return doc
 
     def put(self, job_id: uuid.UUID, doc: JobDoc, epoch: int) -> None:
-        """Keep `doc`, read from the database after `epoch` was taken, unless anything
-        changed since then (or the cache is not trusted)."""
-        if not self.live or epoch != self.epoch or len(doc.body) > self.budget // 8:
+        """Keep `doc`, read from the database after `epoch` was taken, unless its job (or,
+        for a queued job, its queue) changed since then, or that cannot be told, or the
+        cache is not trusted."""
+        if not self.live or len(doc.body) > self.budget // 8:
+            return
+        if self._changed_since(epoch, job_id, doc.queue):
             return
         self._drop(job_id)
         self._docs[job_id] = doc
@@ -88,21 +96,37 @@ class JobCache:
             if doc.queue is not None:
                 self._queued.get(doc.queue, set()).discard(job_id)
 
+    def _changed_since(self, epoch: int, job_id: uuid.UUID, queue: str | None) -> bool:
+        if self._cleared > epoch:
+            return True
+        if self.epoch - epoch > len(self._recent):  # more notices than are remembered
+            return True
+        for at, changed, changed_queue in reversed(self._recent):
+            if at <= epoch:
+                return False
+            if changed == job_id or (queue is not None and changed_queue == queue):
+                return True
+        return False
+
     def changed(self, notice: str) -> None:
         """A notice from the channel: `<job id>` or `<job id> <queue>`."""
-        self.epoch += 1
-        job_id, _, queue = notice.partition(" ")
+        text, _, queue = notice.partition(" ")
         try:
-            self._drop(uuid.UUID(job_id))
+            job_id = uuid.UUID(text)
         except ValueError:
             log.warning("job cache: a notice that names no job: %r", notice)
             self.clear()
+            return
+        self.epoch += 1
+        self._recent.append((self.epoch, job_id, queue))
+        self._drop(job_id)
         if queue:
             for queued in list(self._queued.pop(queue, ())):
                 self._drop(queued)
 
     def clear(self) -> None:
         self.epoch += 1
+        self._cleared = self.epoch
         self._docs.clear()
         self._queued.clear()
         self._bytes = 0

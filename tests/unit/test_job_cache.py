@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from api.job_docs import JobCache, JobDoc
+from api.job_docs import RECENT_NOTICES, JobCache, JobDoc
 
 
 def _doc(queue: str | None = None, body: bytes = b"{}") -> JobDoc:
@@ -27,14 +27,47 @@ def test_a_document_is_kept_until_its_job_changes() -> None:
     assert cache.get(job) is None
 
 
-def test_a_read_that_began_before_a_change_is_not_kept() -> None:
+def test_a_read_that_overlapped_a_change_of_its_job_is_not_kept() -> None:
     cache, job = _live(), uuid.uuid4()
     epoch = cache.epoch  # the read begins
-    cache.changed(str(uuid.uuid4()))  # any change commits meanwhile
+    cache.changed(str(job))  # its job changes meanwhile
     cache.put(job, _doc(), epoch)  # the read ends with what may be the old row
     assert cache.get(job) is None
     cache.put(job, _doc(), cache.epoch)
     assert cache.get(job) is not None
+
+
+def test_a_change_of_another_job_does_not_stop_a_read_from_being_kept() -> None:
+    cache, job = _live(), uuid.uuid4()
+    epoch = cache.epoch
+    cache.changed(f"{uuid.uuid4()} other-queue")
+    cache.put(job, _doc("q"), epoch)
+    assert cache.get(job) is not None
+
+
+def test_a_queued_read_that_overlapped_a_change_of_its_queue_is_not_kept() -> None:
+    cache, job = _live(), uuid.uuid4()
+    epoch = cache.epoch
+    cache.changed(f"{uuid.uuid4()} q")  # another job of q: positions may have moved
+    cache.put(job, _doc("q"), epoch)
+    assert cache.get(job) is None
+
+
+def test_a_read_that_overlapped_more_notices_than_are_remembered_is_not_kept() -> None:
+    cache, job = _live(), uuid.uuid4()
+    epoch = cache.epoch
+    for _ in range(RECENT_NOTICES + 1):
+        cache.changed(str(uuid.uuid4()))
+    cache.put(job, _doc(), epoch)
+    assert cache.get(job) is None
+
+
+def test_a_read_that_overlapped_a_clear_is_not_kept() -> None:
+    cache, job = _live(), uuid.uuid4()
+    epoch = cache.epoch
+    cache.clear()  # this process committed something
+    cache.put(job, _doc(), epoch)
+    assert cache.get(job) is None
 
 
 def test_a_notice_naming_a_queue_drops_every_queued_job_of_that_queue() -> None:
