@@ -21,11 +21,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio.to_thread
 import asyncpg
 
 from api.database import Saturated
 from api.errors import ServiceUnavailable
-from db.session import libpq_url
+from db.session import libpq_url, renew_api_pool
 from traindepot.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,15 @@ async def _fetch_row(sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
         return row
     finally:
         await pool.release(connection)
+
+
+async def forget_connections() -> None:
+    """PostgreSQL went away (the job-change listener lost its connection, api/job_docs.py):
+    every pooled connection of this process may be dead. Both pools (this one and the
+    ORM's, `db.session.renew_api_pool`) open new ones on their next use, instead of each dead
+    connection failing one request with a 503 once the server is back."""
+    await _expire()
+    await anyio.to_thread.run_sync(renew_api_pool)
 
 
 async def close() -> None:

@@ -202,4 +202,6 @@ async def follow_changes(database_url: str, mib: int) -> None:
             await _listen(database_url)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("job changes unavailable (%s): every GET /jobs/{id} reads the database", exc)
+        # The connection ended: PostgreSQL may have restarted, and with it every pooled one.
+        await aio_db.forget_connections()
         await anyio.sleep(1.0)

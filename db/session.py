@@ -60,6 +60,13 @@ def _factory(url: str | None, api: bool = False, autocommit: bool = False) -> se
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def renew_api_pool() -> None:
+    """Close the API pool's idle connections (PostgreSQL restarted: they are dead); the next
+    checkouts open new ones. The same engine `new_session(api=True)` uses (the same
+    arguments to the cached `get_engine` as `_factory` passes)."""
+    get_engine(None, api=True).dispose()
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session committed on success and rolled back on error."""

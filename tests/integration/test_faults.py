@@ -220,6 +220,10 @@ def test_postgres_restart_mid_run_api_503_then_recovers(pg_stack: Stack) -> None
     assert all("traceback" not in str(body).lower() for body in unavailable)
     # The API recovers by itself (its pool reconnects), and so do the worker and the child.
     wait_for("the API to answer again", lambda: stack.http.get(f"/jobs/{job_id}").is_success, 60)
+    # Every route, at once: no pooled connection from before the restart is left to fail a
+    # request (the API renews both its pools when it loses PostgreSQL, api/aio_db.py).
+    listed = stack.http.get("/jobs")
+    assert listed.status_code == 200, listed.text
     done = stack.wait(job_id)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempt"] == 1  # a short outage costs no restart
