@@ -17,7 +17,6 @@ use and closed by the app's lifespan (`close`).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +27,6 @@ from api.database import Saturated
 from api.errors import ServiceUnavailable
 from db.session import libpq_url, renew_api_pool
 from traindepot.settings import get_settings
-
-log = logging.getLogger(__name__)
 
 _pool: asyncpg.Pool | None = None
 _opening = asyncio.Lock()
@@ -104,6 +101,8 @@ async def _fetch_row(sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
     try:
         row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
         return row
+    except TimeoutError:  # `command_timeout`: asyncpg has cancelled the statement
+        raise ServiceUnavailable("the database did not answer in time; retry shortly") from None
     finally:
         await pool.release(connection)
 
@@ -111,8 +110,8 @@ async def _fetch_row(sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
 async def forget_connections() -> None:
     """PostgreSQL went away (the job-change listener lost its connection, api/job_docs.py):
     every pooled connection of this process may be dead. Both pools (this one and the
-    ORM's, `db.session.renew_api_pool`) open new ones on their next use, instead of each dead
-    connection failing one request with a 503 once the server is back."""
+    ORM's, `db.session.renew_api_pool`) open new ones on their next use, instead of each
+    dead connection failing one request with a 503 once the server is back."""
     await _expire()
     await anyio.to_thread.run_sync(renew_api_pool)
 
