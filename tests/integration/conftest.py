@@ -150,6 +150,15 @@ class Stack:
         )
         return [row[0] for row in rows]
 
+    def train_losses(self, job_id: str) -> list[tuple[int, float]]:
+        """The job's logged training losses, (step, loss) in step order."""
+        rows = self.sql(
+            "SELECT step, values->>'loss' FROM job_metrics WHERE job_id = %s AND kind = 'train'"
+            " ORDER BY step",
+            uuid.UUID(job_id),
+        )
+        return [(step, float(loss)) for step, loss in rows]
+
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.sql(
             "SELECT attempt, worker, started_at, ended_at, outcome, resumed_from_step"

@@ -86,15 +86,6 @@ def assert_history_complete(stack: Stack, job_id: str, max_steps: int) -> None:
     assert dupes == []
 
 
-def train_losses(stack: Stack, job_id: str) -> list[float]:
-    rows = stack.sql(
-        "SELECT values->>'loss' FROM job_metrics WHERE job_id = %s AND kind = 'train'"
-        " ORDER BY step",
-        uuid.UUID(job_id),
-    )
-    return [float(row[0]) for row in rows]
-
-
 def test_sigkill_worker_three_times_resumes_and_matches_uninterrupted_run(stack: Stack) -> None:
     max_steps = 80
     spec = slow_spec("killed-three-times", max_steps=max_steps, save_steps=4)
@@ -164,8 +155,8 @@ def test_sigkill_worker_three_times_resumes_and_matches_uninterrupted_run(stack:
     # Bit for bit: every logged loss (the final one included) and the final weights equal
     # those of the uninterrupted run. (TrainOutput.training_loss differs by design: a resumed
     # `train()` averages only the steps it ran itself.)
-    losses = train_losses(stack, job_id)
-    assert losses == train_losses(stack, reference["id"])
+    losses = [loss for _, loss in stack.train_losses(job_id)]
+    assert losses == [loss for _, loss in stack.train_losses(reference["id"])]
     final = f"output/checkpoint-{max_steps}/model.safetensors"
     ours = load_file(str(stack.job_dir(job_id) / final))
     theirs = load_file(str(stack.job_dir(reference["id"]) / final))

@@ -10,7 +10,6 @@ import math
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -114,15 +113,6 @@ def running_ranks(stack: Stack) -> tuple[subprocess.Popen[bytes], list[psutil.Pr
     return None
 
 
-def losses(stack: Stack, job_id: str) -> list[float]:
-    rows = stack.sql(
-        "SELECT values->>'loss' FROM job_metrics WHERE job_id = %s AND kind = 'train'"
-        " ORDER BY step",
-        uuid.UUID(job_id),
-    )
-    return [float(row[0]) for row in rows]
-
-
 def log_of(stack: Stack, job_id: str) -> str:
     return (stack.job_dir(job_id) / "train.log").read_text()
 
@@ -155,7 +145,8 @@ def trains_like_one_process(ranks: Ranks) -> None:
     # 1.8e-7 relative). 1e-4 relative leaves room for other summation orders (NCCL, cuBLAS)
     # and stays far below what a wrong batch or a missed update changes: this model's loss
     # moves by ~1e-2 relative from one step to the next.
-    ours, theirs = losses(stack, ranked["id"]), losses(stack, single["id"])
+    ours = [loss for _, loss in stack.train_losses(ranked["id"])]
+    theirs = [loss for _, loss in stack.train_losses(single["id"])]
     assert len(ours) == len(theirs) == 6
     for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
         assert math.isclose(a, b, rel_tol=1e-4), (step, ours, theirs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,15 +42,6 @@ def workers(stack: Stack) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     yield started
     for proc in started.values():
         stop_process(proc, timeout=20)
-
-
-def losses(stack: Stack, job_id: str) -> list[tuple[int, float]]:
-    rows = stack.sql(
-        "SELECT step, values->'loss' FROM job_metrics WHERE job_id = %s AND kind = 'train'"
-        " ORDER BY step",
-        uuid.UUID(job_id),
-    )
-    return [(step, float(loss)) for step, loss in rows]
 
 
 def start_of(stack: Stack, job_id: str) -> list[str | None]:
@@ -94,7 +84,8 @@ def test_warm_child_trains_bit_for_bit_as_cold_and_after_a_failed_job(
     assert "(warm start: forked from a prepared process)" in first_log_line(stack, jobs["warm"])
     assert "(cold start: warm start is off" in first_log_line(stack, jobs["cold"])
 
-    warm_losses, cold_losses = losses(stack, jobs["warm"]), losses(stack, jobs["cold"])
+    warm_losses = stack.train_losses(jobs["warm"])
+    cold_losses = stack.train_losses(jobs["cold"])
     assert [step for step, _ in warm_losses] == [1, 2, 3, 4, 5, 6]
     assert warm_losses == cold_losses  # exact float equality: bit for bit
     assert done["warm"]["result"]["training_loss"] == done["cold"]["result"]["training_loss"]
