@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 
+from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -71,14 +72,7 @@ def _hit(scope: Scope) -> JobDoc | None:
     doc = job_docs.cache.get(job_id)
     if doc is None:
         return None
-    caller = cached_caller(_header(scope, b"authorization"))
+    caller = cached_caller(Headers(scope=scope).get("authorization"))
     if caller is None or caller.scope not in (None, doc.tenant):
         return None
     return doc
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None

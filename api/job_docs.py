@@ -167,11 +167,12 @@ async def read(job_id: uuid.UUID) -> JobDoc | None:
     return doc
 
 
-async def _listen(database_url: str) -> None:
-    """One LISTEN connection, trusted from its confirmation until it fails."""
-    connection = await asyncpg.connect(
-        libpq_url(database_url), timeout=5, server_settings={"application_name": LISTENER}
-    )
+_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def _listen(connection: asyncpg.Connection) -> None:
+    """Trust the cache from LISTEN's confirmation on `connection` until that connection
+    fails."""
     lost = asyncio.Event()
 
     def on_notice(_c: object, _pid: int, _channel: str, notice: object) -> None:
@@ -199,9 +200,18 @@ async def follow_changes(database_url: str, mib: int) -> None:
         return
     while True:
         try:
-            await _listen(database_url)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            connection = await asyncpg.connect(
+                libpq_url(database_url), timeout=5, server_settings={"application_name": LISTENER}
+            )
+        except _DOWN as exc:
             log.info("job changes unavailable (%s): every GET /jobs/{id} reads the database", exc)
-        # The connection ended: PostgreSQL may have restarted, and with it every pooled one.
+            await anyio.sleep(1.0)
+            continue
+        try:
+            await _listen(connection)
+        except _DOWN as exc:
+            log.info("job changes lost (%s): every GET /jobs/{id} reads the database", exc)
+        # A connection this process had is gone: PostgreSQL may have restarted, and with it
+        # every pooled one (renewed once per loss, not at each failed attempt to reconnect).
         await aio_db.forget_connections()
         await anyio.sleep(1.0)
