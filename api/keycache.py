@@ -99,6 +99,6 @@ async def follow_revocations(redis_url: str | None, ttl: float) -> None:
         finally:
             cache.go_dark()
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8.2
                 await subscriber.aclose()
         await anyio.sleep(1.0)

@@ -33,7 +33,7 @@ async def subscribe(redis_url: str | None, channel: str) -> aioredis.client.PubS
 
 async def close(pubsub: aioredis.client.PubSub) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8.2
         await pubsub.connection_pool.disconnect()
     except (redis.RedisError, OSError) as exc:
         log.debug("events: closing the subscription: %s", exc)

@@ -39,7 +39,7 @@ class Subscriber:
     def __init__(self, redis_url: str, job_id: str) -> None:
         self.messages: list[dict[str, Any]] = []
         self.batches: list[dict[str, Any]] = []
-        self._pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = redis.Redis.from_url(redis_url).pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         self._pubsub.subscribe(channel(job_id))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
