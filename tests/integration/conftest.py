@@ -54,7 +54,9 @@ TEST_SETTINGS = {
     # test_prometheus.py (a worker each), test_job_changes.py and test_browser.py (none)
     "metrics-a,metrics-b,idle-filters,idle-browser,"
     # test_warm_start.py: a warm and a cold worker side by side
-    "warm-on,warm-off",
+    "warm-on,warm-off,"
+    # test_job_actions.py: a worker only while its job runs
+    "same-doc",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
