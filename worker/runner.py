@@ -102,6 +102,9 @@ def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flush
 
 def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     signal.signal(signal.SIGUSR1, _request_stop)
+    # A cold child starts with it blocked (worker/supervisor.py): a stop sent before this
+    # handler existed is pending, and is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     rank = ranks.current()
     settings = get_settings()
     spec = _load_spec(job_id, attempt)
