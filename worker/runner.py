@@ -96,6 +96,7 @@ def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flush
         redis_url=settings.require_redis_url(),
         interval=settings.flush_interval_seconds,
         high_water=settings.flush_queue_size,
+        leading_edge=settings.flush_leading_edge,
         log_stream=sys.stdout,  # the job's training log (the supervisor's file)
     )
 
