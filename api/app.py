@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from api import aio_db, db_errors, errors, job_docs, keycache
+from api import aio_db, db_errors, errors, job_docs, keycache, warmup
 from api.body_limit import BodyLimit
 from api.cached_reads import CachedJobReads
 from api.routes import (
@@ -30,15 +29,15 @@ from api.routes import (
 )
 from api.stream_slots import StreamLimit, StreamSlots
 from api.telemetry import RequestLatency
-from traindepot import __version__, training_args
+from traindepot import __version__
 from traindepot.settings import get_settings
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Import transformers off the request path: the first POST would otherwise pay for it.
-    threading.Thread(target=training_args.warm_up, name="warm-up", daemon=True).start()
     settings = get_settings()
+    # Off the request path: the first POST would otherwise pay for it (api/warmup.py).
+    warmup.start(settings)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(
             keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 import anyio
 import asyncpg
+from fastapi import Response
 
 from api import aio_db, database
+from api.errors import NotFound
 from api.schemas import JobOut
 from api.telemetry import JOB_READS
 from db.job_json import JOB_JSON, job_json_args
@@ -165,6 +167,22 @@ async def read(job_id: uuid.UUID) -> JobDoc | None:
     )
     cache.put(job_id, doc, epoch)
     return doc
+
+
+async def document(job_id: uuid.UUID) -> bytes:
+    """What a route that returns a job it just changed (submit, cancel, retry, PATCH,
+    clone) answers with: the document `GET /jobs/{id}` answers with, read after the
+    change's commit (which emptied this process' cache), attempts and queue position
+    included."""
+    doc = await read(job_id)
+    if doc is None:  # deleted since the commit
+        raise NotFound(f"job {job_id}")
+    return doc.body
+
+
+async def answer(job_id: uuid.UUID) -> Response:
+    """`document` as the response."""
+    return Response(await document(job_id), media_type="application/json")
 
 
 _DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -143,8 +143,7 @@ class JobOut(JobSummary):
     )
     attempts: list[AttemptOut] = Field(
         default_factory=list,
-        description="Its attempts, first to last. Filled in by `GET /jobs/{id}` only; "
-        "empty in the responses of submit and cancel.",
+        description="Its attempts, first to last.",
     )
     queued_at: datetime | None = Field(
         default=None,
@@ -154,7 +153,7 @@ class JobOut(JobSummary):
     queue_position: int | None = Field(
         default=None,
         description="A queued job's place in its queue's order (1: next), by effective "
-        "priority (priority + wait / aging). Filled in by `GET /jobs/{id}`; null when "
+        "priority (priority + wait / aging). Null when "
         "the job is not queued.",
     )
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from api.schemas import JobOut
-from db.models import Job, Webhook, WebhookDelivery
+from db.models import Webhook, WebhookDelivery
 from traindepot.spec import WebhookTarget
 
 
@@ -60,9 +60,11 @@ class SubmittedJobOut(JobOut):
     )
 
     @classmethod
-    def created(cls, job: Job, hooks: list[Webhook]) -> SubmittedJobOut:
-        """The answer to a submit or a clone: the job and its own subscriptions' secrets."""
-        return cls(**JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks])
+    def created(cls, document: bytes, hooks: list[Webhook]) -> SubmittedJobOut:
+        """The answer to a submit or a clone: the job's document (as `GET /jobs/{id}`
+        answers it) and its own subscriptions' secrets."""
+        job = cls.model_validate_json(document)
+        return job.model_copy(update={"webhooks": [NewWebhookOut.of(h) for h in hooks]})
 
 
 class DeliveryOut(BaseModel):

@@ -10,9 +10,12 @@ step's own work is a sleep of `--step-ms` (a step whose time is spent on the dev
 a GPU: the CPU is free meanwhile). The children are forked after the imports, start
 together (a barrier) and run for `--seconds`.
 
-Two phases, interleaved by round: `bare`, the same loops without the callback (nothing
-reported), and `reporting`. Per child: wall time per step, and in `reporting` the time the
-two hooks took on the training thread per step and the flusher thread's CPU time. Rates:
+Three phases, interleaved by round: `bare`, the same loops without the callback (nothing
+reported), `reporting`, and `edge-off`: reporting with the flusher's leading edge off
+(`leading_edge=False`, a point after an idle interval waits for the interval's end, as
+before issue 22), to show that the leading edge leaves a stream's batching as it was. Per
+child: wall time per step, and in both reporting phases the time the two hooks took on the
+training thread per step and the flusher thread's CPU time. Rates:
 points committed by the flushers while the loops ran, over the loops' span (sustained), and
 after the final flush every point must be in `job_metrics` (none lost, none doubled).
 
@@ -40,12 +43,16 @@ from bench.service import spread
 from traindepot.embedded import EmbeddedRedis
 from traindepot.stack import migrate
 
+# (name, reporting, the flusher's leading edge)
+PHASES = (("bare", False, True), ("reporting", True, True), ("edge-off", True, False))
+
 # Built once in the parent before the children fork (TrainingArguments imports torch).
 _TRAINING_ARGS: list[Any] = []
 
 
 def _child(
     reporting: bool,
+    leading_edge: bool,
     database_url: str,
     redis_url: str,
     job_id: uuid.UUID,
@@ -67,7 +74,13 @@ def _child(
     control = TrainerControl()
     flusher = callback = None
     if reporting:
-        flusher = Flusher(job_id=job_id, attempt=1, redis_url=redis_url, database_url=database_url)
+        flusher = Flusher(
+            job_id=job_id,
+            attempt=1,
+            redis_url=redis_url,
+            database_url=database_url,
+            leading_edge=leading_edge,
+        )
         callback = TraindepotCallback(flusher)
         callback.on_train_begin(args, state, control)
     hooks = 0.0
@@ -112,7 +125,12 @@ def _child(
 
 
 def run_phase(
-    reporting: bool, database_url: str, redis_url: str, args: argparse.Namespace, tmp: Path
+    reporting: bool,
+    leading_edge: bool,
+    database_url: str,
+    redis_url: str,
+    args: argparse.Namespace,
+    tmp: Path,
 ) -> list[dict[str, Any]]:
     ctx = mp.get_context("fork")
     jobs = [uuid.uuid4() for _ in range(args.children)]
@@ -130,6 +148,7 @@ def run_phase(
             target=_child,
             args=(
                 reporting,
+                leading_edge,
                 database_url,
                 redis_url,
                 job_id,
@@ -185,9 +204,8 @@ def main() -> None:
         try:
             migrate({**os.environ, "TRAINDEPOT_HOME": str(tmp)})
             for round_ in range(args.rounds):
-                for reporting in (False, True):
-                    name = "reporting" if reporting else "bare"
-                    rows = run_phase(reporting, database_url, redis_server.url, args, tmp)
+                for name, reporting, edge in PHASES:
+                    rows = run_phase(reporting, edge, database_url, redis_server.url, args, tmp)
                     span = max(r["ended"] for r in rows) - min(r["began"] for r in rows)
                     line = (
                         f"round {round_ + 1} {name:9} children {len(rows)}"

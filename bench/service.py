@@ -68,16 +68,24 @@ def submit_and_wait(
     """Submit `spec`, poll `GET /jobs/{id}` every `poll` seconds until it ends, and return
     the job; a job that does not succeed within `timeout` fails the benchmark."""
     job: dict[str, Any] = client.post("/jobs", json=spec).raise_for_status().json()
+    return wait_for_end(client, job["id"], timeout=timeout, poll=poll)
+
+
+def wait_for_end(
+    client: httpx.Client, job_id: str, *, timeout: float = 600, poll: float = 0.25
+) -> dict[str, Any]:
+    """Poll `GET /jobs/{job_id}` every `poll` seconds until the job ends and return it; a
+    job that does not succeed within `timeout` fails the benchmark."""
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").raise_for_status().json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job['id']} still {job['status']}")
+            raise RuntimeError(f"job {job_id} still {job['status']}")
         time.sleep(poll)
     if job["status"] != "succeeded":
-        raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
+        raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
     return job
 
 

@@ -1,17 +1,24 @@
 """Submit to first logged step, warm start against cold (run by hand, not in CI).
 
-One stack (API, Postgres, Redis) with two workers side by side: one warm (its training
+One stack (API, Postgres, Redis) with three workers side by side: one warm (its training
 children are forked from prepared processes of its template, worker/warm.py) on queue
-`default`, one cold (`TRAINDEPOT_WARM_START=false`: a fresh Python per child) on queue
-`bench-cold`. Rounds are
-interleaved (warm job, cold job, cold import) so that load from elsewhere hits all alike:
-- latency: from the client's clock just before `POST /jobs` to the `recorded_at` of the
-  job's first logged step (the training child's clock when `on_log` fired; same machine);
+`default`; one warm with `TRAINDEPOT_FLUSH_LEADING_EDGE=false` (the flusher holds the first
+point until its interval ends, as before issue 22) on queue `bench-edge-off`; one cold
+(`TRAINDEPOT_WARM_START=false`: a fresh Python per child) on queue `bench-cold`. Rounds are
+interleaved (warm job, warm job without the leading edge, cold job, cold import) so that
+load from elsewhere hits all alike:
+- visible: from the client's clock just before `POST /jobs` to the first `GET /jobs/{id}`
+  (polled every 10 ms) whose progress shows a step, what a user polling the API sees;
+- latency: from the same submit to the `recorded_at` of the job's first logged step (the
+  training child's clock when `on_log` fired; same machine);
 - end: from the same submit to the job's `finished_at` (the terminal status written);
 - import: a fresh `python -c "from worker.zygote import prepare; prepare()"`, the imports a
   cold child pays before it can build anything: the reference.
 
-    python -m bench.warm_start --repeats 5
+A job runs 100 steps (over a second, longer than the flusher's interval): a job that ends
+sooner has its first step written by the flusher's last flush, whatever the leading edge.
+
+    python -m bench.warm_start --repeats 7
 
 Postgres: TRAINDEPOT_DATABASE_URL if set, else an embedded server; Redis: embedded unless
 TRAINDEPOT_REDIS_URL is set. Results: docs/benchmarks.md.
@@ -33,9 +40,11 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.service import spread, submit_and_wait
+from bench.service import spread, wait_for_end
 
 COLD_QUEUE = "bench-cold"
+EDGE_OFF_QUEUE = "bench-edge-off"
+VISIBLE_POLL_SECONDS = 0.01
 
 SPEC: dict[str, Any] = {
     "name": "warm-start-bench",
@@ -49,15 +58,26 @@ SPEC: dict[str, Any] = {
     "dataset": {"rows": [{"text": f"line {i} of the benchmark's text"} for i in range(32)],
                 "text_column": "text"},
     "preprocessing": {"max_length": 32},
-    "training_args": {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 1,
+    "training_args": {"max_steps": 100, "per_device_train_batch_size": 4, "logging_steps": 1,
                       "save_strategy": "no", "use_cpu": True, "dataloader_num_workers": 0},
 }  # fmt: skip
 
 
-def run_job(client: httpx.Client, database_url: str, queue: str) -> tuple[float, float]:
-    """(seconds from submit to the first logged step, seconds from submit to the end)."""
+def run_job(client: httpx.Client, database_url: str, queue: str) -> tuple[float, float, float]:
+    """Seconds from submit to the first logged step visible over the API, to its
+    `recorded_at`, and to the end."""
     submitted = time.time()
-    job = submit_and_wait(client, {**SPEC, "queue": queue})
+    job: dict[str, Any] = (
+        client.post("/jobs", json={**SPEC, "queue": queue}).raise_for_status().json()
+    )
+    deadline = time.monotonic() + 120
+    while not (job.get("progress") or {}).get("global_step"):
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            raise RuntimeError(f"job {job['id']} {job['status']} without a visible step")
+        time.sleep(VISIBLE_POLL_SECONDS)
+        job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
+    visible = time.time() - submitted
+    job = wait_for_end(client, job["id"])
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT min(recorded_at), (SELECT finished_at FROM jobs WHERE id = %s)"
@@ -65,10 +85,10 @@ def run_job(client: httpx.Client, database_url: str, queue: str) -> tuple[float,
             (uuid.UUID(job["id"]), uuid.UUID(job["id"])),
         ).fetchone()
     assert row is not None and row[0] is not None
-    expected = "warm" if queue == "default" else "cold"
+    expected = "cold" if queue == COLD_QUEUE else "warm"
     if [a["start"] for a in job["attempts"]] != [expected]:
         raise RuntimeError(f"job {job['id']} started {job['attempts']}, expected {expected}")
-    return row[0].timestamp() - submitted, row[1].timestamp() - submitted
+    return visible, row[0].timestamp() - submitted, row[1].timestamp() - submitted
 
 
 def cold_import(env: dict[str, str]) -> float:
@@ -78,6 +98,13 @@ def cold_import(env: dict[str, str]) -> float:
         env=env, check=True, capture_output=True,
     )  # fmt: skip
     return time.perf_counter() - started
+
+
+def extra_worker(log_path: Path, queue: str, settings: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker of its own on `queue`, with `settings` over the stack's environment."""
+    from traindepot.stack import start_command
+
+    return start_command(["worker", "--queues", queue], {**os.environ, **settings}, log_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRAINDEPOT_HOME": str(work / "home"),
-        "TRAINDEPOT_QUEUES": f"default,{COLD_QUEUE}",
+        "TRAINDEPOT_QUEUES": f"default,{COLD_QUEUE},{EDGE_OFF_QUEUE}",
         "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
     }
     os.environ.update(env)  # the stack (API, warm worker) reads the same
@@ -101,15 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     from traindepot.embedded import free_port
     from traindepot.stack import running_stack, stop_process
 
-    results: dict[str, list[float]] = {"warm": [], "cold": [], "warm_end": [], "cold_end": []}
+    ways = {"warm": "default", "warm, leading edge off": EDGE_OFF_QUEUE, "cold": COLD_QUEUE}
+    results: dict[str, dict[str, list[float]]] = {
+        way: {"visible": [], "recorded": [], "end": []} for way in ways
+    }
     imports: list[float] = []
     with running_stack(host="127.0.0.1", port=free_port()) as stack:
-        cold_log = (work / "cold-worker.log").open("ab")
-        cold_worker = subprocess.Popen(
-            [sys.executable, "-m", "traindepot.cli", "worker", "--queues", COLD_QUEUE],
-            env={**os.environ, "TRAINDEPOT_WARM_START": "false"},
-            stdout=cold_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        extra = [
+            extra_worker(work / "cold-worker.log", COLD_QUEUE, {"TRAINDEPOT_WARM_START": "false"}),
+            extra_worker(
+                work / "edge-off-worker.log",
+                EDGE_OFF_QUEUE,
+                {"TRAINDEPOT_FLUSH_LEADING_EDGE": "false"},
+            ),
+        ]
         try:
             with httpx.Client(
                 base_url=stack.url,
@@ -117,36 +149,53 @@ def main(argv: list[str] | None = None) -> int:
                 headers={"Authorization": f"Bearer {stack.admin_key}"},
             ) as client:
                 # One of each not counted: page cache, the workers' first connections.
-                run_job(client, stack.database_url, "default")
-                run_job(client, stack.database_url, COLD_QUEUE)
+                for queue in ways.values():
+                    run_job(client, stack.database_url, queue)
                 for round_ in range(1, args.repeats + 1):
-                    first, end = run_job(client, stack.database_url, "default")
-                    results["warm"].append(first)
-                    results["warm_end"].append(end)
-                    first, end = run_job(client, stack.database_url, COLD_QUEUE)
-                    results["cold"].append(first)
-                    results["cold_end"].append(end)
+                    for way, queue in ways.items():
+                        visible, recorded, ended = run_job(client, stack.database_url, queue)
+                        results[way]["visible"].append(visible)
+                        results[way]["recorded"].append(recorded)
+                        results[way]["end"].append(ended)
                     imports.append(cold_import(env))
                     print(
-                        f"round {round_}/{args.repeats}: warm {results['warm'][-1]:.2f} s,"
-                        f" cold {results['cold'][-1]:.2f} s, import {imports[-1]:.2f} s",
+                        f"round {round_}/{args.repeats}: "
+                        + ", ".join(f"{way} {results[way]['visible'][-1]:.3f} s" for way in ways)
+                        + f", import {imports[-1]:.2f} s",
                         flush=True,
                     )
         finally:
-            stop_process(cold_worker)
-    warm, cold = statistics.median(results["warm"]), statistics.median(results["cold"])
+            for proc in extra:
+                stop_process(proc)
+    print(f"\nload: {os.getloadavg()}")
     print()
-    print("| | submit to first logged step, median (min-max) | submit to end |")
-    print("|---|---|---|")
+    print(
+        "| worker | submit to first step visible over the API, median (min-max)"
+        " | submit to its recorded_at | its recorded_at to visible | submit to end |"
+    )
+    print("|---|---|---|---|---|")
 
     def secs(values: list[float]) -> str:
-        return spread(values, "{:.2f}", " s")
+        return spread(values, "{:.3f}", " s")
 
-    print(f"| warm start | {secs(results['warm'])} | {secs(results['warm_end'])} |")
-    print(f"| cold start | {secs(results['cold'])} | {secs(results['cold_end'])} |")
-    print(f"| cold import alone (reference) | {secs(imports)} | |")
-    print(f"| **warm / cold** | **{warm / cold:.3f}** | |")
-    print(f"\nall runs: warm {results['warm']}\ncold {results['cold']}\nimport {imports}")
+    for way in ways:
+        got = results[way]
+        held = [v - r for v, r in zip(got["visible"], got["recorded"], strict=True)]
+        print(
+            f"| {way} | {secs(got['visible'])} | {secs(got['recorded'])} | {secs(held)}"
+            f" | {secs(got['end'])} |"
+        )
+    print(f"| cold import alone (reference) | | {secs(imports)} | | |")
+
+    def ratio(a: str, b: str, measure: str) -> float:
+        return statistics.median(results[a][measure]) / statistics.median(results[b][measure])
+
+    for a, b in (("warm", "warm, leading edge off"), ("warm", "cold")):
+        print(
+            f"| **{a} / {b}** | **{ratio(a, b, 'visible'):.3f}**"
+            f" | {ratio(a, b, 'recorded'):.3f} | | {ratio(a, b, 'end'):.3f} |"
+        )
+    print(f"\nall runs: {results}\nimport {imports}")
     return 0
 
 

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     # Background flusher of training events (see worker/flusher.py).
     flush_interval_seconds: float = Field(default=1.0, gt=0)
     flush_queue_size: int = Field(default=10_000, gt=0)
+    # A point after `flush_interval_seconds` without a write is written at once (false:
+    # it waits for the next interval, as before; bench/warm_start.py compares the two).
+    flush_leading_edge: bool = True
 
     @field_validator("allowed_paths", mode="before")
     @classmethod

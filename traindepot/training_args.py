@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import enum
 import math
+import os
 import tempfile
 import threading
 import typing
@@ -43,6 +44,8 @@ SERVER_OWNED: dict[str, str] = {
     "overwrite_output_dir": "removed in transformers 5, and each job has its own output directory",
     "disable_tqdm": "progress bars are off on workers; follow the job's events instead",
     "local_rank": "the worker launches a job's ranks itself, one per device of `resources.gpus`",
+    "parallelism_config": "the worker sets up a job's parallelism from `resources.gpus`; "
+    "an accelerate `ParallelismConfig` object cannot be sent as JSON",
 }
 SERVER_OWNED_PREFIXES: dict[str, str] = {
     "hub_": "workers do not push to the Hub",
@@ -81,6 +84,15 @@ RENAMED: dict[str, str] = {
 }
 # Values that depend on the worker's device; see the module docstring.
 DEVICE_DEPENDENT = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+# Fields whose effect `TrainingArguments` works out from the device it runs on (compiling
+# turns TF32 on when the GPU has it, which asks CUDA): left out of pass 4 like the above
+# and reported as given (`torch_compile` also as the other two imply it).
+COMPILE = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
+# The backend of a process group: only the ranks of a job of several devices have one
+# (worker/ranks.py: torch's launcher sets `WORLD_SIZE`). A single process has none, and
+# `TrainingArguments` asks for one when given a backend ("Default process group has not
+# been initialized"), so a single process' build leaves it out; it is reported as given.
+PROCESS_GROUP = ("ddp_backend",)
 # Fields that may name a file to read: allowed only under the server's allowed paths.
 PATH_VALUED = ("deepspeed", "fsdp_config", "accelerator_config")
 
@@ -154,6 +166,30 @@ def _training_arguments() -> Any:
         return TrainingArguments
 
 
+@lru_cache(maxsize=1)
+def _deviceless_arguments() -> Any:
+    """`TrainingArguments` whose device set-up is a no-op on the CPU, for validation.
+
+    Building the real one sets up its device in `__post_init__` (`_setup_devices`): it
+    resets accelerate's process-wide state and creates a `PartialState`, which with
+    `ddp_backend` (or launcher variables in the environment) initialises, or asks for,
+    a `torch.distributed` process group, and on a GPU machine creates a CUDA context.
+    None of that says anything about the spec, and all of it is a side effect on the API
+    process. Every other check of `__post_init__` runs as it is."""
+    import torch
+
+    base = _training_arguments()
+
+    class DevicelessTrainingArguments(base):  # type: ignore[misc, valid-type]
+        @property
+        def _setup_devices(self) -> Any:
+            self._n_gpu = 0
+            self.distributed_state = None
+            return torch.device("cpu")
+
+    return DevicelessTrainingArguments
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     adapter: TypeAdapter[Any]
@@ -183,6 +219,7 @@ def fields() -> dict[str, Field]:
 
 def warm_up() -> None:
     fields()
+    _deviceless_arguments()
 
 
 def is_warm() -> bool:
@@ -255,13 +292,28 @@ def check_names_and_types(args: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def in_process_group() -> bool:
+    """Whether this process is one rank of several (torch's launcher set `WORLD_SIZE`)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def job_kwargs(
-    args: dict[str, Any], *, output_dir: str, seed: int | None = None, report_to: str = "none"
+    args: dict[str, Any],
+    *,
+    output_dir: str,
+    seed: int | None = None,
+    report_to: str = "none",
+    process_group: bool | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of a job's `TrainingArguments`: the spec's `training_args` over
     the server's defaults, the spec's top-level `seed`, and what the server owns. Jobs
-    report to no integration (`report_to` is for bench/overhead.py's comparison with one)."""
+    report to no integration (`report_to` is for bench/overhead.py's comparison with one).
+    Outside a process group (`process_group`, by default `in_process_group()`) the
+    `PROCESS_GROUP` fields are left out."""
     kwargs = {**SERVER_DEFAULTS, **args}
+    if not (in_process_group() if process_group is None else process_group):
+        for name in PROCESS_GROUP:
+            kwargs.pop(name, None)
     if seed is not None:
         kwargs["seed"] = seed
     return {
@@ -275,23 +327,26 @@ def job_kwargs(
 
 def effective(args: dict[str, Any], *, seed: int | None = None) -> dict[str, Any]:
     """Build `TrainingArguments` the way the worker will (raises what it raises) and return
-    it as a dict, less the server's own paths. Device-dependent flags are left out of the
-    build (this host may have no GPU) and reported as given.
+    it as a dict, less the server's own paths.
 
-    The build never touches a device: `use_cpu` is forced on for it (and reported as given).
-    Without that, `TrainingArguments` sets up CUDA when it can, and an API process on a GPU
-    machine would hold a CUDA context (about 500 MiB, seen on an H100) for good."""
-    TrainingArguments = _training_arguments()
-
-    kwargs = {k: v for k, v in args.items() if k not in DEVICE_DEPENDENT}
-    kwargs["use_cpu"] = True
+    The build never touches `torch.distributed` or a device (`_deviceless_arguments`):
+    the API host may have no GPU, or one that an API process must not hold a context on
+    (about 500 MiB, seen on an H100), and it runs no job's process group. So the fields
+    whose meaning depends on the worker's device (`DEVICE_DEPENDENT`, `COMPILE`) are left
+    out of the build and reported as given, as is the backend of a process group
+    (`PROCESS_GROUP`)."""
+    unbuilt = DEVICE_DEPENDENT + COMPILE + PROCESS_GROUP
+    kwargs = {k: v for k, v in args.items() if k not in unbuilt}
     with tempfile.TemporaryDirectory(prefix="traindepot-validate-") as tmp:
-        built = TrainingArguments(**job_kwargs(kwargs, output_dir=f"{tmp}/output", seed=seed))
+        built = _deviceless_arguments()(
+            **job_kwargs(kwargs, output_dir=f"{tmp}/output", seed=seed, process_group=False)
+        )
         out: dict[str, Any] = built.to_dict()
-    out["use_cpu"] = bool(args.get("use_cpu", False))
-    for name in DEVICE_DEPENDENT:
+    for name in unbuilt:
         if name in args:
             out[name] = args[name]
+    if args.get("torch_compile_backend") is not None or args.get("torch_compile_mode") is not None:
+        out["torch_compile"] = True
     out.pop("output_dir", None)
     out.pop("logging_dir", None)
     return out

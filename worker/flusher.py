@@ -2,8 +2,11 @@
 
 The training callback only appends to an in-memory buffer (a deque append and a dict
 update: no lock wait, no I/O, no serialisation). A daemon thread wakes every
-`interval` seconds, or as soon as the buffer passes `high_water` points, and writes what it
-holds in one transaction: the points upserted into `job_metrics` (at most `max_batch` rows
+`interval` seconds, or as soon as the buffer passes `high_water` points, or (leading edge)
+when a point arrives and nothing was written for `interval` seconds: the first step, the
+first evaluation, the end, a point after a pause are written and published at once, while
+a stream of points is still written once per `interval`. It writes what it holds in one
+transaction: the points upserted into `job_metrics` (at most `max_batch` rows
 per statement), the progress snapshot (worker/progress.py) merged into the job row. Then it
 announces the stored points on Redis (worker/live_publisher.py).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -57,10 +61,14 @@ class Flusher:
         redis_pause_seconds: float = 5.0,
         database_url: str | None = None,
         log_stream: IO[str] | None = None,
+        leading_edge: bool = True,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self._interval = interval
+        self._leading_edge = leading_edge
+        # Monotonic time the last flush that wrote something began (-inf: none yet).
+        self._last_write = -math.inf
         self._high_water = high_water
         self._max_batch = max_batch
         self._database_url = database_url
@@ -104,7 +112,9 @@ class Flusher:
         seq = next(self._seq)
         self._points.append((step, kind, epoch, values, time.time(), seq))
         self._added_seq = seq
-        if len(self._points) >= self._high_water:
+        if len(self._points) >= self._high_water or (
+            self._leading_edge and time.monotonic() - self._last_write >= self._interval
+        ):
             self._wake.set()
 
     def set_progress(self, progress: dict[str, Any]) -> None:
@@ -220,6 +230,7 @@ class Flusher:
         version, progress = self.progress.pending()
         if not batch and not progress:
             return
+        self._last_write = time.monotonic()
         if self.fenced:
             self._discard(len(batch))
             self._mark_done(batch)

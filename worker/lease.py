@@ -35,6 +35,7 @@ class Lease:
         self.status: JobStatus | None = JobStatus.RUNNING
         self.lost = threading.Event()  # the job was reaped or finished by someone else
         self._stop = threading.Event()
+        self._now = threading.Event()  # renew now, not at the next heartbeat
         self._thread = threading.Thread(target=self._run, name="traindepot-lease", daemon=True)
 
     def start(self) -> None:
@@ -42,13 +43,23 @@ class Lease:
 
     def stop(self) -> None:
         self._stop.set()
+        self._now.set()
         self._thread.join()
+
+    def renew_now(self) -> None:
+        """Renew (and read the job's status) at once: the job changed under this attempt
+        (worker/control.py), which the renewal finds lost if it is."""
+        self._now.set()
 
     def seconds_since_renewal(self) -> float:
         return time.monotonic() - self.renewed_at
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_seconds):
+        while True:
+            self._now.wait(self.settings.heartbeat_seconds)
+            self._now.clear()
+            if self._stop.is_set():
+                return
             sent_at = time.monotonic()
             try:
                 with session_scope() as session:

@@ -96,12 +96,16 @@ def new_flusher(*, settings: Settings, job_id: uuid.UUID, attempt: int) -> Flush
         redis_url=settings.require_redis_url(),
         interval=settings.flush_interval_seconds,
         high_water=settings.flush_queue_size,
+        leading_edge=settings.flush_leading_edge,
         log_stream=sys.stdout,  # the job's training log (the supervisor's file)
     )
 
 
 def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     signal.signal(signal.SIGUSR1, _request_stop)
+    # A cold child starts with it blocked (worker/supervisor.py): a stop sent before this
+    # handler existed is pending, and is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     rank = ranks.current()
     settings = get_settings()
     spec = _load_spec(job_id, attempt)

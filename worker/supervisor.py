@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +35,7 @@ from traindepot.logtail import tail
 from traindepot.settings import Settings
 from worker import budget, launcher, ranks, warm
 from worker.child_env import training_environment
+from worker.control import control
 from worker.lease import Lease
 from worker.outcome import (
     StopReason,
@@ -83,6 +85,20 @@ class Supervisor:
             else started_at.timestamp() + max_runtime_seconds
         )
         self.lease = Lease(job_id=job_id, attempt=attempt, settings=settings)
+        self._child: warm.TrainingChild | None = None  # once started
+        self._stop_lock = threading.Lock()  # the watch loop and the control thread stop it
+
+    def on_change(self, status: str | None, attempt: int | None) -> None:
+        """A notice from worker/control.py (its thread): a cancel of this attempt stops the
+        child now, not at the next lease renewal; any other change of the job, or one
+        that may have been missed, is read by renewing the lease now."""
+        if attempt == self.attempt and status == JobStatus.CANCELLING:
+            self.lease.status = JobStatus.CANCELLING  # the watch loop's view, if no child yet
+            child = self._child
+            if child is not None:
+                self._stop(child, "cancelled")
+        else:
+            self.lease.renew_now()
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +109,10 @@ class Supervisor:
         )
         log_path = self.job_dir / "train.log"
         self.lease.start()
+        watcher = control(self.settings)
+        watcher.watch(self.job_id, self.on_change)
+        # A cancel committed between the claim and the LISTEN above: read it now.
+        self.lease.renew_now()
         try:
             with log_path.open("ab") as log_file:
                 env = self._child_env()
@@ -109,6 +129,7 @@ class Supervisor:
                     child = self._start_warm(prepared, log_path, log_file)
                 if child is None:
                     child = self._start_cold(log_file, env)
+                self._child = child
                 self._record_start("cold" if isinstance(child, subprocess.Popen) else "warm")
                 self._watch(child)
                 log_file.write(
@@ -127,6 +148,7 @@ class Supervisor:
             # outage at this point must not get a finished job reaped and run again.
             self._finish(child.returncode, log_path)
         finally:
+            watcher.forget(self.job_id)
             self.lease.stop()
 
     def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -146,7 +168,7 @@ class Supervisor:
             # attempt can never train beside the next one. Tied to the thread that forks:
             # the solo pool's main thread, or a threads pool's task thread, both as long-lived
             # as the worker.
-            preexec_fn=lifetime.dying_with_this_process(),
+            preexec_fn=_cold_child_set_up(),
             start_new_session=True,  # terminal signals go to the worker, not the child
             # The job's directory, not the worker's: `from_pretrained("gpt2")` looks
             # for a ./gpt2 directory first. The project is imported as an installed
@@ -235,9 +257,10 @@ class Supervisor:
                 self._kill_at = None
 
     def _stop(self, child: warm.TrainingChild, reason: StopReason) -> None:
-        if self.stop_reason is not None:
-            return
-        self.stop_reason = reason
+        with self._stop_lock:
+            if self.stop_reason is not None:
+                return
+            self.stop_reason = reason
         self._kill_at = time.monotonic() + self.settings.cancel_grace_seconds
         log.info("job %s: stopping training (%s)", self.job_id, reason)
         if self.ranks > 1:
@@ -335,6 +358,20 @@ class Supervisor:
             events.publish_status(
                 self.settings, self.job_id, status=str(JobStatus.QUEUED), attempt=self.attempt
             )
+
+
+def _cold_child_set_up() -> Callable[[], None]:
+    """What a cold child does between fork and exec: die with this process, and start
+    with SIGUSR1 blocked. A stop can come milliseconds after the start (worker/control.py),
+    while the new Python has no handler yet and SIGUSR1's default action would kill it; it
+    stays pending until the runner has its handler and unblocks it (worker/runner.py)."""
+    dying = lifetime.dying_with_this_process()
+
+    def set_up() -> None:
+        dying()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+    return set_up
 
 
 def _now() -> str:

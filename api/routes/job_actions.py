@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 import pydantic
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from api import submission
+from api import job_docs, submission
 from api.access import AccessDep, Caller, load_job
 from api.deps import SettingsDep
 from api.errors import Conflict
@@ -38,7 +38,7 @@ _ERRORS = errors(*JOB_ROUTE)
 @router.patch("/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def patch_job(
     job_id: uuid.UUID, change: JobPatch, settings: SettingsDep, access: AccessDep
-) -> JobOut:
+) -> Response:
     """Change the priority of a queued job. Its wait so far still counts (aging); a job
     that is no longer queued is a 422 (its priority no longer decides anything)."""
 
@@ -62,7 +62,8 @@ async def patch_job(
             )
         return changed
 
-    return JobOut.of(await access.run(patch, commit=True))
+    await access.run(patch, commit=True)
+    return await job_docs.answer(job_id)
 
 
 @router.post(
@@ -76,7 +77,7 @@ async def patch_job(
         ),
     },
 )
-async def retry_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> JobOut:
+async def retry_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> Response:
     """Run a failed or cancelled job again under the same id: it is queued anew (at the
     back of its priority), its next attempt resumes from its last whole checkpoint, and its
     history continues on the same step axis."""
@@ -100,7 +101,7 @@ async def retry_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep)
     await run_in_threadpool(
         events.publish_status, settings, job_id, status=str(job.status), attempt=job.attempt
     )
-    return JobOut.of(job)
+    return await job_docs.answer(job_id)
 
 
 @router.post(
@@ -129,7 +130,7 @@ async def clone_job(
     stored_spec, _ = await validated(spec, settings, access)
     job, hooks = await submission.create(access, settings, stored_spec, None)
     await submission.announce(job)
-    return SubmittedJobOut.created(job, hooks)
+    return SubmittedJobOut.created(await job_docs.document(job.id), hooks)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -152,13 +152,13 @@ async def submit_job(
     if idempotency_key is not None:
         earlier = await submission.replay(access, settings, idempotency_key, stored_spec)
         if earlier is not None:
-            replayed = json_response(JobOut.of(earlier), 200)
+            replayed = await job_docs.answer(earlier.id)
             replayed.headers["Location"] = f"/jobs/{earlier.id}"
             return replayed
     job, hooks = await submission.create(access, settings, stored_spec, idempotency_key)
     await submission.announce(job)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return SubmittedJobOut.created(job, hooks)
+    return SubmittedJobOut.created(await job_docs.document(job.id), hooks)
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
@@ -256,7 +256,7 @@ async def list_jobs(
         **errors(s409="The job has already finished"),
     },
 )
-async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> JobOut:
+async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> Response:
     """A queued job is cancelled at once; a running one goes `cancelling`, stops at the next
     step with a checkpoint, and ends `cancelled` with its partial TrainOutput. The job
     records when and by which key it was asked."""
@@ -270,7 +270,7 @@ async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
     job, changed = await access.run(cancel, commit=True)
     if not changed:
         if job.status == JobStatus.CANCELLING:
-            return JobOut.of(job)
+            return await job_docs.answer(job_id)
         raise Conflict(f"job {job_id} is already {job.status}")
     # After the commit: live readers (GET /jobs/{id}/events) see the change at once.
     await run_in_threadpool(
@@ -282,4 +282,4 @@ async def cancel_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
         result=job.result,
         error=job.error,
     )
-    return JobOut.of(job)
+    return await job_docs.answer(job_id)

@@ -16,9 +16,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api import warmup
 from api.database import Saturated, run_db
 from api.deps import SettingsDep
-from traindepot import training_args
 
 router = APIRouter(tags=["ops"])
 READY_TIMEOUT_SECONDS = 2.0
@@ -68,7 +68,7 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
     checks: dict[str, Any] = {
         "database": await _database(),
         "redis": await _redis(settings.redis_url),
-        "validator": "ok" if training_args.is_warm() else "warming up",
+        "validator": "ok" if warmup.is_warm() else "warming up",
     }
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(

@@ -54,7 +54,9 @@ TEST_SETTINGS = {
     # test_prometheus.py (a worker each), test_job_changes.py and test_browser.py (none)
     "metrics-a,metrics-b,idle-filters,idle-browser,"
     # test_warm_start.py: a warm and a cold worker side by side
-    "warm-on,warm-off",
+    "warm-on,warm-off,"
+    # test_job_actions.py and test_cancel.py: a worker only while its job runs
+    "same-doc,prompt-cancel",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
@@ -223,11 +225,16 @@ class Stack:
 
     @contextmanager
     def extra_worker(
-        self, name: str, *, queues: str = "default", cwd: Path | None = None
+        self,
+        name: str,
+        *,
+        queues: str = "default",
+        cwd: Path | None = None,
+        settings: dict[str, str] | None = None,
     ) -> Iterator[subprocess.Popen[bytes]]:
         """A worker for one test, stopped and forgotten at its end: the next test (in this
         process, whatever order the files run in) finds the stack as it was."""
-        proc = self.start_worker(name, queues=queues, cwd=cwd)
+        proc = self.start_worker(name, queues=queues, cwd=cwd, settings=settings)
         try:
             yield proc
         finally:

@@ -80,3 +80,31 @@ def test_cancel_after_success_is_409(stack: Stack) -> None:
     body = response.json()
     assert body["error"] == "conflict" and "succeeded" in body["detail"]
     assert stack.get(job["id"])["status"] == "succeeded"
+
+
+def test_a_cancel_reaches_the_training_child_at_its_commit(stack: Stack) -> None:
+    """Issue 22: a 2,000-step job cancelled at step ~50 ends `cancelled` well before its
+    end. Its worker renews its lease every 10 minutes: only the notice of the cancel's
+    commit (worker/control.py) can stop it in time (before, a cancel waited for the next
+    renewal: 1.75 s, 75 steps, with a 5 s heartbeat)."""
+    never = {"TRAINDEPOT_HEARTBEAT_SECONDS": "600", "TRAINDEPOT_LEASE_SECONDS": "1800"}
+    with stack.extra_worker("prompt-cancel", queues="prompt-cancel", settings=never):
+        job = stack.submit(
+            tiny_spec(
+                name="prompt-cancel",
+                queue="prompt-cancel",
+                training_args={"max_steps": 2000, "save_strategy": "no", "logging_steps": 1},
+            )
+        )
+        deadline = time.monotonic() + 120
+        while not any(step >= 50 for step in stack.train_steps(job["id"])):
+            assert time.monotonic() < deadline, "training did not reach step 50"
+            time.sleep(0.05)
+        response = stack.http.post(f"/jobs/{job['id']}/cancel")
+        assert response.status_code == 200 and response.json()["status"] == "cancelling"
+        done = stack.wait(job["id"], timeout=120)
+    assert done["status"] == "cancelled", done
+    assert done["cancel_requested_at"] is not None
+    # Steps flushed after step 50 was visible, plus the steps of the notice's way to the
+    # child: far from the 2,000 steps that a cancel at the next renewal would have let run.
+    assert 50 <= done["result"]["global_step"] < 400, done["result"]

@@ -207,3 +207,29 @@ def test_flush_sync_stores_every_point_before_a_checkpoint(
     )
     assert [step for (step,) in stored] == list(range(1, 26))
     assert flusher.close(timeout=30)
+
+
+def test_a_point_after_an_idle_interval_is_written_at_once_a_stream_in_batches(
+    stack: Stack, running_job: uuid.UUID
+) -> None:
+    """Issue 22: the first point (nothing written for an interval) is written and published
+    at once, not an interval later; the points right after it wait for the interval."""
+    subscriber = Subscriber(stack.redis_url, str(running_job))
+    flusher = Flusher(job_id=running_job, attempt=1, redis_url=stack.redis_url, interval=3600)
+
+    def stored() -> list[int]:
+        rows = stack.sql(
+            "SELECT step FROM job_metrics WHERE job_id = %s ORDER BY step", running_job
+        )
+        return [step for (step,) in rows]
+
+    flusher.add_point(step=1, kind="train", epoch=None, values={"loss": 1.0})
+    wait_for(lambda: stored() == [1], timeout=30)
+    wait_for(lambda: [p["step"] for p in subscriber.messages] == [1], timeout=30)
+    for step in range(2, 7):  # a stream: within the interval of the write just made
+        flusher.add_point(step=step, kind="train", epoch=None, values={"loss": 1.0 / step})
+    time.sleep(1.0)
+    assert stored() == [1] and flusher.pending == 5  # batched: held for the interval
+    assert flusher.close(timeout=30)
+    assert stored() == list(range(1, 7))
+    subscriber.close()

@@ -4,6 +4,7 @@ step axis unbroken) and clone a job with overrides; both scoped to the caller's 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -88,3 +89,50 @@ def test_retry_continues_from_the_checkpoint_and_clone_overrides(ready: Stack) -
         assert other.post(f"/jobs/{job_id}/retry").status_code == 404
         assert other.post(f"/jobs/{job_id}/clone", json={}).status_code == 404
         assert other.patch(f"/jobs/{job_id}", json={"priority": 1}).status_code == 404
+
+
+def test_every_route_that_returns_a_job_answers_what_get_answers(ready: Stack) -> None:
+    """Issue 22: submit, PATCH, cancel, retry and clone answer with the document `GET
+    /jobs/{id}` answers with just after (a retry's body listed no attempts)."""
+    stack = ready
+    queue = "same-doc"  # no worker serves it while the routes are compared
+
+    def same_as_get(response: httpx.Response, status: int) -> dict[str, Any]:
+        assert response.status_code == status, response.text
+        body: dict[str, Any] = response.json()
+        webhooks = body.pop("webhooks", [])  # a submit's or a clone's secrets, there only
+        assert webhooks == [] or response.request.method == "POST"
+        assert body == stack.get(body["id"]), response.request.url
+        return body
+
+    # One attempt that ran, on a worker of its own, then cancelled.
+    with stack.extra_worker("same-doc", queues=queue):
+        submitted = same_as_get(
+            stack.http.post(
+                "/jobs",
+                json=tiny_spec(
+                    name="same-doc",
+                    queue=queue,
+                    training_args={"max_steps": 100_000, "save_strategy": "no"},
+                ),
+            ),
+            201,
+        )
+        job_id = submitted["id"]
+        steps_past(stack, job_id, 0)
+        assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert stack.wait(job_id)["status"] == "cancelled"
+
+    retried = same_as_get(stack.http.post(f"/jobs/{job_id}/retry"), 200)
+    assert [a["outcome"] for a in retried["attempts"]] == ["cancelled"]
+    assert retried["status"] == "queued" and retried["queue_position"] == 1
+    patched = same_as_get(stack.http.patch(f"/jobs/{job_id}", json={"priority": 9}), 200)
+    assert patched["priority"] == 9
+    cancelled = same_as_get(stack.http.post(f"/jobs/{job_id}/cancel"), 200)
+    assert cancelled["status"] == "cancelled" and len(cancelled["attempts"]) == 1
+    clone = same_as_get(
+        stack.http.post(f"/jobs/{job_id}/clone", json={"overrides": {"name": "same-doc-2"}}),
+        201,
+    )
+    assert clone["status"] == "queued" and clone["attempts"] == []
+    assert stack.http.post(f"/jobs/{clone['id']}/cancel").status_code == 200
