@@ -23,7 +23,7 @@ from traindepot import training_args
 from traindepot.problems import Problem
 from traindepot.queues import check_queue_name
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, Task, is_local_path
+from traindepot.spec import JobSpec, is_local_path
 
 __all__ = ["apply_defaults", "check_limits", "count_parameters"]
 
@@ -303,17 +303,14 @@ def _count(
 ) -> int:
     with training_args.import_lock():
         import torch
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForMaskedLM,
-            AutoModelForSequenceClassification,
-        )
-    model_class: Any = {
-        Task.CAUSAL_LM: AutoModelForCausalLM,
-        Task.MASKED_LM: AutoModelForMaskedLM,
-        Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
-    }[Task(task)]
+        from transformers import AutoConfig
+
+        from traindepot.recipes import get
+
+        recipe = get(task)
+        if recipe is None:
+            raise LookupError(f"no recipe for task {task!r}")
+        model_class: Any = recipe.model_class()
     if overrides is not None:
         given = dict(overrides)
         # The worker takes the special token ids from the tokenizer (worker/builders.py);
