@@ -34,7 +34,9 @@ from worker.errors import ConfigError, Reason
 from worker.guarded import model_source
 
 
-def build_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
+def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
+    """The spec's tokenizer (`tokenizer`, else the model's), with a pad token: what a text
+    recipe's `processing_class` starts from."""
     if spec.tokenizer is not None and spec.tokenizer.builtin == "byte-level":
         tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
     else:
@@ -49,13 +51,16 @@ def build_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
         if tokenizer.eos_token is None:
             raise ConfigError("the tokenizer has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
-    prepared: PreTrainedTokenizerBase = recipe_for(spec).prepare_tokenizer(spec, tokenizer)
-    return prepared
+    return tokenizer
 
 
-def build_model(
-    spec: JobSpec, tokenizer: PreTrainedTokenizerBase, label_names: list[str] | None
-) -> PreTrainedModel:
+def build_tokenizer(spec: JobSpec) -> Any:
+    """The job's processing class (a tokenizer, or an image processor...), as its recipe
+    makes it: by default `text_tokenizer`, made fit by the recipe's `prepare_tokenizer`."""
+    return recipe_for(spec).processing_class(spec)
+
+
+def build_model(spec: JobSpec, tokenizer: Any, label_names: list[str] | None) -> PreTrainedModel:
     """The recipe's model class, from the spec's config or checkpoint, with the config
     values the recipe derives from the data (`label_names`: the classes, if any)."""
     recipe = recipe_for(spec)
@@ -66,10 +71,12 @@ def build_model(
         if spec.model.torch_dtype not in (None, "auto")
         else spec.model.torch_dtype
     )
+    text = isinstance(tokenizer, PreTrainedTokenizerBase)  # not an image processor
     if spec.model.from_config is not None:
         overrides = dict(spec.model.from_config)
         model_type = str(overrides.pop("model_type"))
-        overrides.setdefault("vocab_size", len(tokenizer))
+        if text:
+            overrides.setdefault("vocab_size", len(tokenizer))
         for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
             token_id = getattr(tokenizer, name, None)
             if token_id is not None:
@@ -95,6 +102,8 @@ def build_model(
             trust_remote_code=spec.model.trust_remote_code and settings.allow_trust_remote_code,
             **extra,
         )
+    if not text:
+        return model
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     embeddings = model.get_input_embeddings()
@@ -103,7 +112,7 @@ def build_model(
     return model
 
 
-def build_collator(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Any:
+def build_collator(spec: JobSpec, tokenizer: Any) -> Any:
     return recipe_for(spec).collator(spec, tokenizer)
 
 
@@ -120,10 +129,14 @@ def build_training_args(
 ) -> TrainingArguments:
     """The user's `training_args` over the server's defaults, plus what the server owns
     (`traindepot.training_args.job_kwargs`, which the API's validation builds too)."""
-    kwargs = job_kwargs(
-        spec.training_args, output_dir=str(output_dir), seed=spec.seed, report_to=report_to
-    )
-    args_class = recipe_for(spec).training_args_class()
+    recipe = recipe_for(spec)
+    kwargs = {
+        **recipe.training_args_kwargs(spec),
+        **job_kwargs(
+            spec.training_args, output_dir=str(output_dir), seed=spec.seed, report_to=report_to
+        ),
+    }
+    args_class = recipe.training_args_class()
     try:
         built: TrainingArguments = args_class(**kwargs)
         return built

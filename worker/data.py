@@ -6,7 +6,7 @@ modelling). What a task does with them is its recipe's `prepare_data`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -28,12 +28,14 @@ _FILE_LOADERS = {
 
 @dataclass
 class Datasets:
-    """A recipe's prepared data: what the Trainer trains and evaluates on, and the class
-    names (in id order) of a task that has classes."""
+    """A recipe's prepared data: what the Trainer trains and evaluates on, the class names
+    (in id order) of a task that has classes, and whatever else the recipe's metrics need
+    (`extra`: e.g. the raw evaluation examples for a post-processing step)."""
 
     train: Dataset
     eval: Dataset | None
     label_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:

@@ -83,9 +83,18 @@ class Recipe:
         raise NotImplementedError(f"recipe {self.task!r} has no model_class()")
 
     # --- worker side: in the training child --------------------------------------------
+    def processing_class(self, spec: JobSpec) -> Any:
+        """What `prepare_data`, the collator and the Trainer (`processing_class`) get: by
+        default the spec's text tokenizer (`worker.builders.text_tokenizer`: the spec's or
+        the model's, with a pad token) made fit by `prepare_tokenizer`. A recipe on other
+        inputs returns its processor (an image processor, ...)."""
+        from worker.builders import text_tokenizer
+
+        return self.prepare_tokenizer(spec, text_tokenizer(spec))
+
     def prepare_tokenizer(self, spec: JobSpec, tokenizer: Any) -> Any:
-        """The tokenizer (the core built it from `spec.tokenizer` or the model) made fit
-        for the task, or a ConfigError (worker/errors.py) saying why it cannot be."""
+        """The text tokenizer made fit for the task (a chat template set, a mask token
+        checked...), or a ConfigError (worker/errors.py) saying why it cannot be."""
         return tokenizer
 
     def prepare_data(self, spec: JobSpec, tokenizer: Any) -> Datasets:
@@ -124,6 +133,12 @@ class Recipe:
         from transformers import TrainingArguments
 
         return TrainingArguments
+
+    def training_args_kwargs(self, spec: JobSpec) -> dict[str, Any]:
+        """Arguments of `training_args_class()` that the recipe sets from its own spec
+        options (`predict_with_generate`, `max_length`, `remove_unused_columns`...); the
+        spec's `training_args` and the server's own values are applied over them."""
+        return {}
 
     def compute_metrics(
         self, spec: JobSpec, data: Datasets
