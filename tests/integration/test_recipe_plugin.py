@@ -9,6 +9,7 @@ this module's stack only: the other tests (and this test process) never see the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,11 +28,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "examples" / "text-regression-re
 @pytest.fixture(scope="module")
 def plugin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     target = tmp_path_factory.mktemp("recipes")
+    # Built from a copy: setuptools writes `build/` and `*.egg-info` beside the sources.
+    source = tmp_path_factory.mktemp("source") / PACKAGE.name
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "--no-deps", "--no-build-isolation", "--target", str(target), str(PACKAGE)],
+         "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         check=True,
-        cwd=tmp_path_factory.mktemp("build"),
+        cwd=source,
     )  # fmt: skip
     # The warm-start template is on: the forked child must know the recipe too.
     settings = {"PYTHONPATH": str(target), "TRAINDEPOT_WARM_START": "true"}

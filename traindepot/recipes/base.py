@@ -58,7 +58,8 @@ class Recipe:
     #: The spec's `task` value that selects this recipe (`causal-lm`, ...).
     task: ClassVar[str]
     #: The pydantic model of this recipe's specs: a `JobSpec` subclass with
-    #: `task: Literal["<task>"]` and, where the task needs them, its own `dataset` and
+    #: `task: Literal["<task>"]` (no default: only the default task, `causal-lm`, may be
+    #: left out of a spec) and, where the task needs them, its own `dataset` and
     #: `preprocessing` models (subclasses of `DatasetSpec` / `Preprocessing`) or sections.
     spec_model: ClassVar[type[JobSpec]]
     #: One line on what it trains (docs, the OpenAPI description).

@@ -15,7 +15,7 @@ from traindepot.spec_examples import tiny_bert_config
 class MaskedLMSpec(JobSpec):
     """A `masked-lm` job."""
 
-    task: Literal["masked-lm"] = "masked-lm"
+    task: Literal["masked-lm"]
     preprocessing: LMPreprocessing = Field(default_factory=LMPreprocessing)
 
 

@@ -62,6 +62,16 @@ def _instance(loaded: Any, source: str) -> Recipe | None:
     ):
         log.error("recipe %s needs a `task` and a `spec_model` (a JobSpec subclass)", source)
         return None
+    task = model.model_fields.get("task")
+    if task is None or (recipe.task != DEFAULT_TASK and not task.is_required()):
+        # Only the default task may be left out of a spec; in the JSON Schema every other
+        # recipe's model requires its `task`, which keeps the union's branches apart.
+        log.error(
+            'recipe %s: its spec_model needs `task: Literal["%s"]`, with no default',
+            source,
+            recipe.task,
+        )
+        return None
     return recipe
 
 
@@ -192,15 +202,17 @@ def union_json_schema(handler: GetJsonSchemaHandler) -> JsonSchemaValue:
     """`JobSpec` in the JSON Schema: one of the recipes' spec models, by `task`."""
     from pydantic_core import core_schema
 
-    refs: dict[str, JsonSchemaValue] = {}
+    mapping: dict[str, str] = {}
     for task, recipe in all_recipes().items():
         model = recipe.spec_model
-        refs[task] = handler(core_schema.model_schema(model, model.__pydantic_core_schema__))
-    mapping = {task: ref["$ref"] for task, ref in refs.items() if "$ref" in ref}
+        schema = handler(core_schema.model_schema(model, model.__pydantic_core_schema__))
+        # Only the reference: the model's own keywords beside it (`additionalProperties`,
+        # with no `properties` at that level) would admit nothing but `{}`.
+        mapping[task] = schema["$ref"]
     return {
         "title": "JobSpec",
         "description": "A job spec: the fields of the recipe its `task` names"
         f" (default `{DEFAULT_TASK}`).",
-        "oneOf": list(refs.values()),
+        "anyOf": [{"$ref": ref} for ref in mapping.values()],
         "discriminator": {"propertyName": "task", "mapping": mapping},
     }

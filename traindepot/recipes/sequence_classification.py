@@ -48,7 +48,7 @@ class ClassificationDataset(DatasetSpec):
 class SequenceClassificationSpec(JobSpec):
     """A `sequence-classification` job."""
 
-    task: Literal["sequence-classification"] = "sequence-classification"
+    task: Literal["sequence-classification"]
     dataset: ClassificationDataset
 
 

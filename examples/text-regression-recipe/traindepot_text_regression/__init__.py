@@ -34,7 +34,7 @@ class RegressionDataset(DatasetSpec):
 class TextRegressionSpec(JobSpec):
     """A `text-regression` job."""
 
-    task: Literal["text-regression"] = "text-regression"
+    task: Literal["text-regression"]
     dataset: RegressionDataset
 
 
