@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from api.schemas import JobOut
+from api.schemas import JobOut, ParametersOut
 from db.models import Job, Webhook, WebhookDelivery
 from traindepot.spec import WebhookTarget
 
@@ -59,10 +59,23 @@ class SubmittedJobOut(JobOut):
         "secrets: in the response to the submit that created the job, and only there.",
     )
 
+    parameters: ParametersOut | None = Field(
+        default=None,
+        description="The model's parameters, total and trainable, counted at submit (null:"
+        " not counted).",
+    )
+
     @classmethod
-    def created(cls, job: Job, hooks: list[Webhook]) -> SubmittedJobOut:
-        """The answer to a submit or a clone: the job and its own subscriptions' secrets."""
-        return cls(**JobOut.of(job).model_dump(), webhooks=[NewWebhookOut.of(h) for h in hooks])
+    def created(
+        cls, job: Job, hooks: list[Webhook], parameters: ParametersOut | None = None
+    ) -> SubmittedJobOut:
+        """The answer to a submit or a clone: the job, its own subscriptions' secrets and
+        the parameter count."""
+        return cls(
+            **JobOut.of(job).model_dump(),
+            webhooks=[NewWebhookOut.of(h) for h in hooks],
+            parameters=parameters,
+        )
 
 
 class DeliveryOut(BaseModel):

@@ -258,6 +258,56 @@ class Resources(_Strict):
     )
 
 
+class LoraAdapter(_Strict):
+    """A LoRA adapter (peft): the base model is frozen, low-rank updates are trained."""
+
+    type: Literal["lora"] = Field(default="lora", description="`lora` (peft's LoRA).")
+    r: int = Field(
+        default=8, ge=1, description="The rank; at most the server's TRAINDEPOT_MAX_ADAPTER_RANK."
+    )
+    alpha: float = Field(default=16, gt=0, description="`lora_alpha`: updates scale by alpha/r.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="`lora_dropout`.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        default="all-linear",
+        description='The modules that get an update: "all-linear" (every linear layer but the'
+        " output head), or names (`c_attn`, `query`...): a module matches when its name is or"
+        " ends with `.<name>`.",
+    )
+    modules_to_save: list[str] | None = Field(
+        default=None,
+        description="Modules trained in full and saved with the adapter (a new head); the"
+        " classification head of `sequence-classification` is added by peft itself.",
+    )
+    merge: bool = Field(
+        default=False,
+        description="Also export the model with the adapter merged in (`model/merged/`), in"
+        " the base's own dtype (a quantized base is loaded unquantized to merge).",
+    )
+
+    @field_validator("target_modules", "modules_to_save")
+    @classmethod
+    def _names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one module name")
+            for name in value:
+                if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", name):
+                    raise ValueError(f"{name!r} is not a module name (letters, digits, _ and .)")
+        return value
+
+
+class Quantization(_Strict):
+    """QLoRA: the base is loaded quantized with bitsandbytes (CUDA only) and trained
+    through its adapter."""
+
+    bits: Literal[4, 8] = Field(description="4 (NF4/FP4) or 8 (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit only.")
+    double_quant: bool = Field(default=True, description="4-bit only: quantize the constants.")
+    compute_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        default="bfloat16", description="4-bit only: the dtype of the matrix products."
+    )
+
+
 # The task of a spec that names none: specs written before tasks existed train a causal LM.
 DEFAULT_TASK = "causal-lm"
 
@@ -282,6 +332,13 @@ class JobSpec(_Strict):
     )
     dataset: DatasetSpec
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    adapter: LoraAdapter | None = Field(
+        default=None,
+        description="Train an adapter instead of every weight (recipes that take one).",
+    )
+    quantization: Quantization | None = Field(
+        default=None, description="Load the base quantized (QLoRA): needs an adapter and CUDA."
+    )
     training_args: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Any field of the installed TrainingArguments except the server-owned ones.",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from traindepot import limits, training_args, webhook_urls
+from traindepot.adapters import adapter_problems
 from traindepot.localpaths import model_dir_problems
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.recipes import recipe_for
@@ -108,6 +109,7 @@ def consistency_problems(spec: JobSpec) -> list[Problem]:
             )
         )
     problems += _evaluation_problems(spec)
+    problems += adapter_problems(spec)
     problems += recipe_for(spec).check(spec)
     return problems
 
@@ -171,7 +173,8 @@ def check_devices(
     spec: JobSpec, devices: Sequence[WorkerDevices] | None, *, queue: str
 ) -> list[Problem]:
     """More devices (`resources.gpus`) than any live worker of the queue owns, and
-    bf16/fp16/tf32 on a queue whose every live worker lacks the device for it.
+    bf16/fp16/tf32 or `quantization` (bitsandbytes) on a queue whose every live worker
+    lacks the device for it.
 
     `devices` None or empty means no worker of the queue has registered (none started yet,
     or Redis cannot be read): the job is accepted, since a capable worker may come later.
@@ -188,6 +191,16 @@ def check_devices(
                 ("resources", "gpus"),
                 f"needs {spec.resources.gpus} devices at once, but the largest live worker of"
                 f" queue {queue!r} owns {largest}: no worker of the queue can ever run it",
+                "device_unavailable",
+            )
+        )
+    if spec.quantization is not None and not any(d.cuda for d in devices):
+        problems.append(
+            Problem(
+                ("quantization",),
+                f"loads the base with bitsandbytes, which needs a CUDA GPU, but every live"
+                f" worker of queue {queue!r} ({len(devices)}) is CPU-only: send the job to a"
+                " GPU queue, or leave out `quantization` (plain LoRA runs anywhere)",
                 "device_unavailable",
             )
         )

@@ -28,6 +28,7 @@ from traindepot.recipes import TrainerParts, recipe_for
 from traindepot.settings import get_settings
 from traindepot.spec import JobSpec
 from traindepot.training_args import job_kwargs
+from worker.adapters import apply_adapter, quantization_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
@@ -100,6 +101,7 @@ def build_model(spec: JobSpec, tokenizer: Any, label_names: list[str] | None) ->
             dtype=dtype,
             use_safetensors=None if settings.allow_pickle_weights else True,
             trust_remote_code=spec.model.trust_remote_code and settings.allow_trust_remote_code,
+            **quantization_kwargs(spec),
             **extra,
         )
     if not text:
@@ -164,7 +166,11 @@ def build_trainer(
     on_phase("data")
     data = build_datasets(spec, tokenizer)
     on_phase("config")
-    model = build_model(spec, tokenizer, data.label_names)
+    # The adapter is the core's, for every recipe that takes one (the API refused it
+    # elsewhere): created after the base, so its initialisation follows the same seed.
+    model = apply_adapter(
+        build_model(spec, tokenizer, data.label_names), spec, recipe.adapter_task_type
+    )
     all_callbacks = list(callbacks)
     if spec.early_stopping is not None:
         all_callbacks.append(

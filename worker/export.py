@@ -116,5 +116,9 @@ def save_final_model(
     card = model_card(spec, job_id, result, json_safe(last_eval_metrics(trainer.state.log_history)))
     (staging / "README.md").write_text(card)
     recipe_for(spec).export(trainer, spec, staging)
+    if spec.adapter is not None and spec.adapter.merge:
+        from worker.adapters import save_merged
+
+        save_merged(trainer.model, spec, trainer.processing_class, staging / "merged")
     artifacts.write_manifest(staging)
     return artifacts.publish_model(staging, job_dir)
