@@ -235,9 +235,19 @@ class CloneIn(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class ParametersOut(BaseModel):
+    """The spec's model counted on the meta device at submit."""
+
+    total: int = Field(description="The base model's parameters (the server's limit).")
+    trainable: int = Field(description="What the job trains: all of them, or the adapter's.")
+
+
 class ValidatedSpec(BaseModel):
     spec: dict[str, Any]
     training_args: dict[str, Any] = Field(description="The effective TrainingArguments.")
+    parameters: ParametersOut | None = Field(
+        default=None, description="null: the model's config could not be read here."
+    )
 
 
 class ErrorOut(BaseModel):

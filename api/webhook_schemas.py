@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from api.schemas import JobOut
+from api.schemas import JobOut, ParametersOut
 from db.models import Webhook, WebhookDelivery
 from traindepot.spec import WebhookTarget
 
@@ -59,12 +59,22 @@ class SubmittedJobOut(JobOut):
         "secrets: in the response to the submit that created the job, and only there.",
     )
 
+    parameters: ParametersOut | None = Field(
+        default=None,
+        description="The model's parameters, total and trainable, counted at submit (null:"
+        " not counted).",
+    )
+
     @classmethod
-    def created(cls, document: bytes, hooks: list[Webhook]) -> SubmittedJobOut:
+    def created(
+        cls, document: bytes, hooks: list[Webhook], parameters: ParametersOut | None = None
+    ) -> SubmittedJobOut:
         """The answer to a submit or a clone: the job's document (as `GET /jobs/{id}`
-        answers it) and its own subscriptions' secrets."""
+        answers it), its own subscriptions' secrets and the parameter count."""
         job = cls.model_validate_json(document)
-        return job.model_copy(update={"webhooks": [NewWebhookOut.of(h) for h in hooks]})
+        return job.model_copy(
+            update={"webhooks": [NewWebhookOut.of(h) for h in hooks], "parameters": parameters}
+        )
 
 
 class DeliveryOut(BaseModel):

@@ -10,12 +10,14 @@ event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,15 @@ from traindepot import training_args
 from traindepot.problems import Problem
 from traindepot.queues import check_queue_name
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, Task, is_local_path
+from traindepot.spec import JobSpec, is_local_path
 
-__all__ = ["apply_defaults", "check_limits", "count_parameters"]
+__all__ = [
+    "ParameterCount",
+    "apply_defaults",
+    "check_limits",
+    "count_parameters",
+    "parameter_count",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +177,23 @@ def _model_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
     loc: tuple[str | int, ...] = (
         ("model", "from_config") if model.from_config is not None else ("model", "name_or_path")
     )
-    count = count_parameters(spec)
-    if count is not None and count > settings.max_model_parameters:
+    counted = parameter_count(spec)
+    if counted is None:
+        return problems
+    if counted.total > settings.max_model_parameters:
         problems.append(
             _over(
                 loc,
-                f"the model has {count:,} parameters",
+                f"the model has {counted.total:,} parameters",
                 settings.max_model_parameters,
                 "max_model_parameters",
             )
         )
-    return problems
+    from traindepot.adapters import target_problems
+
+    return problems + target_problems(
+        spec, counted.unmatched, counted.linear_layers, counted.adapter_error
+    )
 
 
 def _nul_problems(value: Any, loc: tuple[str | int, ...]) -> list[Problem]:
@@ -227,6 +241,15 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
                 "max_sequence_length",
             )
         )
+    if spec.adapter is not None and spec.adapter.r > settings.max_adapter_rank:
+        problems.append(
+            _over(
+                ("adapter", "r"),
+                f"is {spec.adapter.r:,}",
+                settings.max_adapter_rank,
+                "max_adapter_rank",
+            )
+        )
     runtime = spec.limits.max_runtime_seconds
     if runtime is not None and runtime > settings.max_runtime_seconds:
         problems.append(
@@ -245,28 +268,61 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
 
 
 # --- counting a model's parameters on the meta device ----------------------------------------
+@dataclass(frozen=True)
+class ParameterCount:
+    """The spec's model counted on the meta device: `total` is the base model's (what the
+    server's limit applies to), `trainable` what the job trains (all of them, or the
+    adapter's). With an adapter, `unmatched` lists the `target_modules` entries that match
+    no module and `linear_layers` the model's linear layers (the names to pick from);
+    `adapter_error` is peft's refusal of the adapter, if any."""
+
+    total: int
+    trainable: int
+    unmatched: tuple[str, ...] = ()
+    linear_layers: tuple[str, ...] = ()
+    adapter_error: str | None = None
+
+
 def count_parameters(spec: JobSpec) -> int | None:
-    """The parameters of the spec's model, or None when its config cannot be had here (a
-    Hub model offline, a config that does not build: the worker reports those, and its
-    memory budget bounds what it builds)."""
+    """The parameters of the spec's (base) model, or None when not counted."""
+    counted = parameter_count(spec)
+    return counted.total if counted is not None else None
+
+
+def parameter_count(spec: JobSpec) -> ParameterCount | None:
+    """The spec's model counted, or None when its config cannot be had here (a Hub model
+    offline, a config that does not build: the worker reports those, and its memory
+    budget bounds what it builds)."""
     model = spec.model
     vocab = _byte_level_vocab() if spec.tokenizer and spec.tokenizer.builtin else None
+    task = str(spec.task)
+    lora = _lora_kwargs(spec)
     try:
         if model.from_config is not None:
             overrides = dict(model.from_config)
             if vocab is not None:
                 overrides.setdefault("vocab_size", vocab)
-            material = json.dumps([str(spec.task), overrides], sort_keys=True)
-            return _cached(material, lambda: _count(str(spec.task), overrides, None, None))
+            material = json.dumps([task, overrides, lora], sort_keys=True)
+            return _cached(material, lambda: _count(task, overrides, None, None, lora))
         assert model.name_or_path is not None
         name, revision = model.name_or_path, model.revision
         if is_local_path(name):  # a directory may change: counted each time
-            return _count(str(spec.task), None, name, revision)
-        material = json.dumps([str(spec.task), name, revision])
-        return _cached(material, lambda: _count(str(spec.task), None, name, revision))
+            return _count(task, None, name, revision, lora)
+        material = json.dumps([task, name, revision, lora], sort_keys=True)
+        return _cached(material, lambda: _count(task, None, name, revision, lora))
     except Exception as exc:
         log.info("model parameters not counted (%s: %s)", type(exc).__name__, exc)
         return None
+
+
+def _lora_kwargs(spec: JobSpec) -> dict[str, Any] | None:
+    """peft's `LoraConfig` arguments of the spec's adapter (the worker builds the same)."""
+    if spec.adapter is None:
+        return None
+    from traindepot.adapters import lora_config_kwargs
+    from traindepot.recipes import recipe_for
+
+    return lora_config_kwargs(spec.adapter, recipe_for(spec).adapter_task_type)
 
 
 def _byte_level_vocab() -> int:
@@ -274,12 +330,12 @@ def _byte_level_vocab() -> int:
 
 
 # Counts by a digest of what was counted (never the spec itself: a config can be large).
-_counted: OrderedDict[str, int] = OrderedDict()
+_counted: OrderedDict[str, ParameterCount] = OrderedDict()
 _counted_lock = threading.Lock()
 _CACHE_SIZE = 256
 
 
-def _cached(material: str, count: Callable[[], int]) -> int:
+def _cached(material: str, count: Callable[[], ParameterCount]) -> ParameterCount:
     digest = hashlib.sha256(material.encode()).hexdigest()
     with _counted_lock:
         if digest in _counted:
@@ -299,21 +355,24 @@ _BUILD_LAYERS = 2
 
 
 def _count(
-    task: str, overrides: dict[str, Any] | None, name_or_path: str | None, revision: str | None
-) -> int:
+    task: str,
+    overrides: dict[str, Any] | None,
+    name_or_path: str | None,
+    revision: str | None,
+    lora: dict[str, Any] | None = None,
+) -> ParameterCount:
     with training_args.import_lock():
         import torch
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForMaskedLM,
-            AutoModelForSequenceClassification,
-        )
-    model_class: Any = {
-        Task.CAUSAL_LM: AutoModelForCausalLM,
-        Task.MASKED_LM: AutoModelForMaskedLM,
-        Task.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
-    }[Task(task)]
+        from transformers import AutoConfig
+
+        from traindepot.recipes import get
+
+        recipe = get(task)
+        if recipe is None:
+            raise LookupError(f"no recipe for task {task!r}")
+        model_class: Any = recipe.model_class()
+        if lora is not None:
+            from traindepot.adapters import count_adapter
     if overrides is not None:
         given = dict(overrides)
         # The worker takes the special token ids from the tokenizer (worker/builders.py);
@@ -326,15 +385,23 @@ def _count(
         assert name_or_path is not None
         config = AutoConfig.from_pretrained(name_or_path, revision=revision)
 
-    def built_with(layers: int | None) -> int:
+    def built_with(layers: int | None) -> ParameterCount:
         if layers is not None:
             config.num_hidden_layers = layers
         with torch.device("meta"):
             built = model_class.from_config(config)
-        return int(sum(p.numel() for p in built.parameters()))
+            total = int(sum(p.numel() for p in built.parameters()))
+            if lora is None:
+                return ParameterCount(total=total, trainable=total)
+            return count_adapter(built, lora, total)
 
     layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(layers, int) or layers <= _BUILD_LAYERS:
         return built_with(None)
+    # Every layer adds as many parameters, trainable ones too.
     one, two = built_with(1), built_with(2)
-    return one + (layers - 1) * (two - one)
+    return dataclasses.replace(
+        two,
+        total=one.total + (layers - 1) * (two.total - one.total),
+        trainable=one.trainable + (layers - 1) * (two.trainable - one.trainable),
+    )

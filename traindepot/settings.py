@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # Server limits (issue 11): what one spec may ask of a small GPU pool. Each is refused at
     # submit with a 422 naming the field and the limit (traindepot/limits.py).
     max_model_parameters: int = Field(default=1_000_000_000, gt=0)
+    # The largest LoRA rank a spec may ask for (`adapter.r`).
+    max_adapter_rank: int = Field(default=256, gt=0)
     max_sequence_length: int = Field(default=8192, gt=0)
     # Training examples one job may go through: max_steps x batch x accumulation x devices,
     # or epochs x rows where the row count is known.

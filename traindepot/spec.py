@@ -8,11 +8,22 @@ specs live in ``traindepot.spec_examples``.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from traindepot import webhook_urls
 from traindepot.webhooks import EVENT_TYPES, EventType
@@ -44,12 +55,6 @@ class _Strict(BaseModel):
     """Unknown fields are an error that names the field, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class Task(StrEnum):
-    CAUSAL_LM = "causal-lm"
-    MASKED_LM = "masked-lm"
-    SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
 class ModelSpec(_Strict):
@@ -164,26 +169,6 @@ class DatasetSpec(_Strict):
         default=None, min_length=1, description="Inline rows (bounded by the server)."
     )
     text_column: str = Field(default="text", min_length=1)
-    text_pair_column: str | None = Field(
-        default=None, min_length=1, description="sequence-classification: the second text."
-    )
-    label_column: str | None = Field(
-        default=None, min_length=1, description='sequence-classification; null: "label".'
-    )
-    label_names: list[str] | None = Field(
-        default=None,
-        min_length=2,
-        description="sequence-classification: the class names, in id order. Labels in the data "
-        "are these names or their ids. null: inferred from the data (a ClassLabel's names, "
-        "the sorted distinct strings, or ids 0..max).",
-    )
-    num_labels: int | None = Field(
-        default=None,
-        ge=2,
-        le=100_000,
-        description="sequence-classification: the number of classes; null: from "
-        "`label_names` or the data.",
-    )
     max_samples: int | None = Field(
         default=None, gt=0, description="Keep the first N training rows (before any split)."
     )
@@ -197,13 +182,6 @@ class DatasetSpec(_Strict):
         default=None, gt=0, lt=1, description="Hold out this fraction of the training rows."
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed of `eval_fraction`.")
-
-    @field_validator("label_names")
-    @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("label names must be distinct")
-        return value
 
     def has_eval(self) -> bool:
         """Whether the spec gives evaluation data."""
@@ -228,9 +206,6 @@ class Preprocessing(_Strict):
     max_length: int = Field(default=128, gt=0, le=1_048_576)
     padding: Literal["max_length", "longest", "do_not_pad"] = "max_length"
     truncation: bool = True
-    group_texts: bool = Field(
-        default=False, description="LM tasks: concatenate texts and cut blocks of `max_length`."
-    )
 
 
 class Limits(_Strict):
@@ -283,15 +258,87 @@ class Resources(_Strict):
     )
 
 
+class LoraAdapter(_Strict):
+    """A LoRA adapter (peft): the base model is frozen, low-rank updates are trained."""
+
+    type: Literal["lora"] = Field(default="lora", description="`lora` (peft's LoRA).")
+    r: int = Field(
+        default=8, ge=1, description="The rank; at most the server's TRAINDEPOT_MAX_ADAPTER_RANK."
+    )
+    alpha: float = Field(default=16, gt=0, description="`lora_alpha`: updates scale by alpha/r.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="`lora_dropout`.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        default="all-linear",
+        description='The modules that get an update: "all-linear" (every linear layer but the'
+        " output head), or names (`c_attn`, `query`...): a module matches when its name is or"
+        " ends with `.<name>`.",
+    )
+    modules_to_save: list[str] | None = Field(
+        default=None,
+        description="Modules trained in full and saved with the adapter (a new head); the"
+        " classification head of `sequence-classification` is added by peft itself.",
+    )
+    merge: bool = Field(
+        default=False,
+        description="Also export the model with the adapter merged in (`model/merged/`), in"
+        " the base's own dtype (a quantized base is loaded unquantized to merge).",
+    )
+
+    @field_validator("target_modules", "modules_to_save")
+    @classmethod
+    def _names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one module name")
+            for name in value:
+                if not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", name):
+                    raise ValueError(f"{name!r} is not a module name (letters, digits, _ and .)")
+        return value
+
+
+class Quantization(_Strict):
+    """QLoRA: the base is loaded quantized with bitsandbytes (CUDA only) and trained
+    through its adapter."""
+
+    bits: Literal[4, 8] = Field(description="4 (NF4/FP4) or 8 (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit only.")
+    double_quant: bool = Field(default=True, description="4-bit only: quantize the constants.")
+    compute_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        default="bfloat16", description="4-bit only: the dtype of the matrix products."
+    )
+
+
+# The task of a spec that names none: specs written before tasks existed train a causal LM.
+DEFAULT_TASK = "causal-lm"
+
+
 class JobSpec(_Strict):
+    """The fields every job has. Each recipe's spec model (traindepot/recipes/) subclasses
+    it with `task: Literal[...]` and its own `dataset`/`preprocessing` models and sections.
+
+    `JobSpec.model_validate(data)`, and `JobSpec` as a field or a request body, validates
+    with the model of the recipe that `data["task"]` names (`causal-lm` when absent) and
+    returns an instance of it, so errors name fields as the user wrote them (no union tag in
+    `loc`). A field that belongs to another recipe's spec (`label_names` on a causal-lm
+    job) is set aside, not refused here: `other_tasks_fields` lists it and the submit's
+    checks report it, naming the tasks it applies to. In the JSON Schema `JobSpec` is the
+    union of the recipes' models, discriminated by `task`."""
+
     name: str = Field(min_length=1, max_length=200)
-    task: Task = Task.CAUSAL_LM
+    task: str = Field(default=DEFAULT_TASK, description="The recipe: what kind of training.")
     model: ModelSpec
     tokenizer: TokenizerSpec | None = Field(
         default=None, description="null: the model's own tokenizer."
     )
     dataset: DatasetSpec
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    adapter: LoraAdapter | None = Field(
+        default=None,
+        description="Train an adapter instead of every weight (recipes that take one).",
+    )
+    quantization: Quantization | None = Field(
+        default=None, description="Load the base quantized (QLoRA): needs an adapter and CUDA."
+    )
     training_args: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Any field of the installed TrainingArguments except the server-owned ones.",
@@ -322,3 +369,38 @@ class JobSpec(_Strict):
         default=None,
         description="Webhooks told of this job's status changes (per tenant: `POST /webhooks`).",
     )
+
+    # (where, the tasks it belongs to) of each field set aside for another recipe's spec.
+    _other_tasks_fields: list[tuple[tuple[str, ...], list[str]]] = PrivateAttr(default_factory=list)
+
+    @property
+    def other_tasks_fields(self) -> list[tuple[tuple[str, ...], list[str]]]:
+        """Fields this job gave that only other tasks' specs have, with those tasks."""
+        return list(self._other_tasks_fields)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _recipe_model(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if cls is JobSpec:
+            from traindepot import recipes
+
+            spec: Self = recipes.validate_spec(data)  # type: ignore[assignment]
+            return spec
+        if not isinstance(data, dict):
+            return handler(data)
+        from traindepot import recipes
+
+        kept, aside = recipes.set_aside_other_tasks_fields(cls, data)
+        validated = handler(kept)
+        validated._other_tasks_fields = aside
+        return validated
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        if cls is not JobSpec:
+            return handler(core_schema)
+        from traindepot import recipes
+
+        return recipes.union_json_schema(handler)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from traindepot import limits, training_args, webhook_urls
+from traindepot.adapters import adapter_problems
 from traindepot.localpaths import model_dir_problems
 from traindepot.problems import Problem, SpecInvalid
+from traindepot.recipes import recipe_for
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, Task, is_local_path
+from traindepot.spec import JobSpec, is_local_path
 
 __all__ = ["WorkerDevices", "check_devices", "check_spec", "consistency_problems"]
 
@@ -54,7 +56,8 @@ def check_path(raw: str, loc: tuple[str | int, ...], settings: Settings) -> list
 
 
 def consistency_problems(spec: JobSpec) -> list[Problem]:
-    """Rules across sections of the spec (pydantic checked each section on its own)."""
+    """Rules across sections of the spec (pydantic checked each section on its own), the
+    fields of other tasks' specs, and the recipe's own checks."""
     problems: list[Problem] = []
     ds, args = spec.dataset, spec.training_args
     if spec.tokenizer is None and spec.model.from_config is not None:
@@ -66,22 +69,13 @@ def consistency_problems(spec: JobSpec) -> list[Problem]:
                 "missing",
             )
         )
-    if spec.task is not Task.SEQUENCE_CLASSIFICATION:
-        for name in ("text_pair_column", "label_column", "label_names", "num_labels"):
-            if getattr(ds, name) is not None:
-                problems.append(
-                    Problem(
-                        ("dataset", name),
-                        f"applies to task `sequence-classification` only"
-                        f" (this job's task is `{spec.task}`)",
-                        "not_for_task",
-                    )
-                )
-    elif spec.preprocessing.group_texts:
+    for loc, tasks in spec.other_tasks_fields:
+        owners = ", ".join(f"`{task}`" for task in tasks)
         problems.append(
             Problem(
-                ("preprocessing", "group_texts"),
-                "applies to the LM tasks only: a classification example keeps its own label",
+                loc,
+                f"applies to task{'s' if len(tasks) > 1 else ''} {owners} only"
+                f" (this job's task is `{spec.task}`)",
                 "not_for_task",
             )
         )
@@ -106,13 +100,6 @@ def consistency_problems(spec: JobSpec) -> list[Problem]:
                 "give at most one of `files.validation` or `eval_fraction`",
             )
         )
-    if ds.label_names is not None and ds.num_labels not in (None, len(ds.label_names)):
-        problems.append(
-            Problem(
-                ("dataset", "num_labels"),
-                f"is {ds.num_labels} but `label_names` has {len(ds.label_names)} names",
-            )
-        )
     args_seed = args.get("seed")
     if spec.seed is not None and args_seed is not None and args_seed != spec.seed:
         problems.append(
@@ -122,6 +109,8 @@ def consistency_problems(spec: JobSpec) -> list[Problem]:
             )
         )
     problems += _evaluation_problems(spec)
+    problems += adapter_problems(spec)
+    problems += recipe_for(spec).check(spec)
     return problems
 
 
@@ -184,7 +173,8 @@ def check_devices(
     spec: JobSpec, devices: Sequence[WorkerDevices] | None, *, queue: str
 ) -> list[Problem]:
     """More devices (`resources.gpus`) than any live worker of the queue owns, and
-    bf16/fp16/tf32 on a queue whose every live worker lacks the device for it.
+    bf16/fp16/tf32 or `quantization` (bitsandbytes) on a queue whose every live worker
+    lacks the device for it.
 
     `devices` None or empty means no worker of the queue has registered (none started yet,
     or Redis cannot be read): the job is accepted, since a capable worker may come later.
@@ -201,6 +191,16 @@ def check_devices(
                 ("resources", "gpus"),
                 f"needs {spec.resources.gpus} devices at once, but the largest live worker of"
                 f" queue {queue!r} owns {largest}: no worker of the queue can ever run it",
+                "device_unavailable",
+            )
+        )
+    if spec.quantization is not None and not any(d.cuda for d in devices):
+        problems.append(
+            Problem(
+                ("quantization",),
+                f"loads the base with bitsandbytes, which needs a CUDA GPU, but every live"
+                f" worker of queue {queue!r} ({len(devices)}) is CPU-only: send the job to a"
+                " GPU queue, or leave out `quantization` (plain LoRA runs anywhere)",
                 "device_unavailable",
             )
         )

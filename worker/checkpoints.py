@@ -25,6 +25,7 @@ from pathlib import Path
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = (
     "model.safetensors",
+    "adapter_model.safetensors",  # a job with an adapter saves the adapter only
     "model.safetensors.index.json",
     "pytorch_model.bin",
 )

@@ -1,17 +1,19 @@
-"""The job's datasets: loaded from inline rows, files or the Hub, split, labelled and
-tokenised (grouped into blocks for language modelling). Runs in the training child only."""
+"""The data machinery every recipe shares: raw splits loaded from inline rows, files or the
+Hub (and split), column checks, and text tokenisation (grouped into blocks for language
+modelling). What a task does with them is its recipe's `prepare_data`
+(traindepot/recipes/). Runs in the training child only."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from traindepot.spec import DatasetSpec, JobSpec, Task
+from traindepot.spec import DatasetSpec, JobSpec
 from worker.errors import DataError
 from worker.guarded import data_file
 
@@ -26,9 +28,14 @@ _FILE_LOADERS = {
 
 @dataclass
 class Datasets:
+    """A recipe's prepared data: what the Trainer trains and evaluates on, the class names
+    (in id order) of a task that has classes, and whatever else the recipe's metrics need
+    (`extra`: e.g. the raw evaluation examples for a post-processing step)."""
+
     train: Dataset
     eval: Dataset | None
-    label_names: list[str] | None
+    label_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
@@ -60,100 +67,60 @@ def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
     return train, evaluation
 
 
-def _require_columns(dataset: Dataset, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise DataError(
-            f"the dataset has no column {', '.join(map(repr, missing))}; "
-            f"its columns are {dataset.column_names} (set `dataset.text_column` and friends)"
-        )
-
-
-def label_mapping(
-    spec: DatasetSpec, splits: list[Dataset]
-) -> tuple[list[str], Callable[[Any], int]]:
-    """The class names (in id order) and a function from a label in the data to its id.
-
-    Given `label_names`: labels are those names or their ids. Otherwise a `ClassLabel`
-    column gives its names; integer labels are ids 0..max (or 0..num_labels-1), named like
-    transformers' defaults (`LABEL_0`); string labels are the sorted distinct strings of
-    every split. Anything else (floats, missing labels) is a DataError naming the value."""
-    column = spec.label_column or "label"
-    feature = splits[0].features[column]
-    values = [v for split in splits for v in split[column]]
-    names: list[str]
-    if spec.label_names is not None:
-        names = list(spec.label_names)
-    elif isinstance(feature, ClassLabel):
-        names = list(feature.names)
-    elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        count = spec.num_labels or max(values) + 1
-        names = [f"LABEL_{i}" for i in range(max(count, 2))]
-    elif values and all(isinstance(v, str) for v in values):
-        names = sorted(set(values))
-    else:
-        bad = next((v for v in values if not isinstance(v, int | str) or isinstance(v, bool)), None)
-        raise DataError(
-            f"label column {column!r}: labels must be all integers or all strings;"
-            f" found {bad!r} (sequence-classification; regression is not supported)"
-        )
-    if spec.num_labels is not None and spec.num_labels != len(names):
-        raise DataError(
-            f"`dataset.num_labels` is {spec.num_labels} but the data has"
-            f" {len(names)} classes: {names[:20]}"
-        )
-    if len(names) < 2:
-        raise DataError(f"label column {column!r} has {len(names)} class; at least 2 are needed")
-    ids = {name: i for i, name in enumerate(names)}
-
-    def to_id(value: Any) -> int:
-        if isinstance(value, str) and value in ids:
-            return ids[value]
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
-            return value
-        raise DataError(
-            f"label {value!r} in column {column!r} is not one of the {len(names)} classes"
-            f" {names[:20]} (nor an id below {len(names)})"
-        )
-
-    return names, to_id
+def require_columns(splits: list[Dataset], columns: list[str]) -> None:
+    """Each split has every column of `columns`, else a DataError naming what is missing."""
+    for dataset in splits:
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"the dataset has no column {', '.join(map(repr, missing))}; its columns are"
+                f" {dataset.column_names} (set `dataset.text_column` and friends)"
+            )
 
 
 def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Datasets:
+    """The job's datasets, as its recipe prepares them."""
+    from traindepot.recipes import recipe_for
+
+    return recipe_for(spec).prepare_data(spec, tokenizer)
+
+
+def tokenize_texts(
+    spec: JobSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Dataset,
+    evaluation: Dataset | None,
+    *,
+    pair_column: str | None = None,
+    labels: tuple[str, Callable[[Any], Any]] | None = None,
+    label_names: list[str] | None = None,
+    group_texts: bool = False,
+) -> Datasets:
+    """Tokenise `dataset.text_column` (with `pair_column` as the second text) of both
+    splits under `spec.preprocessing`; `labels`: (column, to id) gives each example its
+    `labels`; `group_texts`: concatenate the texts and cut blocks of `max_length` (language
+    modelling). The raw columns are dropped."""
     ds, pre = spec.dataset, spec.preprocessing
-    train, evaluation = load_raw(ds)
-    splits = [split for split in (train, evaluation) if split is not None]
-    columns = [ds.text_column] + ([ds.text_pair_column] if ds.text_pair_column else [])
-    if spec.task is Task.SEQUENCE_CLASSIFICATION:
-        columns.append(ds.label_column or "label")
-    for split in splits:
-        _require_columns(split, columns)
-
-    label_names: list[str] | None = None
-    to_id: Callable[[Any], int] | None = None
-    if spec.task is Task.SEQUENCE_CLASSIFICATION:
-        label_names, to_id = label_mapping(ds, splits)
-
-    lm = spec.task in (Task.CAUSAL_LM, Task.MASKED_LM)
     padding: bool | str = (
         False
-        if (lm and pre.group_texts) or pre.padding == "do_not_pad"
+        if group_texts or pre.padding == "do_not_pad"
         else ("max_length" if pre.padding == "max_length" else False)
     )
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
         texts = [t if isinstance(t, str) else "" for t in batch[ds.text_column]]
-        pairs = batch[ds.text_pair_column] if ds.text_pair_column else None
+        pairs = batch[pair_column] if pair_column else None
         encoded = tokenizer(
             texts,
             pairs,
-            truncation=pre.truncation and not (lm and pre.group_texts),
+            truncation=pre.truncation and not group_texts,
             max_length=pre.max_length,
             padding=padding,
         )
         out: dict[str, Any] = dict(encoded)
-        if to_id is not None:
-            out["labels"] = [to_id(v) for v in batch[ds.label_column or "label"]]
+        if labels is not None:
+            column, to_id = labels
+            out["labels"] = [to_id(v) for v in batch[column]]
         return out
 
     def group(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -164,13 +131,13 @@ def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Dataset
 
     def prepare(split: Dataset) -> Dataset:
         out = split.map(tokenize, batched=True, remove_columns=split.column_names)
-        if lm and pre.group_texts:
+        if group_texts:
             out = out.map(group, batched=True)
         if len(out) == 0:
             hint = (
                 f": the texts together are shorter than one block of {pre.max_length} tokens"
                 " (lower `preprocessing.max_length` or turn off `group_texts`)"
-                if lm and pre.group_texts
+                if group_texts
                 else ""
             )
             raise DataError(f"the dataset has no examples left after preprocessing{hint}")

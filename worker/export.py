@@ -20,6 +20,7 @@ from transformers import Trainer
 
 from traindepot import artifacts
 from traindepot.events import json_safe
+from traindepot.recipes import recipe_for
 from traindepot.spec import JobSpec
 
 
@@ -62,6 +63,7 @@ def model_card(
         rows = "".join(f"| `{key}` | {value} |\n" for key, value in sorted(values.items()))
         return "| metric | value |\n|---|---|\n" + rows
 
+    recipe_lines = "".join(f"{line}\n" for line in recipe_for(spec).card_lines(spec))
     train_output = {
         "global_step": result.get("global_step"),
         "training_loss": result.get("training_loss"),
@@ -70,9 +72,10 @@ def model_card(
     return (
         f"# {spec.name}\n\n"
         f"Trained by traindepot, job `{job_id}`.\n\n"
-        f"- task: `{spec.task.value}`\n"
+        f"- task: `{spec.task}`\n"
         f"- base model: {_base_model(spec)}\n"
-        f"- data: {_data(spec)}\n\n"
+        f"- data: {_data(spec)}\n"
+        f"{recipe_lines}\n"
         "## TrainOutput\n\n"
         f"{table(train_output)}\n"
         "## Last evaluation\n\n"
@@ -112,5 +115,10 @@ def save_final_model(
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     card = model_card(spec, job_id, result, json_safe(last_eval_metrics(trainer.state.log_history)))
     (staging / "README.md").write_text(card)
+    recipe_for(spec).export(trainer, spec, staging)
+    if spec.adapter is not None and spec.adapter.merge:
+        from worker.adapters import save_merged
+
+        save_merged(trainer.model, spec, trainer.processing_class, staging / "merged")
     artifacts.write_manifest(staging)
     return artifacts.publish_model(staging, job_dir)

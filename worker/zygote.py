@@ -54,6 +54,16 @@ def prepare() -> str | None:
     import worker.flusher
     import worker.runner  # noqa: F401
 
+    # Every recipe, built-in or installed under the `traindepot.recipes` entry points, is
+    # known to the template, so a forked child finds a plugin's recipe as a cold one does;
+    # its model class is imported here once, like the families below.
+    from traindepot.recipes import all_recipes
+
+    for recipe in all_recipes().values():
+        try:
+            recipe.model_class()
+        except Exception:  # a recipe's own failure is its job's to report, with a reason
+            continue
     # Model classes are imported lazily by transformers on first use: load the families the
     # tests and examples use, so their first job does not pay for it either.
     for family in ("gpt2", "bert", "distilbert", "llama", "roberta"):

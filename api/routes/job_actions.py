@@ -127,10 +127,10 @@ async def clone_job(
                 for e in exc.errors(include_url=False, include_input=False)
             ]
         ) from exc
-    stored_spec, _ = await validated(spec, settings, access)
+    stored_spec, _, parameters = await validated(spec, settings, access)
     job, hooks = await submission.create(access, settings, stored_spec, None)
     await submission.announce(job)
-    return SubmittedJobOut.created(await job_docs.document(job.id), hooks)
+    return SubmittedJobOut.created(await job_docs.document(job.id), hooks, parameters)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

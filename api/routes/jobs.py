@@ -25,6 +25,7 @@ from api.schemas import (
     JobOut,
     JobPage,
     JobSummary,
+    ParametersOut,
     ValidatedSpec,
     json_response,
 )
@@ -32,7 +33,7 @@ from api.webhook_schemas import SubmittedJobOut
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
-from traindepot import events
+from traindepot import events, limits
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.spec import JobSpec
 from traindepot.spec_examples import task_examples
@@ -86,10 +87,10 @@ SpecBody = Annotated[JobSpec, Body(openapi_examples=task_examples())]
 
 async def validated(
     spec: JobSpec, settings: SettingsDep, access: Access
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], ParametersOut | None]:
     """Everything `check_spec` checks, with the live workers of the spec's queue and the
-    caller's jobs (a job of another tenant to resume from does not exist). Raises
-    SpecInvalid (422) naming each problem."""
+    caller's jobs (a job of another tenant to resume from does not exist), and the model's
+    parameters counted on the meta device. Raises SpecInvalid (422) naming each problem."""
     resume = spec.resume_from_checkpoint
     resume_exists = True
     if isinstance(resume, uuid.UUID):
@@ -97,18 +98,23 @@ async def validated(
             lambda s, c: jobs.get(session=s, job_id=resume, tenant=c.scope) is not None
         )
 
-    def check() -> dict[str, Any]:
+    def check() -> tuple[dict[str, Any], ParametersOut | None]:
         devices = (
             capabilities.live_workers(redis_url=settings.redis_url, queue=spec.queue)
             if settings.redis_url
             else None
         )
-        return check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
+        effective = check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
+        counted = limits.parameter_count(spec)  # counted by the check: cached
+        parameters = (
+            ParametersOut(total=counted.total, trainable=counted.trainable) if counted else None
+        )
+        return effective, parameters
 
     # TrainingArguments' checks are CPU-bound (and the first one imports transformers); they
     # hold no database connection.
-    effective = await run_in_threadpool(check)
-    return spec.model_dump(mode="json"), effective
+    effective, parameters = await run_in_threadpool(check)
+    return spec.model_dump(mode="json"), effective, parameters
 
 
 IdempotencyKey = Annotated[
@@ -148,7 +154,7 @@ async def submit_job(
     its id for a worker. The job's own webhooks (`notify.webhooks`) come back with their
     signing secrets, in this response only (a replay with the Idempotency-Key has none)."""
     await access.who()  # 401 before any work
-    stored_spec, _ = await validated(spec, settings, access)
+    stored_spec, _, parameters = await validated(spec, settings, access)
     if idempotency_key is not None:
         earlier = await submission.replay(access, settings, idempotency_key, stored_spec)
         if earlier is not None:
@@ -158,7 +164,7 @@ async def submit_job(
     job, hooks = await submission.create(access, settings, stored_spec, idempotency_key)
     await submission.announce(job)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return SubmittedJobOut.created(await job_docs.document(job.id), hooks)
+    return SubmittedJobOut.created(await job_docs.document(job.id), hooks, parameters)
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
@@ -166,8 +172,8 @@ async def validate_job(spec: SpecBody, settings: SettingsDep, access: AccessDep)
     """The same validation as `POST /jobs`; no job is created. Returns the spec with every
     default filled in and the effective `TrainingArguments` the worker will build."""
     await access.who()
-    stored_spec, effective = await validated(spec, settings, access)
-    return ValidatedSpec(spec=stored_spec, training_args=effective)
+    stored_spec, effective, parameters = await validated(spec, settings, access)
+    return ValidatedSpec(spec=stored_spec, training_args=effective, parameters=parameters)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)

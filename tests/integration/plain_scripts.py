@@ -247,3 +247,88 @@ def pair_classification_on_parquet(
         training_args=training_args,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
     )
+
+
+# --- LoRA (peft's quicktour: `LoraConfig`, `get_peft_model`, then the Trainer as usual) ---
+def lora_causal_lm_from_config(
+    texts: list[str],
+    *,
+    model_config: dict[str, Any],
+    max_length: int,
+    lora: dict[str, Any],
+    training_args: dict[str, Any],
+    output_dir: Path,
+) -> Any:
+    """A GPT-2 from a config with a LoRA adapter, on in-memory texts padded to
+    `max_length`; returns the Trainer after `train()` (its state holds the log history)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    raw = Dataset.from_dict({"text": texts})
+    tokenized = raw.map(
+        lambda batch: tokenizer(
+            batch["text"], truncation=True, max_length=max_length, padding="max_length"
+        ),
+        batched=True,
+        remove_columns=["text"],
+    )
+    model = model_from_config(AutoModelForCausalLM, model_config, tokenizer)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, **lora))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(output_dir), **training_args),
+        train_dataset=tokenized,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer
+
+
+def lora_classification_pretrained(
+    pretrained: Path,
+    rows: list[dict[str, Any]],
+    *,
+    eval_fraction: float,
+    split_seed: int,
+    max_length: int,
+    lora: dict[str, Any],
+    training_args: dict[str, Any],
+    output_dir: Path,
+) -> Any:
+    """A pretrained encoder (`save_pretrained` directory) fine-tuned with a LoRA adapter for
+    sequence classification on in-memory rows (`text`, string `label`), part held out;
+    returns the Trainer after `train()`."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoTokenizer
+
+    set_seed(training_args["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    raw = Dataset.from_list(rows)
+    names = sorted(set(raw["label"]))
+    label2id = {name: i for i, name in enumerate(names)}
+    splits = raw.train_test_split(test_size=eval_fraction, seed=split_seed)
+
+    def preprocess(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        encoded = dict(
+            tokenizer(batch["text"], truncation=True, max_length=max_length, padding="max_length")
+        )
+        encoded["labels"] = [label2id[label] for label in batch["label"]]
+        return encoded
+
+    tokenized = splits.map(preprocess, batched=True, remove_columns=raw.column_names)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        pretrained, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id
+    )
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, **lora))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(output_dir), **training_args),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer

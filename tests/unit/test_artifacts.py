@@ -162,7 +162,7 @@ def test_a_republished_model_replaces_the_old_one_whole(tmp_path: Path) -> None:
 def test_macro_f1_and_accuracy() -> None:
     from transformers import EvalPrediction
 
-    from worker.builders import classification_metrics, macro_f1
+    from worker.metrics import classification_metrics, macro_f1
 
     labels = np.array([0, 0, 1, 1, 2])
     predicted = np.array([0, 1, 1, 1, 0])
@@ -178,7 +178,7 @@ def test_macro_f1_and_accuracy() -> None:
 def test_logits_are_reduced_to_class_ids_per_batch() -> None:
     import torch
 
-    from worker.builders import predicted_class
+    from worker.metrics import predicted_class
 
     logits = torch.tensor([[0.1, 2.0], [3.0, -1.0], [0.0, 0.5]])
     assert predicted_class(logits, None).tolist() == [1, 0, 1]

@@ -159,10 +159,35 @@ def test_packages_depend_on_each_other_one_way(package: str) -> None:
 
 
 def test_only_the_cli_starts_other_packages() -> None:
-    """traindepot imports worker or api only where it starts them (the CLI, the stack)."""
+    """traindepot imports worker or api only where it starts them (the CLI, the stack), and
+    in the recipes, whose worker side runs in the training child (see the next test)."""
     starters = {
         str(path.relative_to(ROOT))
         for path in (ROOT / "traindepot").rglob("*.py")
         if imported_packages(path) & {"worker", "api"}
+        and path.parent != ROOT / "traindepot" / "recipes"
     }
     assert starters <= {"traindepot/cli.py", "traindepot/cli_server.py", "traindepot/stack.py"}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The top-level names `path` imports when it is imported (not inside functions, not
+    under `if TYPE_CHECKING:`)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_recipes_import_the_worker_side_lazily() -> None:
+    """The API imports every recipe at start-up: a recipe module imports the worker, torch,
+    transformers or datasets only inside the methods the training child calls."""
+    heavy = {"worker", "api", "torch", "transformers", "datasets", "peft", "numpy"}
+    eager = {
+        str(path.relative_to(ROOT)): sorted(module_level_imports(path) & heavy)
+        for path in (ROOT / "traindepot" / "recipes").glob("*.py")
+    }
+    assert {name: found for name, found in eager.items() if found} == {}

@@ -50,7 +50,8 @@ def test_defaults_are_filled_in() -> None:
     }
     assert spec["limits"] == {"max_runtime_seconds": None, "max_restarts": 3}
     assert spec["queue"] == "default" and spec["priority"] == 5
-    assert spec["dataset"]["label_names"] is None and spec["dataset"]["seed"] == 42
+    assert spec["dataset"]["seed"] == 42
+    assert "label_names" not in spec["dataset"]  # a sequence-classification field
 
 
 @pytest.mark.parametrize(
@@ -337,8 +338,17 @@ def test_openapi_document_has_the_schema_and_the_examples() -> None:
     from api.app import create_app
 
     doc = create_app().openapi()
-    schema = doc["components"]["schemas"]["JobSpec"]
-    assert {"name", "model", "dataset"} <= set(schema["required"])
-    assert "label_names" in doc["components"]["schemas"]["DatasetSpec"]["properties"]
+    schemas = doc["components"]["schemas"]
+    # JobSpec is the union of the recipes' spec models, discriminated by `task`.
+    union = schemas["JobSpec"]
+    assert union["discriminator"]["propertyName"] == "task"
+    mapping = union["discriminator"]["mapping"]
+    assert set(mapping) == {"causal-lm", "masked-lm", "sequence-classification"}
+    for ref in mapping.values():
+        assert {"name", "model", "dataset"} <= set(schemas[ref.rsplit("/", 1)[-1]]["required"])
+    classification = schemas[mapping["sequence-classification"].rsplit("/", 1)[-1]]
+    dataset = schemas[classification["properties"]["dataset"]["$ref"].rsplit("/", 1)[-1]]
+    assert "label_names" in dataset["properties"]
+    assert "label_names" not in schemas["DatasetSpec"]["properties"]
     body = doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["examples"]) >= {"causal-lm", "masked-lm", "sequence-classification"}
