@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -389,7 +390,17 @@ def list_jobs(
     console.print(table)
 
 
+def line_buffered_output() -> None:
+    """Every line this command (and any Python it starts) prints reaches a file, a pipe or
+    `docker logs` as it is printed: Python block-buffers stdout that is not a terminal."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the API, worker and sender it starts
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
 def main() -> None:
+    line_buffered_output()
     app()
 
 

@@ -189,13 +189,18 @@ def demo(port: PortOpt = 0) -> None:
 
 
 def _show_admin_key(stack: Stack) -> None:
-    if stack.admin_key_is_new:
-        console.print(
-            f"admin API key (shown once; kept for this machine's CLI in {stack.admin_key_file}):"
-            f"\n  {stack.admin_key}"
-        )
+    """Where the admin key is. The key itself is printed only to a terminal, when it was
+    just created: a log file, a pipe, journald or `docker logs` keeps what it is given, for
+    whoever can read logs, so there only the key's file (mode 0600) is named (README,
+    "The admin key")."""
+    where = f"{stack.admin_key_file} (readable by its owner only)"
+    if stack.admin_key_is_new and console.is_terminal:
+        console.print(f"admin API key (shown once; kept for this machine's CLI in {where}):")
+        console.print(f"  {stack.admin_key}", markup=False, highlight=False)
+    elif stack.admin_key_is_new:
+        console.print(f"a new admin API key is in {where}; it is not written to this log")
     else:
-        console.print(f"admin API key: the one kept in {stack.admin_key_file}")
+        console.print(f"admin API key: the one kept in {where}")
 
 
 COMMANDS: list[Callable[..., Any]] = [serve, api, worker, migrate, demo]

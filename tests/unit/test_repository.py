@@ -16,7 +16,17 @@ from traindepot import training_args
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("api", "worker", "db", "traindepot")
 TEXT_SUFFIXES = {".py", ".md", ".html", ".toml", ".yml", ".yaml", ".txt", ".ini", ".cfg", ""}
-SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+# .venv-lock (scripts/lock) and .venv-latest (LATEST=1 scripts/test) are virtual environments too.
+SKIPPED_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-lock",
+    ".venv-latest",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+}
 # Places outside the repository that a file could lean on. Spelt in pieces so that this
 # file does not match itself.
 OUTSIDE = re.compile(
