@@ -16,7 +16,7 @@ Each spec is a tiny GPT-2 from a config of a size no earlier request used (no ca
 parameter count helps); no worker runs, the jobs stay queued. Trees, interleaved by round:
 `before` (a checkout of the code before issue 22, `--before`) and `after` (this one).
 
-    git worktree add --detach /tmp/td-before a2ead4e
+    git worktree add --detach /tmp/td-before main  # (2dddc4e when measured)
     python -m bench.first_submit_http --before /tmp/td-before --rounds 2
     python -m bench.first_submit_http --before /tmp/td-before --rounds 2 --uvicorn
 
