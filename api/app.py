@@ -39,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Off the request path: the first POST would otherwise pay for it (api/warmup.py).
     warmup.start(settings)
     async with anyio.create_task_group() as tasks:
+        tasks.start_soon(warmup.warm_reads)
         tasks.start_soon(
             keycache.follow_revocations, settings.redis_url, settings.api_key_cache_seconds
         )

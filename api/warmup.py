@@ -8,6 +8,14 @@ and configured the ORM's mappers. The warm-up validates every offline example sp
 (traindepot/spec_examples.py: a GPT-2 and a BERT from a config, each task) the way a
 submit does, on a thread at start-up (bench/first_submit.py measures the first submit
 against the next ones).
+
+Over HTTP the first `POST /jobs` still paid for the rest of its path (py-spy on a fresh
+`traindepot api --workers 2`): its statements compiled for the first time (the key
+lookup, the quota reads, the insert, `enqueued_at`) on a new database connection, the
+Celery producer's first connection to the broker, and the first read of a job document
+on the read pool. The warm-up runs that path too: the statements in a transaction it rolls
+back (no row is left, no notice sent), the producer connected, and the document of a job
+that does not exist read (bench/first_submit_http.py measures it end to end).
 """
 
 from __future__ import annotations
@@ -15,10 +23,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
+from typing import Any
 
 from sqlalchemy.orm import configure_mappers
 
-from traindepot import training_args
+from api import job_docs, submission
+from db import jobs, keys
+from db.session import new_session
+from traindepot import dispatch, training_args
 from traindepot.problems import SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec
@@ -27,6 +40,8 @@ from traindepot.validation import check_spec
 
 log = logging.getLogger(__name__)
 done = threading.Event()
+reads_done = threading.Event()
+WARM_UP_TENANT = "traindepot-warm-up"  # no row of it is ever committed
 
 
 def warm_up(settings: Settings) -> None:
@@ -34,6 +49,7 @@ def warm_up(settings: Settings) -> None:
     try:
         training_args.warm_up()
         configure_mappers()
+        stored: dict[str, Any] | None = None
         for name, example in task_examples().items():
             spec = JobSpec.model_validate(example["value"])
             if spec.model.from_config is None:
@@ -42,6 +58,10 @@ def warm_up(settings: Settings) -> None:
                 check_spec(spec, settings)
             except SpecInvalid as exc:  # e.g. a server whose limits refuse the example
                 log.info("warm-up: example %s refused (%s)", name, exc)
+            stored = stored or spec.model_dump(mode="json")
+        if stored is not None:
+            _submit_statements(settings, stored)
+        dispatch.warm_up()
     except Exception:  # the warm-up speeds up; it must never keep a process unready
         log.exception("warm-up failed; the first submit pays for what it did not do")
     finally:
@@ -49,9 +69,39 @@ def warm_up(settings: Settings) -> None:
         log.info("validator warmed up in %.2f s", time.perf_counter() - started)
 
 
+def _submit_statements(settings: Settings, spec: dict[str, Any]) -> None:
+    """A submit's statements (api/access.py, api/submission.py) on a connection of the
+    API's pool, in a transaction that is rolled back."""
+    session = new_session(api=True)
+    try:
+        keys.find_active(session=session, digest=bytes(32))
+        submission.check_quota(session, settings, WARM_UP_TENANT)
+        job = jobs.create(
+            session=session,
+            spec=spec,
+            tenant=WARM_UP_TENANT,
+            aging_seconds=settings.aging_seconds_per_priority,
+        )
+        session.flush()
+        jobs.mark_enqueued(session=session, job_id=job.id)
+    finally:
+        session.rollback()
+        session.close()
+
+
+async def warm_reads() -> None:
+    """The read pool's first connection and the job document's statement (job_docs)."""
+    try:
+        await job_docs.read(uuid.UUID(int=0))
+    except Exception:
+        log.exception("warm-up of the reads failed; the first read pays for it")
+    finally:
+        reads_done.set()
+
+
 def start(settings: Settings) -> None:
     threading.Thread(target=warm_up, args=(settings,), name="warm-up", daemon=True).start()
 
 
 def is_warm() -> bool:
-    return done.is_set() and training_args.is_warm()
+    return done.is_set() and reads_done.is_set() and training_args.is_warm()

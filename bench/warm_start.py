@@ -19,6 +19,7 @@ A job runs 100 steps (over a second, longer than the flusher's interval): a job 
 sooner has its first step written by the flusher's last flush, whatever the leading edge.
 
     python -m bench.warm_start --repeats 7
+    python -m bench.warm_start --repeats 9 --no-cold  # the leading edge on and off only
 
 Postgres: TRAINDEPOT_DATABASE_URL if set, else an embedded server; Redis: embedded unless
 TRAINDEPOT_REDIS_URL is set. Results: docs/benchmarks.md.
@@ -110,6 +111,9 @@ def extra_worker(log_path: Path, queue: str, settings: dict[str, str]) -> subpro
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--no-cold", action="store_true", help="the warm workers only (no cold worker, no import)"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
@@ -129,19 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     from traindepot.stack import running_stack, stop_process
 
     ways = {"warm": "default", "warm, leading edge off": EDGE_OFF_QUEUE, "cold": COLD_QUEUE}
+    if args.no_cold:
+        del ways["cold"]
     results: dict[str, dict[str, list[float]]] = {
         way: {"visible": [], "recorded": [], "end": []} for way in ways
     }
     imports: list[float] = []
     with running_stack(host="127.0.0.1", port=free_port()) as stack:
         extra = [
-            extra_worker(work / "cold-worker.log", COLD_QUEUE, {"TRAINDEPOT_WARM_START": "false"}),
             extra_worker(
                 work / "edge-off-worker.log",
                 EDGE_OFF_QUEUE,
                 {"TRAINDEPOT_FLUSH_LEADING_EDGE": "false"},
-            ),
+            )
         ]
+        if not args.no_cold:
+            extra.append(
+                extra_worker(
+                    work / "cold-worker.log", COLD_QUEUE, {"TRAINDEPOT_WARM_START": "false"}
+                )
+            )
         try:
             with httpx.Client(
                 base_url=stack.url,
@@ -157,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                         results[way]["visible"].append(visible)
                         results[way]["recorded"].append(recorded)
                         results[way]["end"].append(ended)
-                    imports.append(cold_import(env))
+                    if not args.no_cold:
+                        imports.append(cold_import(env))
                     print(
                         f"round {round_}/{args.repeats}: "
                         + ", ".join(f"{way} {results[way]['visible'][-1]:.3f} s" for way in ways)
-                        + f", import {imports[-1]:.2f} s",
+                        + (f", import {imports[-1]:.2f} s" if imports else ""),
                         flush=True,
                     )
         finally:
@@ -185,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {way} | {secs(got['visible'])} | {secs(got['recorded'])} | {secs(held)}"
             f" | {secs(got['end'])} |"
         )
-    print(f"| cold import alone (reference) | | {secs(imports)} | | |")
+    if imports:
+        print(f"| cold import alone (reference) | | {secs(imports)} | | |")
 
     def ratio(a: str, b: str, measure: str) -> float:
         return statistics.median(results[a][measure]) / statistics.median(results[b][measure])
 
     for a, b in (("warm", "warm, leading edge off"), ("warm", "cold")):
+        if b not in ways:
+            continue
         print(
             f"| **{a} / {b}** | **{ratio(a, b, 'visible'):.3f}**"
             f" | {ratio(a, b, 'recorded'):.3f} | | {ratio(a, b, 'end'):.3f} |"

@@ -44,6 +44,14 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             console.print("stopping…")
 
 
+# How long uvicorn's parent waits for an API process to answer its health check before it
+# kills it and starts another. A starting process imports transformers and torch, whose
+# native initialisation holds the GIL for seconds of CPU; on a loaded machine uvicorn's 5 s
+# default killed every process before it answered and started another, forever (49 in 5
+# minutes at load 11 on 2 cores, bench/first_submit_http.py, docs/benchmarks.md).
+API_HEALTHCHECK_SECONDS = 120
+
+
 def _default_api_workers() -> int:
     """One API process per core this process may run on."""
     try:
@@ -91,7 +99,14 @@ def api(
                 stale.unlink()
         metrics_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    uvicorn.run("api.app:app", host=host, port=port, workers=processes, access_log=access_log)
+    uvicorn.run(
+        "api.app:app",
+        host=host,
+        port=port,
+        workers=processes,
+        access_log=access_log,
+        timeout_worker_healthcheck=API_HEALTHCHECK_SECONDS,
+    )
 
 
 def worker(

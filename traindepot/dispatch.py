@@ -94,6 +94,17 @@ def enqueue(
     )
 
 
+def warm_up() -> None:
+    """What the first `enqueue` of a process would build: the producer app, its router
+    and queues, and a broker connection in its producer pool (the API's start-up warm-up,
+    api/warmup.py). Raises what `enqueue` would when the broker cannot be reached."""
+    app = _producer()
+    amqp = app.amqp
+    _ = amqp.router, amqp.queues
+    with app.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=1)
+
+
 def worker_id() -> str:
     """This worker's identity: its registry key and the owner of the leases it takes."""
     return f"{socket.gethostname()}:{os.getpid()}"
