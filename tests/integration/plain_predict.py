@@ -46,7 +46,7 @@ def tagging_metrics(model_dir: str, rows: list[dict[str, Any]]) -> dict[str, flo
     predicted, gold = [], []
     for row in rows:
         [entities] = tagger([row["tokens"]], is_split_into_words=True)
-        by_token = {entity["index"]: entity["entity"] for entity in entities}
+        by_token: dict[int, str] = {int(e["index"]): str(e["entity"]) for e in entities}
         word_ids = tokenizer(row["tokens"], is_split_into_words=True).word_ids()
         tags, seen = [], set()
         for index, word in enumerate(word_ids):

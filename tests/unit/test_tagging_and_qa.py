@@ -122,7 +122,7 @@ def metrics_for(
     reduced = n_best_logits(spec.postprocessing.n_best)(
         (torch.tensor([start]), torch.tensor([end])), None
     )
-    data = Datasets(train=None, eval=None, extra={"qa_eval": windows})  # type: ignore[arg-type]
+    data = Datasets(train=None, eval=None, extra={"qa_eval": windows})
     return squad_metrics(spec, data)(EvalPrediction(reduced.numpy(), None))  # type: ignore[arg-type]
 
 

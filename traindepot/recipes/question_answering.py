@@ -182,14 +182,10 @@ class QuestionAnsweringRecipe(Recipe):
         return AutoModelForQuestionAnswering
 
     def prepare_tokenizer(self, spec: JobSpec, tokenizer: Any) -> Any:
-        if not getattr(tokenizer, "is_fast", False):
-            from worker.errors import ConfigError
+        from worker.data import require_fast_tokenizer
 
-            raise ConfigError(
-                "task `question-answering` needs a fast tokenizer: answer spans are mapped"
-                " through its offset mapping"
-            )
-        return tokenizer
+        why = "answer spans are mapped through its offset mapping"
+        return require_fast_tokenizer(tokenizer, self.task, why)
 
     def prepare_data(self, spec: JobSpec, tokenizer: Any) -> Datasets:
         from worker.question_answering import prepare_qa_data

@@ -150,14 +150,10 @@ class TokenClassificationRecipe(Recipe):
         return AutoModelForTokenClassification
 
     def prepare_tokenizer(self, spec: JobSpec, tokenizer: Any) -> Any:
-        if not getattr(tokenizer, "is_fast", False):
-            from worker.errors import ConfigError
+        from worker.data import require_fast_tokenizer
 
-            raise ConfigError(
-                "task `token-classification` needs a fast tokenizer: aligning tags to"
-                " sub-words uses its `word_ids()`"
-            )
-        return tokenizer
+        why = "aligning tags to sub-words uses its `word_ids()`"
+        return require_fast_tokenizer(tokenizer, self.task, why)
 
     def prepare_data(self, spec: JobSpec, tokenizer: Any) -> Datasets:
         from worker.token_classification import prepare_tagged_data
