@@ -78,6 +78,16 @@ def require_columns(splits: list[Dataset], columns: list[str]) -> None:
             )
 
 
+def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> Any:
+    """`tokenizer` if it is a fast (Rust) one, else a ConfigError: `word_ids()` and offset
+    mappings exist only there."""
+    if not getattr(tokenizer, "is_fast", False):
+        from worker.errors import ConfigError
+
+        raise ConfigError(f"task `{task}` needs a fast tokenizer: {why}")
+    return tokenizer
+
+
 def build_datasets(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> Datasets:
     """The job's datasets, as its recipe prepares them."""
     from traindepot.recipes import recipe_for

@@ -17,6 +17,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, load_dataset
 from transformers import (
     AutoConfig,
@@ -33,6 +34,7 @@ from transformers import (
     set_seed,
 )
 
+from tests.integration.plain_qa import qa_positions, qa_predictions, qa_windows
 from worker.byte_tokenizer import byte_level_tokenizer
 
 
@@ -332,3 +334,220 @@ def lora_classification_pretrained(
     )
     trainer.train()
     return trainer
+
+
+def train_logged(
+    *,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None,
+    collator: Any,
+    output_dir: Path,
+    training_args: dict[str, Any],
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """`train`, with metrics; returns the TrainOutput and the Trainer's log history (every
+    logged loss and evaluation)."""
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(output_dir), **training_args),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    output = trainer.train()
+    return output, list(trainer.state.log_history)
+
+
+def token_classification_on_rows(
+    rows: list[dict[str, Any]],
+    *,
+    label_list: list[str],
+    eval_fraction: float,
+    split_seed: int,
+    max_length: int,
+    model_config: dict[str, Any],
+    training_args: dict[str, Any],
+    output_dir: Path,
+    train: bool = True,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The token classification guide: words tokenised with `is_split_into_words`, each
+    word's tag on its first sub-word (-100 elsewhere), `DataCollatorForTokenClassification`,
+    seqeval's entity precision, recall and F1 and accuracy (seqeval itself: `evaluate`
+    loads its metrics from the Hub). `train=False`: the untrained model's evaluation."""
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    splits = Dataset.from_list(rows).train_test_split(test_size=eval_fraction, seed=split_seed)
+    label2id = {name: i for i, name in enumerate(label_list)}
+
+    def tokenize_and_align_labels(examples: dict[str, list[Any]]) -> dict[str, Any]:
+        tokenized = tokenizer(
+            examples["tokens"], truncation=True, max_length=max_length, is_split_into_words=True
+        )
+        labels = []
+        for i, tags in enumerate(examples["tags"]):
+            previous = None
+            label_ids = []
+            for word_idx in tokenized.word_ids(batch_index=i):
+                if word_idx is None or word_idx == previous:
+                    label_ids.append(-100)
+                else:
+                    label_ids.append(label2id[tags[word_idx]])
+                previous = word_idx
+            labels.append(label_ids)
+        tokenized["labels"] = labels
+        return dict(tokenized)
+
+    tokenized = splits.map(
+        tokenize_and_align_labels, batched=True, remove_columns=["tokens", "tags"]
+    )
+
+    def compute_metrics(p: Any) -> dict[str, float]:
+        predictions, labels = p
+        predictions = np.argmax(predictions, axis=2)
+        true_predictions = [
+            [label_list[q] for (q, lab) in zip(prediction, label, strict=True) if lab != -100]
+            for prediction, label in zip(predictions, labels, strict=True)
+        ]
+        true_labels = [
+            [label_list[lab] for (q, lab) in zip(prediction, label, strict=True) if lab != -100]
+            for prediction, label in zip(predictions, labels, strict=True)
+        ]
+        return {
+            "precision": precision_score(true_labels, true_predictions),
+            "recall": recall_score(true_labels, true_predictions),
+            "f1": f1_score(true_labels, true_predictions),
+            "accuracy": accuracy_score(true_labels, true_predictions),
+        }
+
+    model = model_from_config(
+        AutoModelForTokenClassification,
+        model_config,
+        tokenizer,
+        num_labels=len(label_list),
+        id2label=dict(enumerate(label_list)),
+        label2id=label2id,
+    )
+    if not train:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(output_dir=str(output_dir), **training_args),
+            eval_dataset=tokenized["test"],
+            data_collator=DataCollatorForTokenClassification(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+        )
+        return None, [trainer.evaluate()]
+    return train_logged(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["test"],
+        collator=DataCollatorForTokenClassification(tokenizer),
+        output_dir=output_dir,
+        training_args=training_args,
+        compute_metrics=compute_metrics,
+    )
+
+
+def question_answering_on_files(
+    train_file: Path,
+    validation_file: Path,
+    *,
+    max_length: int,
+    stride: int,
+    n_best: int,
+    max_answer_length: int,
+    model_config: dict[str, Any],
+    training_args: dict[str, Any],
+    output_dir: Path,
+    train: bool = True,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The question answering guide: windows with a stride, answers outside a window at
+    position 0, n-best post-processing, SQuAD exact match and F1 (torchmetrics' SQuAD:
+    `evaluate.load("squad")` needs the Hub). The validation windows keep their answer
+    positions too, so that evaluation reports a loss. `train=False`: the untrained model."""
+    from torchmetrics.functional.text import squad
+    from transformers import AutoModelForQuestionAnswering, DefaultDataCollator
+
+    set_seed(training_args["seed"])
+    tokenizer = byte_tokenizer()
+    raw = load_dataset(
+        "json", data_files={"train": str(train_file), "validation": str(validation_file)}
+    )
+
+    def preprocess_training_examples(examples: dict[str, list[Any]]) -> dict[str, Any]:
+        inputs = qa_windows(tokenizer, examples, max_length, stride)
+        starts, ends = qa_positions(inputs, examples["answers"])
+        inputs.pop("offset_mapping")
+        inputs.pop("overflow_to_sample_mapping")
+        inputs["start_positions"], inputs["end_positions"] = starts, ends
+        return dict(inputs)
+
+    def preprocess_validation_examples(examples: dict[str, list[Any]]) -> dict[str, Any]:
+        inputs = qa_windows(tokenizer, examples, max_length, stride)
+        starts, ends = qa_positions(inputs, examples["answers"])
+        sample_map = inputs.pop("overflow_to_sample_mapping")
+        example_ids = []
+        for i in range(len(inputs["input_ids"])):
+            example_ids.append(examples["id"][sample_map[i]])
+            sequence_ids = inputs.sequence_ids(i)
+            inputs["offset_mapping"][i] = [
+                o if sequence_ids[k] == 1 else None
+                for k, o in enumerate(inputs["offset_mapping"][i])
+            ]
+        inputs["example_id"] = example_ids
+        inputs["start_positions"], inputs["end_positions"] = starts, ends
+        return dict(inputs)
+
+    train_dataset = raw["train"].map(
+        preprocess_training_examples, batched=True, remove_columns=raw["train"].column_names
+    )
+    validation_features = raw["validation"].map(
+        preprocess_validation_examples,
+        batched=True,
+        remove_columns=raw["validation"].column_names,
+    )
+    eval_dataset = validation_features.remove_columns(["example_id", "offset_mapping"])
+
+    def compute_metrics(p: Any) -> dict[str, float]:
+        start_logits, end_logits = p.predictions
+        predicted = qa_predictions(
+            start_logits,
+            end_logits,
+            validation_features,
+            raw["validation"],
+            n_best=n_best,
+            max_answer_length=max_answer_length,
+        )
+        references = [{"id": ex["id"], "answers": ex["answers"]} for ex in raw["validation"]]
+        scores = squad(predicted, references)
+        return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
+
+    model = model_from_config(AutoModelForQuestionAnswering, model_config, tokenizer)
+    if not train:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(output_dir=str(output_dir), **training_args),
+            eval_dataset=eval_dataset,
+            data_collator=DefaultDataCollator(),
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+        )
+        return None, [trainer.evaluate()]
+    return train_logged(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        collator=DefaultDataCollator(),
+        output_dir=output_dir,
+        training_args=training_args,
+        compute_metrics=compute_metrics,
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from traindepot.spec import JobSpec
+from traindepot.recipes.registry import validate_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -29,12 +29,14 @@ def spec_files() -> list[Path]:
     return sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
 
 
-def test_the_examples_are_the_three_promised() -> None:
+def test_the_examples_are_the_ones_promised() -> None:
     names = {p.name for p in spec_files()}
     assert names == {
         "gpt2-wikitext.json",
         "distilbert-imdb-classification.yaml",
         "tiny-offline.json",
+        "tiny-ner-offline.json",
+        "tiny-qa-offline.json",
     }
 
 
@@ -43,7 +45,7 @@ def test_example_is_a_valid_spec(path: Path) -> None:
     from transformers import TrainingArguments
 
     data = load(path)
-    spec = JobSpec.model_validate(data)
+    spec = validate_spec(data)
     assert spec.name == data["name"]
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     assert set(data.get("training_args", {})) <= known

@@ -329,7 +329,13 @@ def test_inline_rows_are_bounded(tmp_path: Path) -> None:
 def test_every_task_example_is_valid(settings: Settings) -> None:
     examples = task_examples()
     tasks = {example["value"]["task"] for example in examples.values()}
-    assert tasks == {"causal-lm", "masked-lm", "sequence-classification"}
+    assert tasks == {
+        "causal-lm",
+        "masked-lm",
+        "sequence-classification",
+        "token-classification",
+        "question-answering",
+    }
     for example in examples.values():
         check_spec(JobSpec.model_validate(example["value"]), settings)
 
@@ -343,7 +349,13 @@ def test_openapi_document_has_the_schema_and_the_examples() -> None:
     union = schemas["JobSpec"]
     assert union["discriminator"]["propertyName"] == "task"
     mapping = union["discriminator"]["mapping"]
-    assert set(mapping) == {"causal-lm", "masked-lm", "sequence-classification"}
+    assert set(mapping) == {
+        "causal-lm",
+        "masked-lm",
+        "sequence-classification",
+        "token-classification",
+        "question-answering",
+    }
     for ref in mapping.values():
         assert {"name", "model", "dataset"} <= set(schemas[ref.rsplit("/", 1)[-1]]["required"])
     classification = schemas[mapping["sequence-classification"].rsplit("/", 1)[-1]]
