@@ -61,6 +61,8 @@ def test_lora_causal_lm_equals_a_plain_peft_script(stack: Stack, tmp_path: Path)
         output_dir=tmp_path / "plain",
     )
     assert logged(stack, submitted["id"], "train", "loss") == plain_logged(plain, "loss")
+    log = (stack.job_dir(submitted["id"]) / "train.log").read_text()
+    assert "warm start" in log.splitlines()[0]  # forked from the template, peft and all
     model = stack.job_dir(submitted["id"]) / "model"
     names = {p.name for p in model.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
