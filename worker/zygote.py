@@ -44,6 +44,7 @@ def prepare() -> str | None:
     # leaves the driver alone. The child inherits the variable and initialises CUDA itself.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import datasets  # noqa: F401
+    import peft  # noqa: F401  (jobs with an adapter)
     import torch
     import transformers  # noqa: F401
 

@@ -78,6 +78,18 @@ def group_texts(block_size: int) -> Callable[[dict[str, list[Any]]], dict[str, A
     return group
 
 
+def padded_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> Dataset:
+    """In-memory texts tokenised, each truncated and padded to `max_length`."""
+    raw = Dataset.from_dict({"text": texts})
+    return raw.map(
+        lambda batch: tokenizer(
+            batch["text"], truncation=True, max_length=max_length, padding="max_length"
+        ),
+        batched=True,
+        remove_columns=["text"],
+    )
+
+
 def train(
     *,
     model: Any,
@@ -112,14 +124,7 @@ def causal_lm_from_config(
     """A GPT-2 from a config on in-memory texts, each padded to `max_length`."""
     set_seed(training_args["seed"])
     tokenizer = byte_tokenizer()
-    raw = Dataset.from_dict({"text": texts})
-    tokenized = raw.map(
-        lambda batch: tokenizer(
-            batch["text"], truncation=True, max_length=max_length, padding="max_length"
-        ),
-        batched=True,
-        remove_columns=["text"],
-    )
+    tokenized = padded_texts(tokenizer, texts, max_length)
     return train(
         model=model_from_config(AutoModelForCausalLM, model_config, tokenizer),
         tokenizer=tokenizer,
@@ -267,14 +272,7 @@ def lora_causal_lm_from_config(
 
     set_seed(training_args["seed"])
     tokenizer = byte_tokenizer()
-    raw = Dataset.from_dict({"text": texts})
-    tokenized = raw.map(
-        lambda batch: tokenizer(
-            batch["text"], truncation=True, max_length=max_length, padding="max_length"
-        ),
-        batched=True,
-        remove_columns=["text"],
-    )
+    tokenized = padded_texts(tokenizer, texts, max_length)
     model = model_from_config(AutoModelForCausalLM, model_config, tokenizer)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, **lora))
     trainer = Trainer(
