@@ -154,15 +154,17 @@ def test_ddp_backend_is_accepted_and_no_process_group_or_device_is_touched(
     settings: Settings,
 ) -> None:
     import torch.distributed
+    from accelerate.state import PartialState
 
+    # Other tests of this process may have built a real TrainingArguments (a worker's
+    # build sets accelerate's state): start from none.
+    PartialState._reset_state()
     for gpus in (1, 2):
         spec = JobSpec.model_validate(
             tiny_spec(training_args={"ddp_backend": "gloo"}, resources={"gpus": gpus})
         )
         assert check_spec(spec, settings)["ddp_backend"] == "gloo"
     assert not torch.distributed.is_initialized()
-    from accelerate.state import PartialState
-
     assert PartialState._shared_state == {}  # accelerate's process-wide state never set
 
 

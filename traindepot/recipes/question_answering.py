@@ -70,7 +70,7 @@ class AnswerSearch(BaseModel):
 class QuestionAnsweringSpec(JobSpec):
     """A `question-answering` job."""
 
-    task: Literal["question-answering"] = "question-answering"
+    task: Literal["question-answering"]
     dataset: QADataset
     preprocessing: QAPreprocessing = Field(default_factory=QAPreprocessing)
     postprocessing: AnswerSearch = Field(default_factory=AnswerSearch)

@@ -68,7 +68,7 @@ class EntityMetrics(BaseModel):
 class TokenClassificationSpec(JobSpec):
     """A `token-classification` job."""
 
-    task: Literal["token-classification"] = "token-classification"
+    task: Literal["token-classification"]
     dataset: TaggedDataset
     preprocessing: TaggingPreprocessing = Field(default_factory=TaggingPreprocessing)
     entities: EntityMetrics = Field(
