@@ -51,6 +51,13 @@ def _hub_id_or_absolute_path(value: str | None) -> str | None:
     return value
 
 
+def distinct_names(value: list[str] | None) -> list[str] | None:
+    """A validator of the recipes' `label_names`: class names must be distinct."""
+    if value is not None and len(set(value)) != len(value):
+        raise ValueError("label names must be distinct")
+    return value
+
+
 class _Strict(BaseModel):
     """Unknown fields are an error that names the field, never silently ignored."""
 

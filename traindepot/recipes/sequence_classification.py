@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from traindepot.problems import Problem
 from traindepot.recipes.base import Example, Recipe
-from traindepot.spec import DatasetSpec, JobSpec
+from traindepot.spec import DatasetSpec, JobSpec, distinct_names
 from traindepot.spec_examples import tiny_bert_config
 
 if TYPE_CHECKING:
@@ -37,12 +37,7 @@ class ClassificationDataset(DatasetSpec):
         description="The number of classes; null: from `label_names` or the data.",
     )
 
-    @field_validator("label_names")
-    @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("label names must be distinct")
-        return value
+    check_names = field_validator("label_names")(distinct_names)
 
 
 class SequenceClassificationSpec(JobSpec):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from traindepot.problems import Problem
 from traindepot.recipes.base import Example, Recipe
-from traindepot.spec import DatasetSpec, JobSpec, Preprocessing
+from traindepot.spec import DatasetSpec, JobSpec, Preprocessing, distinct_names
 from traindepot.spec_examples import tiny_bert_config
 
 if TYPE_CHECKING:
@@ -39,12 +39,7 @@ class TaggedDataset(DatasetSpec):
         "ClassLabel sequence's names, or the sorted distinct tag strings of the data.",
     )
 
-    @field_validator("label_names")
-    @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("label names must be distinct")
-        return value
+    check_names = field_validator("label_names")(distinct_names)
 
 
 class TaggingPreprocessing(Preprocessing):
