@@ -23,7 +23,7 @@ from traindepot import training_args
 from traindepot.problems import Problem
 from traindepot.queues import check_queue_name
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, is_local_path
+from traindepot.spec import JobSpec, ModelSpec, is_local_path
 
 __all__ = ["apply_defaults", "check_limits", "count_parameters"]
 
@@ -179,6 +179,26 @@ def _model_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
                 "max_model_parameters",
             )
         )
+        return problems
+    # The recipe's other models (a reference model...) are held beside it: counted with it.
+    from traindepot.recipes import recipe_for
+
+    total = count or 0
+    for other_loc, other in recipe_for(spec).other_models(spec):
+        other_count = count_parameters(spec, other)
+        if other_count is None:
+            continue
+        total += other_count
+        if total > settings.max_model_parameters:
+            problems.append(
+                _over(
+                    other_loc,
+                    f"with it the job holds {total:,} parameters (the model's {count or 0:,}"
+                    f" and this one's {other_count:,})",
+                    settings.max_model_parameters,
+                    "max_model_parameters",
+                )
+            )
     return problems
 
 
@@ -218,15 +238,22 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
                 "queue_unknown",
             )
         )
-    if spec.preprocessing.max_length > settings.max_sequence_length:
-        problems.append(
-            _over(
-                ("preprocessing", "max_length"),
-                f"is {spec.preprocessing.max_length:,} tokens",
-                settings.max_sequence_length,
-                "max_sequence_length",
+    from traindepot.recipes import recipe_for
+
+    lengths = {
+        ("preprocessing", "max_length"): spec.preprocessing.max_length,
+        **recipe_for(spec).sequence_lengths(spec),
+    }
+    for length_loc, length in lengths.items():
+        if length > settings.max_sequence_length:
+            problems.append(
+                _over(
+                    length_loc,
+                    f"is {length:,} tokens",
+                    settings.max_sequence_length,
+                    "max_sequence_length",
+                )
             )
-        )
     runtime = spec.limits.max_runtime_seconds
     if runtime is not None and runtime > settings.max_runtime_seconds:
         problems.append(
@@ -245,11 +272,12 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
 
 
 # --- counting a model's parameters on the meta device ----------------------------------------
-def count_parameters(spec: JobSpec) -> int | None:
-    """The parameters of the spec's model, or None when its config cannot be had here (a
-    Hub model offline, a config that does not build: the worker reports those, and its
-    memory budget bounds what it builds)."""
-    model = spec.model
+def count_parameters(spec: JobSpec, model: ModelSpec | None = None) -> int | None:
+    """The parameters of the spec's model (or of `model`, another model of the job, built
+    by the spec's recipe), or None when its config cannot be had here (a Hub model
+    offline, a config that does not build: the worker reports those, and its memory budget
+    bounds what it builds)."""
+    model = spec.model if model is None else model
     vocab = _byte_level_vocab() if spec.tokenizer and spec.tokenizer.builtin else None
     try:
         if model.from_config is not None:

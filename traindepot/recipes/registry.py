@@ -40,6 +40,8 @@ _BUILT_IN = (
     "traindepot.recipes.causal_lm:CausalLMRecipe",
     "traindepot.recipes.masked_lm:MaskedLMRecipe",
     "traindepot.recipes.sequence_classification:SequenceClassificationRecipe",
+    "traindepot.recipes.sft:SFTRecipe",
+    "traindepot.recipes.dpo:DPORecipe",
 )
 
 _recipes: dict[str, Recipe] | None = None
