@@ -4,24 +4,34 @@ so that bad data fails naming its first offending row. Runs in the training chil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from datasets import Dataset
 
 from traindepot.recipes.chat import ROLES, ChatTemplateSpec, has_generation_markers, missing_markers
+from traindepot.spec import DatasetSpec, JobSpec
 from worker.errors import ConfigError, DataError
 
 # The TrainingArguments defaults that TRL's configs change (logging every 10 steps, bf16,
-# gradient checkpointing, another learning rate): a job's `training_args` mean what they
+# activation checkpointing, another learning rate): a job's `training_args` mean what they
 # mean for every other task, so a recipe on a TRL config sets them back; the spec's own
 # `training_args` apply over these.
-TRAINING_ARGUMENTS_DEFAULTS: dict[str, Any] = {
+_TRAINING_ARGUMENTS_DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-5,
     "logging_steps": 500,
-    "gradient_checkpointing": False,
     "bf16": False,
 }
+
+
+def training_arguments_defaults(spec: JobSpec) -> dict[str, Any]:
+    """TrainingArguments' defaults where TRL's configs have others (see above)."""
+    defaults = dict(_TRAINING_ARGUMENTS_DEFAULTS)
+    given = spec.training_args
+    # The deprecated name yields to the new one: set the new one only if neither is given.
+    if "gradient_checkpointing" not in given and "activation_checkpointing" not in given:
+        defaults["activation_checkpointing"] = False
+    return defaults
 
 
 def set_chat_template(
@@ -59,23 +69,63 @@ def conversation_problem(turns: Any) -> str | None:
 
 
 def check_rows(
-    dataset: Dataset,
-    split: str,
+    rows: Iterable[Mapping[str, Any]],
+    where: str,
     columns: Sequence[str],
     *,
     conversational: bool,
 ) -> None:
     """Each row's `columns` are strings (plain data) or conversations (`conversational`);
-    the first row that is not raises a DataError naming it."""
-    for index, row in enumerate(dataset.select_columns(list(columns))):
+    the first row that is not raises a DataError naming it (`where` row N)."""
+    for index, row in enumerate(rows):
         for column in columns:
-            value = row[column]
+            value = row.get(column)
             if conversational:
                 problem = conversation_problem(value)
             else:
                 problem = None if isinstance(value, str) else f"is not a string: {value!r:.60}"
             if problem is not None:
-                raise DataError(f"{split} row {index}: column {column!r} {problem}")
+                raise DataError(f"{where} row {index}: column {column!r} {problem}")
+
+
+def check_splits(
+    spec: DatasetSpec, splits: dict[str, Dataset | None], columns: Sequence[str]
+) -> bool:
+    """The rows of a chat recipe's data checked (`check_rows`); returns whether they are
+    conversations. Inline rows are checked as given, before Arrow sees them: a row Arrow
+    cannot hold (a turn whose content is a list among strings) is named too."""
+    conversational = any(isinstance(r.get(columns[-1]), list) for r in spec.rows or [])
+    if spec.rows is not None:
+        check_rows(spec.rows, "inline", columns, conversational=conversational)
+        return conversational
+    train = splits["train"]
+    assert train is not None
+    conversational = is_conversational(train, columns[-1])
+    for split, data in splits.items():
+        if data is not None:
+            check_rows(data, split, columns, conversational=conversational)
+    return conversational
+
+
+def load_checked(
+    spec: DatasetSpec, pick: Callable[[list[str]], list[str]]
+) -> tuple[dict[str, Dataset | None], list[str], bool]:
+    """The raw train and eval splits of a chat recipe; the columns `pick` chooses from
+    the data's (the first inline row's, or the loaded train split's), present and checked
+    row by row (`check_splits`); and whether the rows hold conversations."""
+    from worker.data import load_raw, require_columns
+
+    if spec.rows is not None:
+        columns = pick(list(spec.rows[0]))
+        check_splits(spec, {}, columns)
+    try:
+        train, evaluation = load_raw(spec)
+    except (ValueError, TypeError) as exc:  # Arrow cannot hold rows of mixed types
+        raise DataError(f"the dataset cannot be loaded: {exc}") from exc
+    columns = pick(train.column_names)
+    splits = {"train": train, "eval": evaluation}
+    require_columns([s for s in splits.values() if s is not None], columns)
+    return splits, columns, check_splits(spec, splits, columns)
 
 
 def is_conversational(dataset: Dataset, column: str) -> bool:

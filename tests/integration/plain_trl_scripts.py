@@ -6,7 +6,7 @@ The equivalence tests (test_chat_recipes.py) run these beside the service and co
 logged loss. They share no code with the service's recipes (traindepot/recipes/sft.py,
 dpo.py) or worker; the one input they take from the project is the built-in byte-level
 tokenizer, as in plain_scripts.py. The service sets TrainingArguments' own defaults where
-TRL's configs change them (bf16, gradient checkpointing), so these scripts set them too.
+TRL's configs change them (bf16, activation checkpointing), so these scripts set them too.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, set_seed
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
 from tests.integration.plain_scripts import byte_tokenizer, model_from_config
 
 # What TRL's configs change from TrainingArguments' defaults, set back as the service does.
-_AS_TRAINING_ARGUMENTS = {"bf16": False, "gradient_checkpointing": False}
+_AS_TRAINING_ARGUMENTS: dict[str, Any] = {"bf16": False, "activation_checkpointing": False}
 
 
 def sft_chat(

@@ -162,28 +162,24 @@ class DPORecipe(Recipe):
         return tokenizer
 
     def prepare_data(self, spec: JobSpec, tokenizer: Any) -> Datasets:
-        from worker.chat import check_rows, is_conversational, renamed, set_chat_template
-        from worker.data import Datasets, load_raw, require_columns
+        from worker.chat import load_checked, renamed, set_chat_template
+        from worker.data import Datasets
         from worker.errors import DataError
 
         assert isinstance(spec, DPOSpec)
         ds = spec.dataset
-        train, evaluation = load_raw(ds)
         names = {
             ds.prompt_column: "prompt",
             ds.chosen_column: "chosen",
             ds.rejected_column: "rejected",
         }
-        splits = {"train": train, "eval": evaluation}
-        require_columns([s for s in splits.values() if s is not None], list(names))
-        conversational = is_conversational(train, ds.chosen_column)
+        splits, _, conversational = load_checked(ds, lambda columns: list(names))
         if conversational:
             set_chat_template(tokenizer, spec.chat_template, assistant_only_loss=False)
         prepared = {}
         for split, data in splits.items():
             if data is None:
                 continue
-            check_rows(data, split, list(names), conversational=conversational)
             if not ds.allow_identical_pairs:
                 pairs = data.select_columns([ds.chosen_column, ds.rejected_column])
                 for index, row in enumerate(pairs):
@@ -206,13 +202,13 @@ class DPORecipe(Recipe):
         return DPOConfig
 
     def training_args_kwargs(self, spec: JobSpec) -> dict[str, Any]:
-        from worker.chat import TRAINING_ARGUMENTS_DEFAULTS
+        from worker.chat import training_arguments_defaults
 
         assert isinstance(spec, DPOSpec)
         options = spec.dpo
         losses = options.loss_type if isinstance(options.loss_type, list) else [options.loss_type]
         return {
-            **TRAINING_ARGUMENTS_DEFAULTS,
+            **training_arguments_defaults(spec),
             "max_length": spec.preprocessing.max_length,
             "beta": options.beta,
             "loss_type": losses,

@@ -132,24 +132,20 @@ class SFTRecipe(Recipe):
         return tokenizer
 
     def prepare_data(self, spec: JobSpec, tokenizer: Any) -> Datasets:
-        from worker.chat import check_rows, is_conversational, renamed, set_chat_template
-        from worker.data import Datasets, load_raw, require_columns
+        from worker.chat import load_checked, renamed, set_chat_template
+        from worker.data import Datasets
         from worker.errors import ConfigError
 
         assert isinstance(spec, SFTSpec)
         ds = spec.dataset
-        train, evaluation = load_raw(ds)
-        fmt = ds.format or _inferred_format(train.column_names, ds)
-        names = {
-            "messages": {ds.messages_column: "messages"},
-            "prompt-completion": {ds.prompt_column: "prompt", ds.completion_column: "completion"},
-            "text": {ds.text_column: "text"},
-        }[fmt]
-        splits = {"train": train, "eval": evaluation}
-        require_columns([s for s in splits.values() if s is not None], list(names))
-        conversational = fmt == "messages" or (
-            fmt == "prompt-completion" and is_conversational(train, ds.prompt_column)
-        )
+        formats: list[SFTFormat] = []
+
+        def pick(columns: list[str]) -> list[str]:
+            formats[:] = [ds.format or _inferred_format(columns, ds)]
+            return list(_trl_names(ds, formats[0]))
+
+        splits, _, conversational = load_checked(ds, pick)
+        fmt = formats[0]
         if spec.preprocessing.assistant_only_loss and fmt != "messages":
             raise ConfigError(f"assistant_only_loss applies to `messages` data only, not `{fmt}`")
         if conversational:
@@ -158,13 +154,13 @@ class SFTRecipe(Recipe):
                 spec.chat_template,
                 assistant_only_loss=spec.preprocessing.assistant_only_loss,
             )
-        prepared = {}
-        for split, data in splits.items():
-            if data is None:
-                continue
-            check_rows(data, split, list(names), conversational=conversational)
-            prepared[split] = renamed(data, names)
-        return Datasets(train=prepared["train"], eval=prepared.get("eval"))
+        names = _trl_names(ds, fmt)
+        train, evaluation = splits["train"], splits["eval"]
+        assert train is not None
+        return Datasets(
+            train=renamed(train, names),
+            eval=renamed(evaluation, names) if evaluation is not None else None,
+        )
 
     def trainer_class(self) -> Any:
         from worker.trainers import PerplexitySFTTrainer
@@ -177,12 +173,12 @@ class SFTRecipe(Recipe):
         return SFTConfig
 
     def training_args_kwargs(self, spec: JobSpec) -> dict[str, Any]:
-        from worker.chat import TRAINING_ARGUMENTS_DEFAULTS
+        from worker.chat import training_arguments_defaults
 
         assert isinstance(spec, SFTSpec)
         pre = spec.preprocessing
         return {
-            **TRAINING_ARGUMENTS_DEFAULTS,
+            **training_arguments_defaults(spec),
             "max_length": pre.max_length,
             "packing": pre.packing,
             "completion_only_loss": pre.completion_only_loss,
@@ -225,3 +221,12 @@ def _inferred_format(columns: list[str], ds: SFTDataset) -> SFTFormat:
     if ds.prompt_column in columns and ds.completion_column in columns:
         return "prompt-completion"
     return "text"
+
+
+def _trl_names(ds: SFTDataset, fmt: SFTFormat) -> dict[str, str]:
+    """The data's columns of format `fmt`, to TRL's names for them."""
+    if fmt == "messages":
+        return {ds.messages_column: "messages"}
+    if fmt == "prompt-completion":
+        return {ds.prompt_column: "prompt", ds.completion_column: "completion"}
+    return {ds.text_column: "text"}
