@@ -35,6 +35,8 @@ def test_the_examples_are_the_three_promised() -> None:
         "gpt2-wikitext.json",
         "distilbert-imdb-classification.yaml",
         "tiny-offline.json",
+        "chat-sft.json",
+        "dpo-after-sft.json",
     }
 
 

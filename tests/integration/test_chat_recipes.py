@@ -1,0 +1,229 @@
+"""Issue 24 through the real stack: one `sft` and one `dpo` job family, each compared loss
+for loss with a plain TRL script (tests/integration/plain_trl_scripts.py), learning on the
+repo's synthetic chat task (tests/chat_data.py), streaming its TRL metrics, telling its
+webhook; the sft job is SIGKILLed mid-run and resumes, a second dpo job is cancelled; a
+fresh process chats with the exported SFT model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chat_data import chat_rows, preference_rows
+from tests.integration import plain_trl_scripts
+from tests.integration.conftest import Stack, process_gone
+from tests.integration.test_faults import live_worker, training_child, wait_for
+from tests.integration.test_webhooks import Receiver, events_of
+from tests.specs import TINY_GPT2
+from traindepot.recipes.chat import CHAT_TEMPLATES
+
+pytestmark = pytest.mark.integration
+
+GPT2 = {**TINY_GPT2, "n_positions": 128}
+
+
+@pytest.fixture
+def receiver() -> Any:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def logged(history: list[dict[str, Any]], key: str) -> list[float]:
+    return [entry[key] for entry in history if key in entry]
+
+
+def eval_points(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+    rows = stack.sql(
+        "SELECT values FROM job_metrics WHERE job_id = %s AND kind = 'eval' ORDER BY step, id",
+        uuid.UUID(job_id),
+    )
+    return [values for (values,) in rows]
+
+
+def chat_job(stack: Stack, name: str, **training_args: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": "sft",
+        "model": {"from_config": GPT2},
+        "tokenizer": {"builtin": "byte-level"},
+        "dataset": {
+            "files": {
+                "train": write_jsonl(stack.data_dir / "chat-train.jsonl", chat_rows(48, seed=1)),
+                "validation": write_jsonl(stack.data_dir / "chat-eval.jsonl", chat_rows(8, seed=2)),
+            },
+            "format": "messages",
+        },
+        "preprocessing": {"max_length": 128, "assistant_only_loss": True},
+        "chat_template": {"name": "chatml"},
+        "training_args": {
+            "max_steps": 12,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "learning_rate": 3e-3,
+            "save_steps": 4,
+            "eval_strategy": "steps",
+            "eval_steps": 12,
+            "eval_on_start": True,
+            "use_cpu": True,
+            "seed": 7,
+            "dataloader_num_workers": 0,
+            **training_args,
+        },
+        "limits": {"max_restarts": 3},
+    }
+
+
+def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
+    spec = chat_job(stack, "chat-sft")
+    spec["notify"] = {"webhooks": [{"url": receiver.url()}]}
+    job_id = stack.submit(spec)["id"]
+    # Killed with its worker once past the checkpoint of step 4; a new worker resumes it.
+    wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
+    worker = live_worker(stack)
+    child = training_child(worker.pid, stack.job_dir(job_id))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    wait_for("the training child to die", lambda: process_gone(child), 30)
+    stack.start_worker("after-sft-kill")
+    done = stack.wait(job_id, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempt"] == 2 and done["result"]["global_step"] == 12
+
+    # Bit for bit: every logged loss equals TRL's own script, uninterrupted.
+    ds = spec["dataset"]["files"]
+    plain_args = {k: v for k, v in spec["training_args"].items() if k != "dataloader_num_workers"}
+    _, history = plain_trl_scripts.sft_chat(
+        [json.loads(line) for line in Path(ds["train"]).read_text().splitlines()],
+        [json.loads(line) for line in Path(ds["validation"]).read_text().splitlines()],
+        chat_template=CHAT_TEMPLATES["chatml"],
+        model_config=GPT2,
+        max_length=128,
+        training_args=plain_args,
+        output_dir=tmp_path / "plain-sft",
+    )
+    assert [loss for _, loss in stack.train_losses(job_id)] == logged(history, "loss")
+    evals = eval_points(stack, job_id)
+    assert [e["eval_loss"] for e in evals] == logged(history, "eval_loss")
+    # Learning: the held-out chats' loss against the untrained model's (eval_on_start).
+    base, trained = evals[0]["eval_loss"], evals[-1]["eval_loss"]
+    print(f"sft eval_loss: base {base:.4f} -> trained {trained:.4f}")
+    assert trained < 0.8 * base
+    assert evals[-1]["eval_perplexity"] == pytest.approx(2.718281828459045**trained)
+
+    # Live metrics: TRL's own keys are served like the loss.
+    metrics = stack.http.get(f"/jobs/{job_id}/metrics?keys=mean_token_accuracy,entropy").json()
+    assert len(metrics["series"]["mean_token_accuracy"]["points"]) == 12
+    # Webhooks: every change, the requeue after the kill included.
+    wait_for("job.succeeded", lambda: "job.succeeded" in events_of(receiver.of_job(job_id)))
+    assert events_of(receiver.of_job(job_id))[:2] == ["job.queued", "job.running"]
+    assert "job.requeued" in events_of(receiver.of_job(job_id))
+
+    # A fresh process loads the exported model, applies its chat template and generates.
+    model_dir = stack.job_dir(job_id) / "model"
+    script = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "chat = [{'role': 'system', 'content': 'Repeat the word.'},"
+        " {'role': 'user', 'content': 'hello'}]\n"
+        "ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors='pt',"
+        " return_dict=True)\n"
+        "out = model.generate(**ids, max_new_tokens=12, do_sample=False)\n"
+        "print('REPLY', repr(tok.decode(out[0][ids['input_ids'].shape[1]:])))\n"
+        "print('PROMPT', repr(tok.decode(ids['input_ids'][0])))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**stack.env, "HF_HUB_OFFLINE": "1"},
+    )
+    assert ran.returncode == 0, ran.stderr
+    print(ran.stdout)
+    assert "PROMPT '<|im_start|>system\\nRepeat the word.<|im_end|>\\n" in ran.stdout
+    assert "<|im_start|>assistant\\n'" in ran.stdout
+    reply = ran.stdout.split("REPLY ", 1)[1].splitlines()[0]
+    assert len(reply) > 2  # it generated something
+
+
+def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_path: Path) -> None:
+    train, held_out = preference_rows(48, seed=3), preference_rows(8, seed=4)
+    args = {
+        "max_steps": 12,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "learning_rate": 1e-3,
+        "save_strategy": "no",
+        "eval_strategy": "steps",
+        "eval_steps": 12,
+        "eval_on_start": True,
+        "use_cpu": True,
+        "seed": 7,
+    }
+    spec = {
+        "name": "pairs-dpo",
+        "task": "dpo",
+        "model": {"from_config": GPT2},
+        "tokenizer": {"builtin": "byte-level"},
+        "dataset": {
+            "files": {
+                "train": write_jsonl(stack.data_dir / "pairs-train.jsonl", train),
+                "validation": write_jsonl(stack.data_dir / "pairs-eval.jsonl", held_out),
+            }
+        },
+        "preprocessing": {"max_length": 64},
+        "dpo": {"beta": 0.1, "loss_type": "sigmoid"},
+        "training_args": args,
+    }
+    job_id = stack.submit(spec)["id"]
+    # Meanwhile, another one to cancel once it trains.
+    long = {**spec, "name": "pairs-dpo-cancel", "training_args": {**args, "max_steps": 500}}
+    long["training_args"]["eval_on_start"] = False
+    cancel_id = stack.submit(long)["id"]
+    done = stack.wait(job_id, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+
+    _, history = plain_trl_scripts.dpo_pairs(
+        train,
+        held_out,
+        model_config=GPT2,
+        max_length=64,
+        beta=0.1,
+        loss_type="sigmoid",
+        training_args=args,
+        output_dir=tmp_path / "plain-dpo",
+    )
+    assert [loss for _, loss in stack.train_losses(job_id)] == logged(history, "loss")
+    evals = eval_points(stack, job_id)
+    assert [e["eval_loss"] for e in evals] == logged(history, "eval_loss")
+    before, after = evals[0]["eval_rewards/accuracies"], evals[-1]["eval_rewards/accuracies"]
+    margin = evals[-1]["eval_rewards/margins"]
+    print(f"dpo held-out rewards/accuracies: {before} -> {after}, margin {margin:.4f}")
+    assert after > 0.5 and margin > 0
+    keys = "rewards/accuracies,rewards/margins"
+    series = stack.http.get(f"/jobs/{job_id}/metrics", params={"keys": keys}).json()["series"]
+    assert len(series["rewards/accuracies"]["points"]) == 12
+    assert len(series["rewards/margins"]["points"]) == 12
+
+    wait_for("the second job to train", lambda: stack.train_steps(cancel_id))
+    assert stack.http.post(f"/jobs/{cancel_id}/cancel").status_code in (200, 202)
+    cancelled = stack.wait(cancel_id, timeout=120)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["result"]["global_step"] < 500
