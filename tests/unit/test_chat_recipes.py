@@ -6,6 +6,8 @@ reference model against the server's limits)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,27 @@ def test_the_recipes_lengths_and_reference_model_are_within_the_limits() -> None
     (problem,) = check_limits(with_reference, settings)
     assert problem.loc == ("dpo", "reference_model")
     assert "the job holds" in problem.msg and "TRAINDEPOT_MAX_MODEL_PARAMETERS" in problem.msg
+
+
+def test_only_the_chat_recipes_import_trl() -> None:
+    """A causal-lm job's training child (its builders, its Trainer class) never imports TRL;
+    the sft recipe's Trainer class does."""
+    script = (
+        "import sys\n"
+        "import worker.builders, worker.runner, worker.trainers\n"
+        "from traindepot.recipes import recipe_for\n"
+        "from tests.specs import TINY_GPT2\n"
+        "from traindepot.spec import JobSpec\n"
+        "spec = JobSpec.model_validate({'name': 'lm', 'task': 'causal-lm',"
+        " 'model': {'from_config': TINY_GPT2}, 'tokenizer': {'builtin': 'byte-level'},"
+        " 'dataset': {'rows': [{'text': 'a'}]}})\n"
+        "recipe_for(spec).trainer_class()\n"
+        "print('causal-lm', 'trl' in sys.modules)\n"
+        "recipe_for(JobSpec.model_validate({**spec.model_dump(), 'task': 'sft'})).trainer_class()\n"
+        "print('sft', 'trl' in sys.modules)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["causal-lm", "False", "sft", "True"]

@@ -192,7 +192,7 @@ class DPORecipe(Recipe):
         return Datasets(train=prepared["train"], eval=prepared.get("eval"))
 
     def trainer_class(self) -> Any:
-        from worker.trainers import PromptTruncatingDPOTrainer
+        from worker.trl_trainers import PromptTruncatingDPOTrainer
 
         return PromptTruncatingDPOTrainer
 

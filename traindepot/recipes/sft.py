@@ -163,7 +163,7 @@ class SFTRecipe(Recipe):
         )
 
     def trainer_class(self) -> Any:
-        from worker.trainers import PerplexitySFTTrainer
+        from worker.trl_trainers import PerplexitySFTTrainer
 
         return PerplexitySFTTrainer
 
