@@ -14,12 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.chat_data import chat_rows, preference_rows
 from tests.integration import plain_trl_scripts
-from tests.integration.conftest import Stack, process_gone
-from tests.integration.test_faults import live_worker, training_child, wait_for
+from tests.integration.conftest import Stack, process_gone, threads_of_the_jobs
+from tests.integration.test_faults import wait_for
 from tests.integration.test_webhooks import Receiver, events_of
 from tests.specs import TINY_GPT2
 from traindepot.recipes.chat import CHAT_TEMPLATES
@@ -27,6 +28,22 @@ from traindepot.recipes.chat import CHAT_TEMPLATES
 pytestmark = pytest.mark.integration
 
 GPT2 = {**TINY_GPT2, "n_positions": 128}
+
+
+# Run by a fresh process on the exported SFT model: its chat template, greedy generation.
+CHAT_SCRIPT = (
+    "import sys\n"
+    "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+    "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+    "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+    "chat = [{'role': 'system', 'content': 'Repeat the word.'},"
+    " {'role': 'user', 'content': 'hello'}]\n"
+    "ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors='pt',"
+    " return_dict=True)\n"
+    "out = model.generate(**ids, max_new_tokens=12, do_sample=False)\n"
+    "print('REPLY', repr(tok.decode(out[0][ids['input_ids'].shape[1]:])))\n"
+    "print('PROMPT', repr(tok.decode(ids['input_ids'][0])))\n"
+)
 
 
 @pytest.fixture
@@ -45,12 +62,36 @@ def logged(history: list[dict[str, Any]], key: str) -> list[float]:
     return [entry[key] for entry in history if key in entry]
 
 
-def eval_points(stack: Stack, job_id: str) -> list[dict[str, Any]]:
+def eval_points(stack: Stack, job_id: str) -> dict[int, dict[str, Any]]:
+    """The job's evaluations by step."""
     rows = stack.sql(
-        "SELECT values FROM job_metrics WHERE job_id = %s AND kind = 'eval' ORDER BY step, id",
+        "SELECT step, values FROM job_metrics WHERE job_id = %s AND kind = 'eval' ORDER BY step",
         uuid.UUID(job_id),
     )
-    return [values for (values,) in rows]
+    return {step: values for step, values in rows}
+
+
+def logged_evals(history: list[dict[str, Any]]) -> dict[int, float]:
+    """A plain script's eval losses by step."""
+    return {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
+
+
+def job_worker(stack: Stack, job_dir: Path) -> tuple[Any, psutil.Process]:
+    """The live worker running the job, and its training child (the process working in the
+    job's directory)."""
+
+    def find() -> tuple[Any, psutil.Process] | None:
+        for worker in (w for w in stack.workers if w.poll() is None):
+            for process in psutil.Process(worker.pid).children(recursive=True):
+                try:
+                    if Path(process.cwd()) == job_dir.resolve():
+                        return worker, process
+                except psutil.Error:  # exited meanwhile
+                    continue
+        return None
+
+    found: tuple[Any, psutil.Process] = wait_for("the job's training child", find, timeout=60)
+    return found
 
 
 def chat_job(stack: Stack, name: str, **training_args: Any) -> dict[str, Any]:
@@ -72,7 +113,7 @@ def chat_job(stack: Stack, name: str, **training_args: Any) -> dict[str, Any]:
             "max_steps": 12,
             "per_device_train_batch_size": 4,
             "logging_steps": 1,
-            "learning_rate": 3e-3,
+            "learning_rate": 1e-2,
             "save_steps": 4,
             "eval_strategy": "steps",
             "eval_steps": 12,
@@ -87,43 +128,60 @@ def chat_job(stack: Stack, name: str, **training_args: Any) -> dict[str, Any]:
 
 
 def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
-    stack: Stack, receiver: Receiver, tmp_path: Path
+    stack: Stack, receiver: Receiver, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     spec = chat_job(stack, "chat-sft")
     spec["notify"] = {"webhooks": [{"url": receiver.url()}]}
+    # A second worker, to take the job over after the kill, starts now: its warm-start
+    # template imports while the job trains.
+    stack.start_worker("sft-standby")
     job_id = stack.submit(spec)["id"]
-    # Killed with its worker once past the checkpoint of step 4; a new worker resumes it.
+    # Killed with its worker once past the checkpoint of step 4; the other worker resumes it.
     wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
-    worker = live_worker(stack)
-    child = training_child(worker.pid, stack.job_dir(job_id))
+    worker, child = job_worker(stack, stack.job_dir(job_id))
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
     wait_for("the training child to die", lambda: process_gone(child), 30)
-    stack.start_worker("after-sft-kill")
     done = stack.wait(job_id, timeout=300)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempt"] == 2 and done["result"]["global_step"] == 12
+    resumed_from = stack.attempts(job_id)[1]["resumed_from_step"]
+    assert resumed_from in (4, 8) and stack.train_steps(job_id, 2)  # it trained again
+    # A fresh process loads the exported model, applies its chat template and generates
+    # (meanwhile, TRL's script runs here).
+    chatting = subprocess.Popen(
+        [sys.executable, "-c", CHAT_SCRIPT, str(stack.job_dir(job_id) / "model")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**stack.env, "HF_HUB_OFFLINE": "1"},
+    )
+    request.addfinalizer(chatting.kill)  # should a check below fail first
 
     # Bit for bit: every logged loss equals TRL's own script, uninterrupted.
     ds = spec["dataset"]["files"]
     plain_args = {k: v for k, v in spec["training_args"].items() if k != "dataloader_num_workers"}
-    _, history = plain_trl_scripts.sft_chat(
-        [json.loads(line) for line in Path(ds["train"]).read_text().splitlines()],
-        [json.loads(line) for line in Path(ds["validation"]).read_text().splitlines()],
-        chat_template=CHAT_TEMPLATES["chatml"],
-        model_config=GPT2,
-        max_length=128,
-        training_args=plain_args,
-        output_dir=tmp_path / "plain-sft",
-    )
+    with threads_of_the_jobs():
+        _, history = plain_trl_scripts.sft_chat(
+            [json.loads(line) for line in Path(ds["train"]).read_text().splitlines()],
+            [json.loads(line) for line in Path(ds["validation"]).read_text().splitlines()],
+            chat_template=CHAT_TEMPLATES["chatml"],
+            model_config=GPT2,
+            max_length=128,
+            training_args=plain_args,
+            output_dir=tmp_path / "plain-sft",
+        )
     assert [loss for _, loss in stack.train_losses(job_id)] == logged(history, "loss")
+    # The same evaluations at the same steps; the resumed attempt evaluates once more at
+    # its start, as the Trainer does with `eval_on_start` when it resumes.
     evals = eval_points(stack, job_id)
-    assert [e["eval_loss"] for e in evals] == logged(history, "eval_loss")
+    assert sorted(evals) == [0, resumed_from, 12]
+    assert {step: evals[step]["eval_loss"] for step in (0, 12)} == logged_evals(history)
     # Learning: the held-out chats' loss against the untrained model's (eval_on_start).
-    base, trained = evals[0]["eval_loss"], evals[-1]["eval_loss"]
+    base, trained = evals[0]["eval_loss"], evals[12]["eval_loss"]
     print(f"sft eval_loss: base {base:.4f} -> trained {trained:.4f}")
     assert trained < 0.8 * base
-    assert evals[-1]["eval_perplexity"] == pytest.approx(2.718281828459045**trained)
+    assert evals[12]["eval_perplexity"] == pytest.approx(2.718281828459045**trained)
 
     # Live metrics: TRL's own keys are served like the loss.
     metrics = stack.http.get(f"/jobs/{job_id}/metrics?keys=mean_token_accuracy,entropy").json()
@@ -133,34 +191,16 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
     assert events_of(receiver.of_job(job_id))[:2] == ["job.queued", "job.running"]
     assert "job.requeued" in events_of(receiver.of_job(job_id))
 
-    # A fresh process loads the exported model, applies its chat template and generates.
-    model_dir = stack.job_dir(job_id) / "model"
-    script = (
-        "import sys\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
-        "chat = [{'role': 'system', 'content': 'Repeat the word.'},"
-        " {'role': 'user', 'content': 'hello'}]\n"
-        "ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors='pt',"
-        " return_dict=True)\n"
-        "out = model.generate(**ids, max_new_tokens=12, do_sample=False)\n"
-        "print('REPLY', repr(tok.decode(out[0][ids['input_ids'].shape[1]:])))\n"
-        "print('PROMPT', repr(tok.decode(ids['input_ids'][0])))\n"
-    )
-    ran = subprocess.run(
-        [sys.executable, "-c", script, str(model_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**stack.env, "HF_HUB_OFFLINE": "1"},
-    )
-    assert ran.returncode == 0, ran.stderr
-    print(ran.stdout)
-    assert "PROMPT '<|im_start|>system\\nRepeat the word.<|im_end|>\\n" in ran.stdout
-    assert "<|im_start|>assistant\\n'" in ran.stdout
-    reply = ran.stdout.split("REPLY ", 1)[1].splitlines()[0]
-    assert len(reply) > 2  # it generated something
+    out, err = chatting.communicate(timeout=120)
+    assert chatting.returncode == 0, err
+    print(out)
+    assert "PROMPT '<|im_start|>system\\nRepeat the word.<|im_end|>\\n" in out
+    assert "<|im_start|>assistant\\n'" in out
+    reply = out.split("REPLY ", 1)[1].splitlines()[0]
+    # It generated, and ended the assistant's turn as the template taught it (ChatML here
+    # closes an assistant turn with the eos token, where generation stops); an untrained
+    # model babbles bytes for all 12 new tokens.
+    assert reply.endswith("<|endoftext|>'"), reply
 
 
 def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_path: Path) -> None:
@@ -194,27 +234,28 @@ def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_pat
     }
     job_id = stack.submit(spec)["id"]
     # Meanwhile, another one to cancel once it trains.
-    long = {**spec, "name": "pairs-dpo-cancel", "training_args": {**args, "max_steps": 500}}
-    long["training_args"]["eval_on_start"] = False
+    long_args = {**args, "max_steps": 500, "eval_on_start": False}
+    long = {**spec, "name": "pairs-dpo-cancel", "training_args": long_args}
     cancel_id = stack.submit(long)["id"]
     done = stack.wait(job_id, timeout=300)
     assert done["status"] == "succeeded", done["error"]
 
-    _, history = plain_trl_scripts.dpo_pairs(
-        train,
-        held_out,
-        model_config=GPT2,
-        max_length=64,
-        beta=0.1,
-        loss_type="sigmoid",
-        training_args=args,
-        output_dir=tmp_path / "plain-dpo",
-    )
+    with threads_of_the_jobs():
+        _, history = plain_trl_scripts.dpo_pairs(
+            train,
+            held_out,
+            model_config=GPT2,
+            max_length=64,
+            beta=0.1,
+            loss_type="sigmoid",
+            training_args=args,
+            output_dir=tmp_path / "plain-dpo",
+        )
     assert [loss for _, loss in stack.train_losses(job_id)] == logged(history, "loss")
     evals = eval_points(stack, job_id)
-    assert [e["eval_loss"] for e in evals] == logged(history, "eval_loss")
-    before, after = evals[0]["eval_rewards/accuracies"], evals[-1]["eval_rewards/accuracies"]
-    margin = evals[-1]["eval_rewards/margins"]
+    assert {step: e["eval_loss"] for step, e in evals.items()} == logged_evals(history)
+    before, after = evals[0]["eval_rewards/accuracies"], evals[12]["eval_rewards/accuracies"]
+    margin = evals[12]["eval_rewards/margins"]
     print(f"dpo held-out rewards/accuracies: {before} -> {after}, margin {margin:.4f}")
     assert after > 0.5 and margin > 0
     keys = "rewards/accuracies,rewards/margins"
