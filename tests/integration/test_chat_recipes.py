@@ -203,7 +203,9 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
     assert reply.endswith("<|endoftext|>'"), reply
 
 
-def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_path: Path) -> None:
+def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
     train, held_out = preference_rows(48, seed=3), preference_rows(8, seed=4)
     args = {
         "max_steps": 12,
@@ -231,6 +233,7 @@ def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_pat
         "preprocessing": {"max_length": 64},
         "dpo": {"beta": 0.1, "loss_type": "sigmoid"},
         "training_args": args,
+        "notify": {"webhooks": [{"url": receiver.url()}]},
     }
     job_id = stack.submit(spec)["id"]
     # Meanwhile, another one to cancel once it trains.
@@ -268,3 +271,7 @@ def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(stack: Stack, tmp_pat
     cancelled = stack.wait(cancel_id, timeout=120)
     assert cancelled["status"] == "cancelled"
     assert cancelled["result"]["global_step"] < 500
+    # Webhooks: each job's changes, in order.
+    for job, last in ((job_id, "job.succeeded"), (cancel_id, "job.cancelled")):
+        wait_for(last, lambda job=job, last=last: last in events_of(receiver.of_job(job)))
+        assert events_of(receiver.of_job(job)) == ["job.queued", "job.running", last]
