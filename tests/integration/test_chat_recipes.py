@@ -24,6 +24,7 @@ from tests.integration.test_faults import wait_for
 from tests.integration.test_webhooks import Receiver, events_of
 from tests.specs import TINY_GPT2
 from traindepot.recipes.chat import CHAT_TEMPLATES
+from traindepot.stack import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,13 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
     spec["notify"] = {"webhooks": [{"url": receiver.url()}]}
     # A second worker, to take the job over after the kill, starts now: its warm-start
     # template imports while the job trains.
-    stack.start_worker("sft-standby")
+    standby = stack.start_worker("sft-standby")
+
+    def one_worker_left() -> None:  # as the next tests expect, should a check fail first
+        if sum(w.poll() is None for w in stack.workers) > 1:
+            stop_process(standby, timeout=20)
+
+    request.addfinalizer(one_worker_left)
     job_id = stack.submit(spec)["id"]
     # Killed with its worker once past the checkpoint of step 4; the other worker resumes it.
     wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
