@@ -25,7 +25,7 @@ from traindepot import training_args
 from traindepot.problems import Problem
 from traindepot.queues import check_queue_name
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, is_local_path
+from traindepot.spec import JobSpec, ModelSpec, is_local_path
 
 __all__ = [
     "ParameterCount",
@@ -189,8 +189,27 @@ def _model_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
                 "max_model_parameters",
             )
         )
+        return problems
+    # The recipe's other models (a reference model...) are held beside it: counted with it.
     from traindepot.adapters import target_problems
+    from traindepot.recipes import recipe_for
 
+    total = counted.total
+    for other_loc, other in recipe_for(spec).other_models(spec):
+        other_count = count_parameters(spec, other)
+        if other_count is None:
+            continue
+        total += other_count
+        if total > settings.max_model_parameters:
+            problems.append(
+                _over(
+                    other_loc,
+                    f"with it the job holds {total:,} parameters (the model's"
+                    f" {counted.total:,} and this one's {other_count:,})",
+                    settings.max_model_parameters,
+                    "max_model_parameters",
+                )
+            )
     return problems + target_problems(
         spec, counted.unmatched, counted.linear_layers, counted.adapter_error
     )
@@ -232,13 +251,21 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
                 "queue_unknown",
             )
         )
-    if spec.preprocessing.max_length > settings.max_sequence_length:
-        problems.append(
-            _over(
-                ("preprocessing", "max_length"),
-                f"is {spec.preprocessing.max_length:,} tokens",
-                settings.max_sequence_length,
-                "max_sequence_length",
+    from traindepot.recipes import recipe_for
+
+    lengths = {
+        ("preprocessing", "max_length"): spec.preprocessing.max_length,
+        **recipe_for(spec).sequence_lengths(spec),
+    }
+    for length_loc, length in lengths.items():
+        if length > settings.max_sequence_length:
+            problems.append(
+                _over(
+                    length_loc,
+                    f"is {length:,} tokens",
+                    settings.max_sequence_length,
+                    "max_sequence_length",
+                )
             )
         )
     if spec.adapter is not None and spec.adapter.r > settings.max_adapter_rank:
@@ -283,20 +310,23 @@ class ParameterCount:
     adapter_error: str | None = None
 
 
-def count_parameters(spec: JobSpec) -> int | None:
-    """The parameters of the spec's (base) model, or None when not counted."""
-    counted = parameter_count(spec)
+def count_parameters(spec: JobSpec, model: ModelSpec | None = None) -> int | None:
+    """The parameters of the spec's (base) model, or of `model` (another model of the job,
+    built by the spec's recipe), or None when not counted."""
+    counted = parameter_count(spec, model)
     return counted.total if counted is not None else None
 
 
-def parameter_count(spec: JobSpec) -> ParameterCount | None:
-    """The spec's model counted, or None when its config cannot be had here (a Hub model
+def parameter_count(spec: JobSpec, model: ModelSpec | None = None) -> ParameterCount | None:
+    """The spec's model counted (with its adapter), or `model`, another model of the job
+    (a reference model: no adapter); None when its config cannot be had here (a Hub model
     offline, a config that does not build: the worker reports those, and its memory
     budget bounds what it builds)."""
-    model = spec.model
+    other = model is not None
+    model = spec.model if model is None else model
     vocab = _byte_level_vocab() if spec.tokenizer and spec.tokenizer.builtin else None
     task = str(spec.task)
-    lora = _lora_kwargs(spec)
+    lora = None if other else _lora_kwargs(spec)
     try:
         if model.from_config is not None:
             overrides = dict(model.from_config)

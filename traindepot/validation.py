@@ -273,6 +273,10 @@ def _paths(spec: JobSpec, settings: Settings) -> list[Problem]:
         problems += _model_dir(
             spec.model.name_or_path, ("model", "name_or_path"), settings, weights=True
         )
+    for loc, other in recipe_for(spec).other_models(spec):
+        if other.name_or_path and is_local_path(other.name_or_path):
+            where = (*loc, "name_or_path")
+            problems += _model_dir(other.name_or_path, where, settings, weights=True)
     tok = spec.tokenizer
     if tok is not None and tok.name_or_path and is_local_path(tok.name_or_path):
         problems += _model_dir(

@@ -83,6 +83,22 @@ TEST_SETTINGS = {
 }
 
 
+@contextmanager
+def threads_of_the_jobs() -> Iterator[None]:
+    """torch in this process runs on as many threads as the stack's training children
+    (`OMP_NUM_THREADS` above), while a plain script runs here to be compared bit for bit
+    with a job: CPU kernels split their reductions by thread (the gradient norm that
+    clipping divides by, among others), so another thread count changes the last bits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(TEST_SETTINGS["OMP_NUM_THREADS"]))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def process_gone(process: psutil.Process) -> bool:
     """Exited: no such process any more, or a zombie its parent has yet to reap."""
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, threads_of_the_jobs
 from tests.specs import tiny_spec
 from traindepot.events import channel
 
@@ -88,7 +88,8 @@ def test_job_succeeds_and_stores_train_output(stack: Stack, tmp_path: Path) -> N
     started, ended = (datetime.fromisoformat(attempt[k]) for k in ("started_at", "ended_at"))
     assert started <= ended
 
-    expected = plain_trainer_run(spec, tmp_path / "plain")
+    with threads_of_the_jobs():
+        expected = plain_trainer_run(spec, tmp_path / "plain")
     result = done["result"]
     assert result["global_step"] == expected.global_step == 6
     assert result["training_loss"] == pytest.approx(expected.training_loss, rel=1e-6)

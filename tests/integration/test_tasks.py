@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration import plain_scripts
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, threads_of_the_jobs
 from tests.specs import SENTENCES, TINY_BERT, TINY_GPT2, tiny_bert_spec, tiny_spec
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,8 @@ def run_and_compare(
     job = stack.submit(spec)
     done = stack.wait(job["id"])
     assert done["status"] == "succeeded", done["error"]
-    expected = plain_run(tmp_path / "plain")
+    with threads_of_the_jobs():
+        expected = plain_run(tmp_path / "plain")
     result = done["result"]
     assert result["global_step"] == expected.global_step
     assert result["training_loss"] == pytest.approx(expected.training_loss, rel=1e-6)

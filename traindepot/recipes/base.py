@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from traindepot.problems import Problem
-from traindepot.spec import JobSpec
+from traindepot.spec import JobSpec, ModelSpec
 
 if TYPE_CHECKING:
     from worker.data import Datasets
@@ -77,6 +77,17 @@ class Recipe:
         """This task's checks at submit, beyond its model's shape (pydantic) and the
         core's: rules across fields, each problem naming its `loc`."""
         return []
+
+    def other_models(self, spec: JobSpec) -> Sequence[tuple[tuple[str, ...], ModelSpec]]:
+        """Models the job loads besides `spec.model` (a reference model...), each with its
+        `loc`: the server checks their local paths like the model's and counts their
+        parameters in its limit."""
+        return ()
+
+    def sequence_lengths(self, spec: JobSpec) -> dict[tuple[str, ...], int]:
+        """Token lengths of the recipe's own options (beyond `preprocessing.max_length`)
+        that the server's `max_sequence_length` bounds, by `loc`."""
+        return {}
 
     def model_class(self) -> Any:
         """The transformers Auto class of the task's model (`AutoModelForCausalLM`, ...).

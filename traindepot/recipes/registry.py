@@ -42,6 +42,8 @@ _BUILT_IN = (
     "traindepot.recipes.sequence_classification:SequenceClassificationRecipe",
     "traindepot.recipes.token_classification:TokenClassificationRecipe",
     "traindepot.recipes.question_answering:QuestionAnsweringRecipe",
+    "traindepot.recipes.sft:SFTRecipe",
+    "traindepot.recipes.dpo:DPORecipe",
 )
 
 _recipes: dict[str, Recipe] | None = None
