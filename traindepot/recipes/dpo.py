@@ -81,7 +81,7 @@ class DPOOptions(BaseModel):
 class DPOSpec(JobSpec):
     """A `dpo` job."""
 
-    task: Literal["dpo"] = "dpo"
+    task: Literal["dpo"]
     dataset: PreferenceDataset
     preprocessing: DPOPreprocessing = Field(default_factory=DPOPreprocessing)
     dpo: DPOOptions = Field(default_factory=DPOOptions)

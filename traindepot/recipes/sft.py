@@ -53,7 +53,7 @@ class SFTPreprocessing(Preprocessing):
 class SFTSpec(JobSpec):
     """An `sft` job."""
 
-    task: Literal["sft"] = "sft"
+    task: Literal["sft"]
     dataset: SFTDataset
     preprocessing: SFTPreprocessing = Field(default_factory=SFTPreprocessing)
     chat_template: ChatTemplateSpec | None = Field(
