@@ -267,7 +267,6 @@ def check_limits(spec: JobSpec, settings: Settings, *, count_model: bool = True)
                     "max_sequence_length",
                 )
             )
-        )
     if spec.adapter is not None and spec.adapter.r > settings.max_adapter_rank:
         problems.append(
             _over(
