@@ -335,6 +335,8 @@ def test_every_task_example_is_valid(settings: Settings) -> None:
         "sequence-classification",
         "token-classification",
         "question-answering",
+        "sft",
+        "dpo",
     }
     for example in examples.values():
         check_spec(JobSpec.model_validate(example["value"]), settings)
@@ -355,6 +357,8 @@ def test_openapi_document_has_the_schema_and_the_examples() -> None:
         "sequence-classification",
         "token-classification",
         "question-answering",
+        "sft",
+        "dpo",
     }
     for ref in mapping.values():
         assert {"name", "model", "dataset"} <= set(schemas[ref.rsplit("/", 1)[-1]]["required"])
