@@ -149,13 +149,16 @@ FROM_DATABASE = JOB_READS.labels("database")
 database.after_commit.append(cache.clear)
 
 
-async def read(job_id: uuid.UUID) -> JobDoc | None:
-    """The job's document: cached, or one statement (None: no such job)."""
+async def read(job_id: uuid.UUID, *, counted: bool = True) -> JobDoc | None:
+    """The job's document: cached, or one statement (None: no such job). `counted`: the
+    read is one of the API's answers in `traindepot_job_reads_total` (the start-up's
+    warm-up read is not)."""
     doc = cache.get(job_id)
     if doc is not None:
         FROM_CACHE.inc()
         return doc
-    FROM_DATABASE.inc()
+    if counted:
+        FROM_DATABASE.inc()
     epoch = cache.epoch
     row = await aio_db.fetch_row(JOB_JSON, job_json_args(job_id))
     if row is None:

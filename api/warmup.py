@@ -92,7 +92,7 @@ def _submit_statements(settings: Settings, spec: dict[str, Any]) -> None:
 async def warm_reads() -> None:
     """The read pool's first connection and the job document's statement (job_docs)."""
     try:
-        await job_docs.read(uuid.UUID(int=0))
+        await job_docs.read(uuid.UUID(int=0), counted=False)
     except Exception:
         log.exception("warm-up of the reads failed; the first read pays for it")
     finally:

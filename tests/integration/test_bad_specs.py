@@ -388,7 +388,15 @@ def test_openapi_publishes_the_spec_schema_with_an_example_per_task(stack: Stack
         content = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert content["schema"] == {"$ref": "#/components/schemas/JobSpec"}
         tasks = {example["value"]["task"] for example in content["examples"].values()}
-        assert tasks == {"causal-lm", "masked-lm", "sequence-classification"}
+        assert tasks == {
+            "causal-lm",
+            "masked-lm",
+            "sequence-classification",
+            "token-classification",
+            "question-answering",
+            "sft",
+            "dpo",
+        }
         for example in content["examples"].values():
             response = stack.http.post("/jobs/validate", json=example["value"])
             assert response.status_code == 200, (example["summary"], response.text)
