@@ -14,7 +14,7 @@ from traindepot.problems import Problem
 from traindepot.spec import JobSpec, LoraAdapter
 
 if TYPE_CHECKING:
-    from traindepot.limits import ParameterCount
+    from traindepot.parameters import ParameterCount
 
 __all__ = ["adapter_problems", "count_adapter", "lora_config_kwargs", "target_problems"]
 
@@ -83,7 +83,7 @@ def count_adapter(model: Any, lora: dict[str, Any], total: int) -> ParameterCoun
     what it trains, or which targets match nothing."""
     from peft import LoraConfig, get_peft_model
 
-    from traindepot.limits import ParameterCount
+    from traindepot.parameters import ParameterCount
 
     linear = tuple(_linear_layers(model))
     targets = lora["target_modules"]

@@ -33,7 +33,8 @@ from api.webhook_schemas import SubmittedJobOut
 from db import jobs
 from db.models import Job, JobStatus
 from traindepot import dispatch as capabilities
-from traindepot import events, limits
+from traindepot import events
+from traindepot.parameters import parameter_count
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.spec import JobSpec
 from traindepot.spec_examples import task_examples
@@ -105,7 +106,7 @@ async def validated(
             else None
         )
         effective = check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
-        counted = limits.parameter_count(spec)  # counted by the check: cached
+        counted = parameter_count(spec)  # counted by the check: cached
         parameters = (
             ParametersOut(total=counted.total, trainable=counted.trainable) if counted else None
         )

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.specs import tiny_bert_spec, tiny_spec
-from traindepot.limits import parameter_count
+from traindepot.parameters import parameter_count
 from traindepot.problems import SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec

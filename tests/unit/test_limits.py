@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from api.stream_slots import StreamSlots, is_stream
 from tests.specs import TINY_GPT2, tiny_spec
 from traindepot.artifacts import disk_usage
-from traindepot.limits import apply_defaults, check_limits, count_parameters
+from traindepot.limits import apply_defaults, check_limits
 from traindepot.localpaths import PathRefused, model_dir_problems, resolve_allowed
+from traindepot.parameters import count_parameters
 from traindepot.queues import check_queue_name, is_broker_name
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec
