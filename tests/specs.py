@@ -67,3 +67,15 @@ TINY_BERT: dict[str, Any] = {
 def tiny_bert_spec(task: str, **overrides: Any) -> dict[str, Any]:
     """`tiny_spec` with a tiny BERT for `masked-lm` or `sequence-classification`."""
     return tiny_spec(task=task, model={"from_config": dict(TINY_BERT)}, **overrides)
+
+
+# The tasks of the built-in recipes (traindepot/recipes/registry.py), each with an example.
+BUILT_IN_TASKS = {
+    "causal-lm",
+    "masked-lm",
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+    "sft",
+    "dpo",
+}

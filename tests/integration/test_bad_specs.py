@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import Stack
-from tests.specs import tiny_bert_spec, tiny_spec
+from tests.specs import BUILT_IN_TASKS, tiny_bert_spec, tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -388,15 +388,7 @@ def test_openapi_publishes_the_spec_schema_with_an_example_per_task(stack: Stack
         content = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert content["schema"] == {"$ref": "#/components/schemas/JobSpec"}
         tasks = {example["value"]["task"] for example in content["examples"].values()}
-        assert tasks == {
-            "causal-lm",
-            "masked-lm",
-            "sequence-classification",
-            "token-classification",
-            "question-answering",
-            "sft",
-            "dpo",
-        }
+        assert tasks == BUILT_IN_TASKS
         for example in content["examples"].values():
             response = stack.http.post("/jobs/validate", json=example["value"])
             assert response.status_code == 200, (example["summary"], response.text)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.specs import tiny_bert_spec, tiny_spec
+from tests.specs import BUILT_IN_TASKS, tiny_bert_spec, tiny_spec
 from traindepot import training_args
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
@@ -329,15 +329,7 @@ def test_inline_rows_are_bounded(tmp_path: Path) -> None:
 def test_every_task_example_is_valid(settings: Settings) -> None:
     examples = task_examples()
     tasks = {example["value"]["task"] for example in examples.values()}
-    assert tasks == {
-        "causal-lm",
-        "masked-lm",
-        "sequence-classification",
-        "token-classification",
-        "question-answering",
-        "sft",
-        "dpo",
-    }
+    assert tasks == BUILT_IN_TASKS
     for example in examples.values():
         check_spec(JobSpec.model_validate(example["value"]), settings)
 
@@ -351,15 +343,7 @@ def test_openapi_document_has_the_schema_and_the_examples() -> None:
     union = schemas["JobSpec"]
     assert union["discriminator"]["propertyName"] == "task"
     mapping = union["discriminator"]["mapping"]
-    assert set(mapping) == {
-        "causal-lm",
-        "masked-lm",
-        "sequence-classification",
-        "token-classification",
-        "question-answering",
-        "sft",
-        "dpo",
-    }
+    assert set(mapping) == BUILT_IN_TASKS
     for ref in mapping.values():
         assert {"name", "model", "dataset"} <= set(schemas[ref.rsplit("/", 1)[-1]]["required"])
     classification = schemas[mapping["sequence-classification"].rsplit("/", 1)[-1]]
