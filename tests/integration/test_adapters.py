@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.integration import plain_scripts
-from tests.integration.conftest import Stack, process_gone
+from tests.integration.conftest import Stack, process_gone, threads_of_the_jobs
 from tests.integration.test_faults import live_worker, slow_spec, training_child, wait_for
 from tests.specs import SENTENCES, TINY_BERT, TINY_GPT2, tiny_spec
 
@@ -125,11 +124,7 @@ def test_lora_on_minilm_classifies_reloads_and_merges(
     assert done["status"] == "succeeded", done["error"]
     job_id = submitted["id"]
 
-    # The stack's processes run with one thread (conftest's OMP_NUM_THREADS): so does the
-    # plain script, since a matrix product's sums split over threads round otherwise.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads_of_the_jobs():
         plain = plain_scripts.lora_classification_pretrained(
             minilm,
             rows,
@@ -145,8 +140,6 @@ def test_lora_on_minilm_classifies_reloads_and_merges(
             training_args=training_args,
             output_dir=tmp_path / "plain",
         )
-    finally:
-        torch.set_num_threads(threads)
     assert logged(stack, job_id, "train", "loss") == plain_logged(plain, "loss")
     evals = logged(stack, job_id, "eval", "eval_loss")
     assert evals == plain_logged(plain, "eval_loss")

@@ -32,7 +32,7 @@ from datasets import Dataset
 
 from tests.generated_tasks import TAGS, first_sentence, qa_rows, tagged_sentences
 from tests.integration import plain_scripts
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, threads_of_the_jobs
 from tests.integration.test_artifacts import download_tar
 from tests.specs import TINY_BERT, tiny_spec
 
@@ -41,19 +41,6 @@ pytestmark = pytest.mark.integration
 PLAIN_PREDICT = Path(__file__).with_name("plain_predict.py")
 # Byte-level tokens: a sentence or a QA window is up to ~100 positions.
 BERT = {**TINY_BERT, "max_position_embeddings": 128}
-
-
-def one_thread(run: Any) -> Any:
-    """`run()` on one CPU thread, as the service's training child runs (the stack's
-    OMP_NUM_THREADS=1): another thread count sums in another order, off in the last bits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def logged(stack: Stack, job_id: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
@@ -161,8 +148,8 @@ def test_token_classification(stack: Stack, tmp_path: Path) -> None:
     assert done["status"] == "succeeded", done["error"]
 
     def plain(train: bool) -> Any:
-        return one_thread(
-            lambda: plain_scripts.token_classification_on_rows(
+        with threads_of_the_jobs():
+            return plain_scripts.token_classification_on_rows(
                 rows,
                 label_list=TAGS,
                 eval_fraction=0.25,
@@ -173,7 +160,6 @@ def test_token_classification(stack: Stack, tmp_path: Path) -> None:
                 output_dir=tmp_path / ("plain" if train else "untrained"),
                 train=train,
             )
-        )
 
     assert_same_run(stack, done, plain(True))
     last = logged(stack, done["id"], "eval")[-1][1]
@@ -255,8 +241,8 @@ def test_question_answering(stack: Stack, tmp_path: Path) -> None:
     assert done["status"] == "succeeded", done["error"]
 
     def plain(train: bool) -> Any:
-        return one_thread(
-            lambda: plain_scripts.question_answering_on_files(
+        with threads_of_the_jobs():
+            return plain_scripts.question_answering_on_files(
                 train_file,
                 validation_file,
                 **window,
@@ -266,7 +252,6 @@ def test_question_answering(stack: Stack, tmp_path: Path) -> None:
                 output_dir=tmp_path / ("plain" if train else "untrained"),
                 train=train,
             )
-        )
 
     assert_same_run(stack, done, plain(True))
     last = logged(stack, done["id"], "eval")[-1][1]
