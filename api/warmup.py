@@ -32,6 +32,7 @@ from api import job_docs, submission
 from db import jobs, keys
 from db.session import new_session
 from traindepot import dispatch, training_args
+from traindepot.gc_freeze import freeze_imports
 from traindepot.problems import SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec
@@ -65,6 +66,7 @@ def warm_up(settings: Settings) -> None:
     except Exception:  # the warm-up speeds up; it must never keep a process unready
         log.exception("warm-up failed; the first submit pays for what it did not do")
     finally:
+        freeze_imports()  # what the warm-up imported, out of every later collection's way
         done.set()
         log.info("validator warmed up in %.2f s", time.perf_counter() - started)
 

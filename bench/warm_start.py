@@ -2,10 +2,12 @@
 
 One stack (API, Postgres, Redis) with three workers side by side: one warm (its training
 children are forked from prepared processes of its template, worker/warm.py) on queue
-`default`; one warm with `TRAINDEPOT_FLUSH_LEADING_EDGE=false` (the flusher holds the first
-point until its interval ends, as before issue 22) on queue `bench-edge-off`; one cold
+`default`; one warm with the setting of `--before` on queue `bench-before` (by default
+`TRAINDEPOT_FLUSH_LEADING_EDGE=false`: the flusher holds the first point until its interval
+ends, as before issue 22; `TRAINDEPOT_GC_FREEZE=false`: the child's collector walks every
+object of its imports when `train()` starts, as before); one cold
 (`TRAINDEPOT_WARM_START=false`: a fresh Python per child) on queue `bench-cold`. Rounds are
-interleaved (warm job, warm job without the leading edge, cold job, cold import) so that
+interleaved (warm job, warm job with `--before`, cold job, cold import) so that
 load from elsewhere hits all alike:
 - visible: from the client's clock just before `POST /jobs` to the first `GET /jobs/{id}`
   (polled every 10 ms) whose progress shows a step, what a user polling the API sees;
@@ -20,6 +22,7 @@ sooner has its first step written by the flusher's last flush, whatever the lead
 
     python -m bench.warm_start --repeats 7
     python -m bench.warm_start --repeats 9 --no-cold  # the leading edge on and off only
+    python -m bench.warm_start --repeats 9 --no-cold --before TRAINDEPOT_GC_FREEZE=false
 
 Postgres: TRAINDEPOT_DATABASE_URL if set, else an embedded server; Redis: embedded unless
 TRAINDEPOT_REDIS_URL is set. Results: docs/benchmarks.md.
@@ -44,7 +47,7 @@ import psycopg
 from bench.service import spread, wait_for_end
 
 COLD_QUEUE = "bench-cold"
-EDGE_OFF_QUEUE = "bench-edge-off"
+BEFORE_QUEUE = "bench-before"
 VISIBLE_POLL_SECONDS = 0.01
 
 SPEC: dict[str, Any] = {
@@ -114,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-cold", action="store_true", help="the warm workers only (no cold worker, no import)"
     )
+    parser.add_argument(
+        "--before",
+        default="TRAINDEPOT_FLUSH_LEADING_EDGE=false",
+        metavar="NAME=VALUE",
+        help="the setting of the second warm worker, what the first is compared with",
+    )
     args = parser.parse_args(argv)
+    before_name, _, before_value = args.before.partition("=")
+    before_way = f"warm, {before_name}={before_value}"
 
     work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
     env = {
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRAINDEPOT_HOME": str(work / "home"),
-        "TRAINDEPOT_QUEUES": f"default,{COLD_QUEUE},{EDGE_OFF_QUEUE}",
+        "TRAINDEPOT_QUEUES": f"default,{COLD_QUEUE},{BEFORE_QUEUE}",
         "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
     }
     os.environ.update(env)  # the stack (API, warm worker) reads the same
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from traindepot.embedded import free_port
     from traindepot.stack import running_stack, stop_process
 
-    ways = {"warm": "default", "warm, leading edge off": EDGE_OFF_QUEUE, "cold": COLD_QUEUE}
+    ways = {"warm": "default", before_way: BEFORE_QUEUE, "cold": COLD_QUEUE}
     if args.no_cold:
         del ways["cold"]
     results: dict[str, dict[str, list[float]]] = {
@@ -142,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     with running_stack(host="127.0.0.1", port=free_port()) as stack:
         extra = [
             extra_worker(
-                work / "edge-off-worker.log",
-                EDGE_OFF_QUEUE,
-                {"TRAINDEPOT_FLUSH_LEADING_EDGE": "false"},
+                work / "before-worker.log",
+                BEFORE_QUEUE,
+                {before_name: before_value},
             )
         ]
         if not args.no_cold:
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     def ratio(a: str, b: str, measure: str) -> float:
         return statistics.median(results[a][measure]) / statistics.median(results[b][measure])
 
-    for a, b in (("warm", "warm, leading edge off"), ("warm", "cold")):
+    for a, b in (("warm", before_way), ("warm", "cold")):
         if b not in ways:
             continue
         print(

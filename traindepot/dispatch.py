@@ -95,12 +95,15 @@ def enqueue(
 
 
 def warm_up() -> None:
-    """What the first `enqueue` of a process would build: the producer app, its router
-    and queues, and a broker connection in its producer pool (the API's start-up warm-up,
-    api/warmup.py). Raises what `enqueue` would when the broker cannot be reached."""
+    """What the first `enqueue` of a process would build: the producer app, its router,
+    queues and result backend, and a broker connection in its producer pool (the API's
+    start-up warm-up, api/warmup.py). Raises what `enqueue` would when the broker cannot
+    be reached."""
     app = _producer()
     amqp = app.amqp
-    _ = amqp.router, amqp.queues
+    # `send_task` reads the app's result backend: its first read imports celery's backend
+    # modules (30-40 ms of the first submit, py-spy).
+    _ = amqp.router, amqp.queues, app.backend
     with app.producer_or_acquire() as producer:
         producer.connection.ensure_connection(max_retries=1)
 

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     # A point after `flush_interval_seconds` without a write is written at once (false:
     # it waits for the next interval, as before; bench/warm_start.py compares the two).
     flush_leading_edge: bool = True
+    # The training child before it trains, and the API process after its warm-up, move the
+    # objects of their imports to the collector's permanent generation
+    # (traindepot/gc_freeze.py); false: they do not, as before (bench/warm_start.py
+    # --before TRAINDEPOT_GC_FREEZE=false compares the two).
+    gc_freeze: bool = True
 
     @field_validator("allowed_paths", mode="before")
     @classmethod

@@ -123,8 +123,11 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     import datasets
     from transformers.utils import logging as transformers_logging
 
+    from traindepot.gc_freeze import freeze_imports
     from worker import builders, checkpoints
     from worker.callback import TraindepotCallback
+
+    freeze_imports()  # a cold child's imports too (a warm one's template froze its own)
 
     # Bars are noise in the job's log file (and their carriage returns split its lines):
     # datasets' maps, and transformers' own (saving the model writes one per shard).

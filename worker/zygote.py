@@ -72,6 +72,9 @@ def prepare() -> str | None:
             __import__(f"transformers.models.{family}.modeling_{family}")
         except ImportError:
             continue
+    from traindepot.gc_freeze import freeze_imports
+
+    freeze_imports()
     # A fork copies one thread only: a lock held by another thread at that moment would
     # never be released in the child. After these imports the process has one Python
     # thread and two native ones: numpy's OpenBLAS pool and pyarrow's jemalloc background
