@@ -32,7 +32,7 @@ from worker.adapters import apply_adapter, quantization_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
-from worker.guarded import model_source
+from worker.guarded import pretrained_source
 
 
 def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
@@ -41,11 +41,10 @@ def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
     if spec.tokenizer is not None and spec.tokenizer.builtin == "byte-level":
         tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
     else:
+        # Without a `tokenizer`, the model's own (a `from_job`'s: the one it exported).
         source = spec.tokenizer if spec.tokenizer is not None else spec.model
-        assert source.name_or_path is not None
         tokenizer = AutoTokenizer.from_pretrained(
-            model_source(source.name_or_path, "tokenizer.name_or_path", weights=False),
-            revision=source.revision,
+            pretrained_source(source, "tokenizer", weights=False), revision=source.revision
         )
     if tokenizer.pad_token is None:
         # GPT-style tokenizers have no pad token; the usual fix, as in the seed example.
@@ -91,12 +90,11 @@ def build_model(spec: JobSpec, tokenizer: Any, label_names: list[str] | None) ->
             config, dtype=None if dtype == "auto" else dtype
         )
     else:
-        assert spec.model.name_or_path is not None
         # safetensors only unless the server allows pickled weights (`torch.load`), and no
         # repository code unless it allows that too (the API refused the spec otherwise).
         settings = get_settings()
         model = model_class.from_pretrained(
-            model_source(spec.model.name_or_path, "model.name_or_path", weights=True),
+            pretrained_source(spec.model, "model", weights=True),
             revision=spec.model.revision,
             dtype=dtype,
             use_safetensors=None if settings.allow_pickle_weights else True,

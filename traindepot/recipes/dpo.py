@@ -235,8 +235,13 @@ class DPORecipe(Recipe):
     def card_lines(self, spec: JobSpec) -> list[str]:
         assert isinstance(spec, DPOSpec)
         reference = spec.dpo.reference_model
-        named = "the starting model, frozen" if reference is None else reference.name_or_path
+        if reference is None:
+            named = "the starting model, frozen"
+        elif reference.from_job is not None:
+            named = f"the model job `{reference.from_job}` exported"
+        else:
+            named = reference.name_or_path or "from a config"
         return [
             f"- DPO loss: `{spec.dpo.loss_type}`, beta {spec.dpo.beta}",
-            f"- reference model: {named or 'from a config'}",
+            f"- reference model: {named}",
         ]
