@@ -28,7 +28,7 @@ from traindepot.recipes import TrainerParts, recipe_for
 from traindepot.settings import get_settings
 from traindepot.spec import JobSpec
 from traindepot.training_args import job_kwargs
-from worker.adapters import apply_adapter, quantization_kwargs
+from worker.adapters import apply_adapter, lora_config, prepare_quantized, quantization_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
@@ -165,10 +165,14 @@ def build_trainer(
     data = build_datasets(spec, tokenizer)
     on_phase("config")
     # The adapter is the core's, for every recipe that takes one (the API refused it
-    # elsewhere): created after the base, so its initialisation follows the same seed.
-    model = apply_adapter(
-        build_model(spec, tokenizer, data.label_names), spec, recipe.adapter_task_type
-    )
+    # elsewhere): created after the base, so its initialisation follows the same seed. A
+    # recipe whose Trainer puts it on itself gets the base and its `peft_config`.
+    base = build_model(spec, tokenizer, data.label_names)
+    if recipe.trainer_applies_adapter:
+        model = prepare_quantized(base, spec)
+        peft_config = lora_config(spec, recipe.adapter_task_type)
+    else:
+        model, peft_config = apply_adapter(base, spec, recipe.adapter_task_type), None
     all_callbacks = list(callbacks)
     if spec.early_stopping is not None:
         all_callbacks.append(
@@ -185,6 +189,7 @@ def build_trainer(
             data=data,
             tokenizer=tokenizer,
             callbacks=all_callbacks,
+            peft_config=peft_config,
         )
     )
     trainer.remove_callback(PrinterCallback)

@@ -101,6 +101,7 @@ class DPORecipe(Recipe):
     spec_model = DPOSpec
     summary = "Preference tuning on chosen/rejected pairs (TRL's DPOTrainer: DPO, IPO, ...)."
     adapter_task_type = "CAUSAL_LM"
+    trainer_applies_adapter = True  # TRL's `peft_config`
 
     def examples(self) -> dict[str, Example]:
         return {
@@ -229,6 +230,7 @@ class DPORecipe(Recipe):
             eval_dataset=parts.data.eval,
             processing_class=parts.tokenizer,
             callbacks=parts.callbacks,
+            peft_config=parts.peft_config,
             max_prompt_length=spec.preprocessing.max_prompt_length,
         )
 
