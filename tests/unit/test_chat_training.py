@@ -164,3 +164,20 @@ def test_dpo_equals_trl(variant: str, extra: dict[str, Any], tmp_path: Path) -> 
         lora=LORA if variant == "adapter" else None,
     )
     assert len(ours) == 3 and ours == losses(history)
+
+
+def test_dpo_resumed_from_a_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
+    """A dpo trainer built again, as a resumed attempt builds it, and resumed from a
+    checkpoint logs the losses of the uninterrupted run: its reference is the starting
+    model again (built from the same seed), not the checkpoint's policy."""
+    from worker.builders import build_trainer
+
+    args = {**ARGS, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    spec = base_spec(
+        "dpo", preference_rows(16, seed=3), preprocessing={"max_length": 64}, training_args=args
+    )
+    _, whole = trained(spec, tmp_path / "whole")
+    resumed = build_trainer(JobSpec.model_validate(spec), tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
+    after = [e["loss"] for e in resumed.state.log_history if "loss" in e and e["step"] > 2]
+    assert len(whole) == 4 and after == whole[2:]
