@@ -43,8 +43,9 @@ def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
     else:
         # Without a `tokenizer`, the model's own (a `from_job`'s: the one it exported).
         source = spec.tokenizer if spec.tokenizer is not None else spec.model
+        what = "tokenizer" if spec.tokenizer is not None else "model"
         tokenizer = AutoTokenizer.from_pretrained(
-            pretrained_source(source, "tokenizer", weights=False), revision=source.revision
+            pretrained_source(source, what, weights=False), revision=source.revision
         )
     if tokenizer.pad_token is None:
         # GPT-style tokenizers have no pad token; the usual fix, as in the seed example.

@@ -1,8 +1,10 @@
 """Issue 24 through the real stack: one `sft` and one `dpo` job family, each compared loss
 for loss with a plain TRL script (tests/integration/plain_trl_scripts.py), learning on the
 repo's synthetic chat task (tests/chat_data.py), streaming its TRL metrics, telling its
-webhook; the sft job is SIGKILLed mid-run and resumes, a second dpo job is cancelled; a
-fresh process chats with the exported SFT model."""
+webhook; the sft job is SIGKILLed mid-run and resumes, a second dpo job is cancelled (and an
+sft job with LoRA); a fresh process chats with the exported SFT model. With LoRA: an sft job,
+then a dpo job that starts from its model (`model.from_job`), each compared with TRL and
+peft."""
 
 from __future__ import annotations
 
@@ -289,7 +291,8 @@ def test_lora_sft_then_dpo_from_its_job_equal_trl_and_peft(stack: Stack, tmp_pat
     adapter (`peft_config`) loss for loss; a dpo job names it by id (`model.from_job`),
     starts from its merged model and tokenizer (the chat template renders its chat pairs),
     trains its own adapter against the base with the adapter disabled, and equals TRL's
-    script started from that directory. Another tenant cannot name the sft job."""
+    script started from that directory. Another tenant cannot name the sft job. A long
+    sft job is cancelled while it trains."""
     lora = {"r": 4, "alpha": 8, "target_modules": ["c_attn"], "merge": True}
     plain_lora = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]}
     args = {
@@ -359,6 +362,9 @@ def test_lora_sft_then_dpo_from_its_job_equal_trl_and_peft(stack: Stack, tmp_pat
     assert f"there is no job {sft_id}" in other.json()["detail"][0]["msg"]
 
     dpo_id = stack.submit(dpo)["id"]
+    # Meanwhile, a long sft job to cancel once it trains.
+    long_args = {**args, "max_steps": 500}
+    cancel_id = stack.submit({**sft, "name": "lora-sft-cancel", "training_args": long_args})["id"]
     with threads_of_the_jobs():
         _, dpo_history = plain_trl_scripts.dpo_pairs(
             pairs,
@@ -378,3 +384,9 @@ def test_lora_sft_then_dpo_from_its_job_equal_trl_and_peft(stack: Stack, tmp_pat
     assert len(logged(dpo_history, "loss")) == 4
     card = (stack.job_dir(dpo_id) / "model" / "README.md").read_text()
     assert f"the model job `{sft_id}` exported" in card
+
+    wait_for("the sft job to train", lambda: stack.train_steps(cancel_id))
+    assert stack.http.post(f"/jobs/{cancel_id}/cancel").status_code in (200, 202)
+    cancelled = stack.wait(cancel_id, timeout=120)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["result"]["global_step"] < 500

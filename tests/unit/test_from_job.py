@@ -166,3 +166,21 @@ def test_the_worker_starts_from_the_exported_model_and_its_tokenizer(
     assert exported and all(torch.equal(weights[name], exported[name]) for name in exported)
     reference = trainer.ref_model.state_dict()
     assert all(torch.equal(reference[name], exported[name]) for name in exported)
+
+
+def test_a_source_model_removed_after_the_submit_fails_the_job_with_reason_config(
+    settings: Settings,
+) -> None:
+    """The export may go (`gc`, a DELETE) while the job waits in the queue: the child
+    fails it as a `config` error naming `model.from_job`."""
+    from worker.builders import build_trainer
+    from worker.errors import ConfigError
+
+    gone = uuid.uuid4()
+    spec = dpo_spec(model={"from_job": str(gone)})
+    with pytest.raises(ConfigError, match=rf"model\.from_job: job {gone} has no exported model"):
+        build_trainer(spec, settings.job_dir(uuid.uuid4()) / "output")
+    # With a tokenizer named, the model's source fails the same way.
+    named = dpo_spec(model={"from_job": str(gone)}, tokenizer={"builtin": "byte-level"})
+    with pytest.raises(ConfigError, match=r"model\.from_job"):
+        build_trainer(named, settings.job_dir(uuid.uuid4()) / "output")
