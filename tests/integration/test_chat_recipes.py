@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.chat_data import chat_rows, preference_rows
+from tests.chat_data import chat_rows, conversational_pairs, preference_rows
 from tests.integration import plain_trl_scripts
 from tests.integration.conftest import Stack, process_gone, threads_of_the_jobs
 from tests.integration.test_faults import wait_for
@@ -317,14 +317,7 @@ def test_lora_sft_then_dpo_from_its_job_equal_trl_and_peft(stack: Stack, tmp_pat
         "training_args": args,
     }
     sft_id = stack.submit(sft)["id"]
-    pairs = [
-        {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
-            "chosen": [{"role": "assistant", "content": row["chosen"]}],
-            "rejected": [{"role": "assistant", "content": row["rejected"]}],
-        }
-        for row in preference_rows(16, seed=6)
-    ]
+    pairs = conversational_pairs(16, seed=6)
     dpo = {
         "name": "lora-dpo-after-sft",
         "task": "dpo",

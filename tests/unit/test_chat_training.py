@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.chat_data import chat_rows, preference_rows
+from tests.chat_data import chat_rows, conversational_pairs, preference_rows
 from tests.integration import plain_trl_scripts
 from tests.specs import TINY_GPT2
 from traindepot.recipes.chat import CHAT_TEMPLATES
@@ -112,18 +112,6 @@ def test_sft_on_a_text_column_equals_trl(tmp_path: Path) -> None:
     assert len(ours) == 3 and ours == losses(history)
 
 
-def conversational(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pairs as chats: the prompt a user turn, each answer an assistant turn."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
-            "chosen": [{"role": "assistant", "content": row["chosen"]}],
-            "rejected": [{"role": "assistant", "content": row["rejected"]}],
-        }
-        for row in rows
-    ]
-
-
 @pytest.mark.parametrize(
     ("variant", "extra"),
     [
@@ -136,9 +124,10 @@ def test_dpo_equals_trl(variant: str, extra: dict[str, Any], tmp_path: Path) -> 
     """DPO on chats (rendered by the spec's template); against an explicit reference
     model (another, smaller model from a config); with a LoRA adapter, whose reference is
     the base with the adapter disabled: no reference model, no copy of the adapter."""
-    rows = preference_rows(16, seed=3)
     if variant == "conversational":
-        rows = conversational(rows)
+        rows = conversational_pairs(16, seed=3)
+    else:
+        rows = preference_rows(16, seed=3)
     spec = base_spec("dpo", rows, preprocessing={"max_length": 64}, **extra)
     trainer, ours = trained(spec, tmp_path / "svc")
     if variant == "adapter":

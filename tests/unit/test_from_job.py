@@ -16,8 +16,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.chat_data import chat_rows, preference_rows
+from tests.chat_data import conversational_pairs, preference_rows
 from tests.specs import TINY_GPT2
+from tests.unit.test_chat_recipes import sft_spec
 from traindepot import artifacts
 from traindepot.limits import check_limits
 from traindepot.problems import SpecInvalid
@@ -49,18 +50,7 @@ def sft_job(home: Path) -> uuid.UUID:
 
     job_id = uuid.uuid4()
     job_dir = Settings(home=home).job_dir(job_id)
-    spec = JobSpec.model_validate(
-        {
-            "name": "sft",
-            "task": "sft",
-            "model": {"from_config": GPT2},
-            "tokenizer": {"builtin": "byte-level"},
-            "dataset": {"rows": chat_rows(8, seed=1)},
-            "preprocessing": {"max_length": 128},
-            "chat_template": {"name": "chatml"},
-            "training_args": ARGS,
-        }
-    )
+    spec = sft_spec(training_args=ARGS)
     trainer = build_trainer(spec, job_dir / "output")
     trainer.train()
     save_final_model(trainer, spec, job_dir, str(job_id), 1, {"global_step": 1})
@@ -149,15 +139,9 @@ def test_the_worker_starts_from_the_exported_model_and_its_tokenizer(
     from worker.builders import build_trainer
 
     directory = artifacts.model_dir(settings.job_dir(sft_job))
-    conversational = [
-        {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
-            "chosen": [{"role": "assistant", "content": row["chosen"]}],
-            "rejected": [{"role": "assistant", "content": row["rejected"]}],
-        }
-        for row in preference_rows(8, seed=1)
-    ]
-    spec = dpo_spec(model={"from_job": str(sft_job)}, dataset={"rows": conversational})
+    spec = dpo_spec(
+        model={"from_job": str(sft_job)}, dataset={"rows": conversational_pairs(8, seed=1)}
+    )
     trainer: Any = build_trainer(spec, settings.job_dir(uuid.uuid4()) / "output")
     tokenizer: Any = trainer.processing_class
     assert tokenizer.chat_template == CHAT_TEMPLATES["chatml"]
