@@ -37,3 +37,15 @@ def preference_rows(count: int, *, seed: int) -> list[dict[str, Any]]:
         {"prompt": f"Say {word}: ", "chosen": f"yes {word}", "rejected": f"no {word}"}
         for word in _words(count, seed)
     ]
+
+
+def conversational_pairs(count: int, *, seed: int) -> list[dict[str, Any]]:
+    """`preference_rows` as chats: the prompt a user turn, each answer an assistant turn."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+        for row in preference_rows(count, seed=seed)
+    ]

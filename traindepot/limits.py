@@ -155,9 +155,7 @@ def _model_problems(spec: JobSpec, settings: Settings) -> list[Problem]:
             )
         )
         return problems
-    loc: tuple[str | int, ...] = (
-        ("model", "from_config") if model.from_config is not None else ("model", "name_or_path")
-    )
+    loc: tuple[str | int, ...] = ("model", model.source_loc())
     counted = parameter_count(spec)
     if counted is None:
         return problems

@@ -1,8 +1,9 @@
 """A spec's model and its adapter counted on the meta device, without loading anything:
 the model is built from its config (`from_config`, or the config of a local or Hub
-`name_or_path`), deep models from one and two layers. torch and transformers are imported
-lazily, under the import lock of `traindepot.training_args`. The server's parameter limit
-(`traindepot.limits`) and the `parameters` of a submit's answer read these counts.
+`name_or_path` or of the model a `from_job` exported), deep models from one and two layers.
+torch and transformers are imported lazily, under the import lock of
+`traindepot.training_args`. The server's parameter limit (`traindepot.limits`) and the
+`parameters` of a submit's answer read these counts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from traindepot import training_args
+from traindepot.exported_models import exported_model_dir
 from traindepot.spec import JobSpec, ModelSpec, is_local_path
 
 __all__ = ["ParameterCount", "count_parameters", "parameter_count"]
@@ -64,8 +66,11 @@ def parameter_count(spec: JobSpec, model: ModelSpec | None = None) -> ParameterC
                 overrides.setdefault("vocab_size", vocab)
             material = json.dumps([task, overrides, lora], sort_keys=True)
             return _cached(material, lambda: _count(task, overrides, None, None, lora))
-        assert model.name_or_path is not None
-        name, revision = model.name_or_path, model.revision
+        if model.from_job is not None:  # the directory of the job's export
+            name, revision = str(exported_model_dir(model.from_job)), None
+        else:
+            assert model.name_or_path is not None
+            name, revision = model.name_or_path, model.revision
         if is_local_path(name):  # a directory may change: counted each time
             return _count(task, None, name, revision, lora)
         material = json.dumps([task, name, revision, lora], sort_keys=True)

@@ -73,6 +73,12 @@ class ModelSpec(_Strict):
         default=None,
         description="Random initialisation from a config: `model_type` plus config overrides.",
     )
+    from_job: UUID | None = Field(
+        default=None,
+        description="The model another job exported (its id): a job of the same tenant that"
+        " succeeded; with an adapter, its merged model (`adapter.merge: true`). Its tokenizer"
+        " is the default `tokenizer`.",
+    )
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
         default=None,
         description="The dtype the weights are loaded in (`dtype=` of `from_pretrained`); "
@@ -88,15 +94,22 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
-        if (self.name_or_path is None) == (self.from_config is None):
-            raise ValueError("give exactly one of `name_or_path` or `from_config`")
+        given = [self.name_or_path, self.from_config, self.from_job]
+        if sum(source is not None for source in given) != 1:
+            raise ValueError("give exactly one of `name_or_path`, `from_config` or `from_job`")
         if self.from_config is not None:
             model_type = self.from_config.get("model_type")
             if not isinstance(model_type, str) or not model_type:
                 raise ValueError('`from_config` needs a `model_type` string, e.g. "gpt2"')
-            if self.revision is not None:
-                raise ValueError("`revision` applies to `name_or_path` only")
+        if self.revision is not None and self.name_or_path is None:
+            raise ValueError("`revision` applies to `name_or_path` only")
         return self
+
+    def source_loc(self) -> str:
+        """The field that names the model's source (`name_or_path`, `from_config`...)."""
+        if self.from_config is not None:
+            return "from_config"
+        return "from_job" if self.from_job is not None else "name_or_path"
 
 
 class TokenizerSpec(_Strict):

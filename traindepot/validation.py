@@ -15,13 +15,21 @@ from typing import Any
 
 from traindepot import limits, training_args, webhook_urls
 from traindepot.adapters import adapter_problems
+from traindepot.exported_models import NoExportedModel, exported_model_dir
 from traindepot.localpaths import model_dir_problems
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.recipes import recipe_for
 from traindepot.settings import Settings
-from traindepot.spec import JobSpec, is_local_path
+from traindepot.spec import JobSpec, ModelSpec, is_local_path
+from traindepot.statuses import JobStatus
 
-__all__ = ["WorkerDevices", "check_devices", "check_spec", "consistency_problems"]
+__all__ = [
+    "WorkerDevices",
+    "check_devices",
+    "check_spec",
+    "consistency_problems",
+    "source_jobs",
+]
 
 
 @dataclass(frozen=True)
@@ -313,21 +321,61 @@ def webhook_url_problem(url: str, settings: Settings) -> str | None:
     return None
 
 
+def source_jobs(spec: JobSpec) -> list[tuple[tuple[str | int, ...], uuid.UUID]]:
+    """The jobs whose exported models the spec starts from (`model.from_job`, and a
+    recipe's other models: a reference model), by `loc`."""
+    models: list[tuple[tuple[str | int, ...], ModelSpec]] = [(("model",), spec.model)]
+    models += [(tuple(loc), model) for loc, model in recipe_for(spec).other_models(spec)]
+    return [((*loc, "from_job"), m.from_job) for loc, m in models if m.from_job is not None]
+
+
+def _source_job_problems(
+    spec: JobSpec, settings: Settings, job_status: Callable[[uuid.UUID], str | None] | None
+) -> list[Problem]:
+    """Each `from_job` names a job (of the caller's tenant: `job_status` looks it up in
+    it; skipped when None) that succeeded and exported a model to start from."""
+    problems: list[Problem] = []
+    for loc, job_id in source_jobs(spec):
+        if job_status is not None:
+            status = job_status(job_id)
+            if status is None:
+                problems.append(Problem(loc, f"there is no job {job_id}", "job_not_found"))
+                continue
+            if status != JobStatus.SUCCEEDED:
+                problems.append(
+                    Problem(
+                        loc,
+                        f"job {job_id} is `{status}`: only a job that succeeded has a model"
+                        " to start from",
+                        "job_not_succeeded",
+                    )
+                )
+                continue
+        try:
+            exported_model_dir(job_id, settings)
+        except NoExportedModel as exc:
+            problems.append(Problem(loc, str(exc), "no_exported_model"))
+    return problems
+
+
 def check_spec(
     spec: JobSpec,
     settings: Settings,
     *,
     devices: Sequence[WorkerDevices] | None = None,
     job_exists: Callable[[uuid.UUID], bool] | None = None,
+    job_status: Callable[[uuid.UUID], str | None] | None = None,
 ) -> dict[str, Any]:
     """Raise SpecInvalid naming every problem; return the effective TrainingArguments.
 
     `devices`: the live workers of the spec's queue; `job_exists`: looks up the job named by
-    `resume_from_checkpoint` (both skipped when None). The server's defaults (the time
-    limit) are filled into `spec`; its limits are checked once the spec is otherwise valid
-    (counting the model's parameters is the slow part)."""
+    `resume_from_checkpoint`; `job_status`: the status of a job a `from_job` names, None
+    when the caller has no such job (each skipped when None). The server's defaults (the
+    time limit) are filled into `spec`; its limits are checked once the spec is otherwise
+    valid (counting the model's parameters is the slow part)."""
     limits.apply_defaults(spec, settings)
     problems = consistency_problems(spec) + _paths(spec, settings) + _webhooks(spec, settings)
+    problems += _source_job_problems(spec, settings, job_status)
     if spec.dataset.rows is not None:
         problems += _bounded_rows(spec.dataset.rows, settings)
     resume = spec.resume_from_checkpoint

@@ -39,14 +39,30 @@ def apply_adapter(model: Any, spec: JobSpec, task_type: str | None) -> Any:
     """`model` with the spec's LoRA adapter (a peft model), or `model` without one."""
     if spec.adapter is None:
         return model
-    import peft
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    if spec.quantization is not None:
-        checkpointing = bool(spec.training_args.get("gradient_checkpointing", False))
-        prepare: Any = peft.prepare_model_for_kbit_training  # untyped
-        model = prepare(model, use_gradient_checkpointing=checkpointing)
-    return get_peft_model(model, LoraConfig(**lora_config_kwargs(spec.adapter, task_type)))
+    return get_peft_model(prepare_quantized(model, spec), lora_config(spec, task_type))
+
+
+def lora_config(spec: JobSpec, task_type: str | None) -> Any:
+    """peft's `LoraConfig` of the spec's adapter, or None without one."""
+    if spec.adapter is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**lora_config_kwargs(spec.adapter, task_type))
+
+
+def prepare_quantized(model: Any, spec: JobSpec) -> Any:
+    """A quantized base made ready for training an adapter on it (peft's
+    `prepare_model_for_kbit_training`); any other model as it is."""
+    if spec.quantization is None:
+        return model
+    import peft
+
+    checkpointing = bool(spec.training_args.get("gradient_checkpointing", False))
+    prepare: Any = peft.prepare_model_for_kbit_training  # untyped
+    return prepare(model, use_gradient_checkpointing=checkpointing)
 
 
 def save_merged(model: Any, spec: JobSpec, tokenizer: Any, directory: Path) -> None:

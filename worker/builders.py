@@ -28,11 +28,11 @@ from traindepot.recipes import TrainerParts, recipe_for
 from traindepot.settings import get_settings
 from traindepot.spec import JobSpec
 from traindepot.training_args import job_kwargs
-from worker.adapters import apply_adapter, quantization_kwargs
+from worker.adapters import apply_adapter, lora_config, prepare_quantized, quantization_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
 from worker.data import build_datasets
 from worker.errors import ConfigError, Reason
-from worker.guarded import model_source
+from worker.guarded import pretrained_source
 
 
 def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
@@ -41,11 +41,11 @@ def text_tokenizer(spec: JobSpec) -> PreTrainedTokenizerBase:
     if spec.tokenizer is not None and spec.tokenizer.builtin == "byte-level":
         tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
     else:
+        # Without a `tokenizer`, the model's own (a `from_job`'s: the one it exported).
         source = spec.tokenizer if spec.tokenizer is not None else spec.model
-        assert source.name_or_path is not None
+        what = "tokenizer" if spec.tokenizer is not None else "model"
         tokenizer = AutoTokenizer.from_pretrained(
-            model_source(source.name_or_path, "tokenizer.name_or_path", weights=False),
-            revision=source.revision,
+            pretrained_source(source, what, weights=False), revision=source.revision
         )
     if tokenizer.pad_token is None:
         # GPT-style tokenizers have no pad token; the usual fix, as in the seed example.
@@ -91,12 +91,11 @@ def build_model(spec: JobSpec, tokenizer: Any, label_names: list[str] | None) ->
             config, dtype=None if dtype == "auto" else dtype
         )
     else:
-        assert spec.model.name_or_path is not None
         # safetensors only unless the server allows pickled weights (`torch.load`), and no
         # repository code unless it allows that too (the API refused the spec otherwise).
         settings = get_settings()
         model = model_class.from_pretrained(
-            model_source(spec.model.name_or_path, "model.name_or_path", weights=True),
+            pretrained_source(spec.model, "model", weights=True),
             revision=spec.model.revision,
             dtype=dtype,
             use_safetensors=None if settings.allow_pickle_weights else True,
@@ -167,10 +166,14 @@ def build_trainer(
     data = build_datasets(spec, tokenizer)
     on_phase("config")
     # The adapter is the core's, for every recipe that takes one (the API refused it
-    # elsewhere): created after the base, so its initialisation follows the same seed.
-    model = apply_adapter(
-        build_model(spec, tokenizer, data.label_names), spec, recipe.adapter_task_type
-    )
+    # elsewhere): created after the base, so its initialisation follows the same seed. A
+    # recipe whose Trainer puts it on itself gets the base and its `peft_config`.
+    base = build_model(spec, tokenizer, data.label_names)
+    if recipe.trainer_applies_adapter:
+        model = prepare_quantized(base, spec)
+        peft_config = lora_config(spec, recipe.adapter_task_type)
+    else:
+        model, peft_config = apply_adapter(base, spec, recipe.adapter_task_type), None
     all_callbacks = list(callbacks)
     if spec.early_stopping is not None:
         all_callbacks.append(
@@ -187,6 +190,7 @@ def build_trainer(
             data=data,
             tokenizer=tokenizer,
             callbacks=all_callbacks,
+            peft_config=peft_config,
         )
     )
     trainer.remove_callback(PrinterCallback)

@@ -20,6 +20,7 @@ from transformers import Trainer
 
 from traindepot import artifacts
 from traindepot.events import json_safe
+from traindepot.exported_models import MERGED_DIR
 from traindepot.recipes import recipe_for
 from traindepot.spec import JobSpec
 
@@ -36,6 +37,8 @@ def _base_model(spec: JobSpec) -> str:
     if spec.model.from_config is not None:
         shape = json.dumps(spec.model.from_config, sort_keys=True)
         return f"none: initialised at random from the configuration `{shape}`"
+    if spec.model.from_job is not None:
+        return f"the model job `{spec.model.from_job}` exported"
     revision = f" (revision `{spec.model.revision}`)" if spec.model.revision else ""
     return f"`{spec.model.name_or_path}`{revision}"
 
@@ -119,6 +122,6 @@ def save_final_model(
     if spec.adapter is not None and spec.adapter.merge:
         from worker.adapters import save_merged
 
-        save_merged(trainer.model, spec, trainer.processing_class, staging / "merged")
+        save_merged(trainer.model, spec, trainer.processing_class, staging / MERGED_DIR)
     artifacts.write_manifest(staging)
     return artifacts.publish_model(staging, job_dir)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from traindepot.exported_models import NoExportedModel, exported_model_dir
 from traindepot.localpaths import PathRefused, model_dir_problems, resolve_allowed
 from traindepot.settings import get_settings
-from traindepot.spec import is_local_path
+from traindepot.spec import ModelSpec, TokenizerSpec, is_local_path
 from worker.errors import ConfigError, DataError
 
-__all__ = ["data_file", "model_source"]
+__all__ = ["data_file", "model_source", "pretrained_source"]
 
 
 def model_source(name_or_path: str, what: str, *, weights: bool) -> str:
@@ -31,6 +32,19 @@ def model_source(name_or_path: str, what: str, *, weights: bool) -> str:
     if problems:
         raise ConfigError(f"{what}: " + "; ".join(problems))
     return str(path)
+
+
+def pretrained_source(source: ModelSpec | TokenizerSpec, what: str, *, weights: bool) -> str:
+    """Where a pretrained model (or tokenizer) is loaded from: the directory of the model a
+    `from_job` exported (`traindepot.exported_models`), else `model_source(name_or_path)`.
+    `what` names the section in errors (`model`, `tokenizer`)."""
+    if isinstance(source, ModelSpec) and source.from_job is not None:
+        try:
+            return str(exported_model_dir(source.from_job))
+        except NoExportedModel as exc:  # removed since the submit
+            raise ConfigError(f"{what}.from_job: {exc}") from exc
+    assert source.name_or_path is not None
+    return model_source(source.name_or_path, f"{what}.name_or_path", weights=weights)
 
 
 def data_file(raw: str, what: str) -> str:

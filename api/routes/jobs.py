@@ -38,7 +38,7 @@ from traindepot.parameters import parameter_count
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.spec import JobSpec
 from traindepot.spec_examples import task_examples
-from traindepot.validation import check_spec
+from traindepot.validation import check_spec, source_jobs
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,20 @@ async def validated(
 ) -> tuple[dict[str, Any], dict[str, Any], ParametersOut | None]:
     """Everything `check_spec` checks, with the live workers of the spec's queue and the
     caller's jobs (a job of another tenant to resume from does not exist), and the model's
-    parameters counted on the meta device. Raises SpecInvalid (422) naming each problem."""
+    parameters counted on the meta device. Raises SpecInvalid (422) naming each problem.
+    The jobs a `from_job` names are looked up the same way, with their status."""
     resume = spec.resume_from_checkpoint
-    resume_exists = True
+    named = {job_id for _, job_id in source_jobs(spec)}
     if isinstance(resume, uuid.UUID):
-        resume_exists = await access.run(
-            lambda s, c: jobs.get(session=s, job_id=resume, tenant=c.scope) is not None
-        )
+        named.add(resume)
+    statuses: dict[uuid.UUID, str] = {}
+    if named:
+
+        def look_up(session: Session, caller: Caller) -> dict[uuid.UUID, str]:
+            found = (jobs.get(session=session, job_id=i, tenant=caller.scope) for i in named)
+            return {job.id: job.status for job in found if job is not None}
+
+        statuses = await access.run(look_up)
 
     def check() -> tuple[dict[str, Any], ParametersOut | None]:
         devices = (
@@ -105,7 +112,13 @@ async def validated(
             if settings.redis_url
             else None
         )
-        effective = check_spec(spec, settings, devices=devices, job_exists=lambda _: resume_exists)
+        effective = check_spec(
+            spec,
+            settings,
+            devices=devices,
+            job_exists=lambda job_id: job_id in statuses,
+            job_status=statuses.get,
+        )
         counted = parameter_count(spec)  # counted by the check: cached
         parameters = (
             ParametersOut(total=counted.total, trainable=counted.trainable) if counted else None

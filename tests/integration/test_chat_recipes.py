@@ -1,8 +1,10 @@
 """Issue 24 through the real stack: one `sft` and one `dpo` job family, each compared loss
 for loss with a plain TRL script (tests/integration/plain_trl_scripts.py), learning on the
 repo's synthetic chat task (tests/chat_data.py), streaming its TRL metrics, telling its
-webhook; the sft job is SIGKILLed mid-run and resumes, a second dpo job is cancelled; a
-fresh process chats with the exported SFT model."""
+webhook; the sft job is SIGKILLed mid-run and resumes, a second dpo job is cancelled (and an
+sft job with LoRA); a fresh process chats with the exported SFT model. With LoRA: an sft job,
+then a dpo job that starts from its model (`model.from_job`), each compared with TRL and
+peft."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.chat_data import chat_rows, preference_rows
+from tests.chat_data import chat_rows, conversational_pairs, preference_rows
 from tests.integration import plain_trl_scripts
 from tests.integration.conftest import Stack, process_gone, threads_of_the_jobs
 from tests.integration.test_faults import wait_for
@@ -282,3 +284,102 @@ def test_dpo_job_equals_trl_prefers_the_chosen_and_cancels(
     for job, last in ((job_id, "job.succeeded"), (cancel_id, "job.cancelled")):
         wait_for(last, lambda job=job, last=last: last in events_of(receiver.of_job(job)))
         assert events_of(receiver.of_job(job)) == ["job.queued", "job.running", last]
+
+
+def test_lora_sft_then_dpo_from_its_job_equal_trl_and_peft(stack: Stack, tmp_path: Path) -> None:
+    """An sft job with a LoRA adapter (merged at export) equals TRL's script with peft's
+    adapter (`peft_config`) loss for loss; a dpo job names it by id (`model.from_job`),
+    starts from its merged model and tokenizer (the chat template renders its chat pairs),
+    trains its own adapter against the base with the adapter disabled, and equals TRL's
+    script started from that directory. Another tenant cannot name the sft job. A long
+    sft job is cancelled while it trains."""
+    lora = {"r": 4, "alpha": 8, "target_modules": ["c_attn"], "merge": True}
+    plain_lora = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]}
+    args = {
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "learning_rate": 1e-2,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "seed": 7,
+    }
+    chats = chat_rows(16, seed=5)
+    sft = {
+        "name": "lora-sft",
+        "task": "sft",
+        "model": {"from_config": GPT2},
+        "tokenizer": {"builtin": "byte-level"},
+        "dataset": {"rows": chats},
+        "preprocessing": {"max_length": 128, "assistant_only_loss": True},
+        "chat_template": {"name": "chatml"},
+        "adapter": lora,
+        "training_args": args,
+    }
+    sft_id = stack.submit(sft)["id"]
+    pairs = conversational_pairs(16, seed=6)
+    dpo = {
+        "name": "lora-dpo-after-sft",
+        "task": "dpo",
+        "model": {"from_job": sft_id},
+        "dataset": {"rows": pairs},
+        "preprocessing": {"max_length": 64},
+        "adapter": {"r": 4, "alpha": 8, "target_modules": ["c_attn"]},
+        "training_args": args,
+    }
+    # Not yet succeeded: nothing to start from.
+    early = stack.http.post("/jobs/validate", json=dpo)
+    assert early.status_code == 422, early.text
+    assert early.json()["detail"][0]["loc"] == ["model", "from_job"]
+    with threads_of_the_jobs():
+        _, sft_history = plain_trl_scripts.sft_chat(
+            chats,
+            None,
+            chat_template=CHAT_TEMPLATES["chatml"],
+            model_config=GPT2,
+            max_length=128,
+            training_args=args,
+            output_dir=tmp_path / "plain-sft",
+            lora=plain_lora,
+        )
+    done = stack.wait(sft_id, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert [loss for _, loss in stack.train_losses(sft_id)] == logged(sft_history, "loss")
+    merged = stack.job_dir(sft_id) / "model" / "merged"
+    assert (stack.job_dir(sft_id) / "model" / "adapter_model.safetensors").is_file()
+
+    # Another tenant's key: the job does not exist for it.
+    other = stack.http.post("/jobs", json=dpo, headers=stack.headers(stack.new_key("team-x")))
+    assert other.status_code == 422, other.text
+    assert other.json()["detail"][0]["loc"] == ["model", "from_job"]
+    assert f"there is no job {sft_id}" in other.json()["detail"][0]["msg"]
+
+    dpo_id = stack.submit(dpo)["id"]
+    # Meanwhile, a long sft job to cancel once it trains.
+    long_args = {**args, "max_steps": 500}
+    cancel_id = stack.submit({**sft, "name": "lora-sft-cancel", "training_args": long_args})["id"]
+    with threads_of_the_jobs():
+        _, dpo_history = plain_trl_scripts.dpo_pairs(
+            pairs,
+            None,
+            model_config=None,
+            model_dir=merged,
+            max_length=64,
+            beta=0.1,
+            loss_type="sigmoid",
+            training_args=args,
+            output_dir=tmp_path / "plain-dpo",
+            lora=plain_lora,
+        )
+    done = stack.wait(dpo_id, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert [loss for _, loss in stack.train_losses(dpo_id)] == logged(dpo_history, "loss")
+    assert len(logged(dpo_history, "loss")) == 4
+    card = (stack.job_dir(dpo_id) / "model" / "README.md").read_text()
+    assert f"the model job `{sft_id}` exported" in card
+
+    wait_for("the sft job to train", lambda: stack.train_steps(cancel_id))
+    assert stack.http.post(f"/jobs/{cancel_id}/cancel").status_code in (200, 202)
+    cancelled = stack.wait(cancel_id, timeout=120)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["result"]["global_step"] < 500

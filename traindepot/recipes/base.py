@@ -49,6 +49,9 @@ class TrainerParts:
     data: Datasets
     tokenizer: Any  # what `prepare_tokenizer` returned: the Trainer's `processing_class`
     callbacks: list[Any] = field(default_factory=list)
+    # The job's adapter as peft's `LoraConfig`, for a recipe whose Trainer puts it on the
+    # model (`Recipe.trainer_applies_adapter`; `model` is then the base); else None.
+    peft_config: Any = None
 
 
 class Recipe:
@@ -67,6 +70,11 @@ class Recipe:
     #: peft's `TaskType` name for a LoRA adapter on this recipe's model (`CAUSAL_LM`,
     #: `SEQ_CLS`, ...); None: the recipe takes no adapter (a spec asking for one is a 422).
     adapter_task_type: ClassVar[str | None] = None
+    #: True: the recipe's Trainer puts the adapter on the base itself, given
+    #: `TrainerParts.peft_config` (TRL's trainers: they seed its initialisation, and DPO's
+    #: knows the adapter is new, so the base with it disabled is the reference); False:
+    #: the core does, and `TrainerParts.model` is the peft model.
+    trainer_applies_adapter: ClassVar[bool] = False
 
     # --- API side: pure, no torch ------------------------------------------------------
     def examples(self) -> dict[str, Example]:

@@ -101,6 +101,7 @@ class DPORecipe(Recipe):
     spec_model = DPOSpec
     summary = "Preference tuning on chosen/rejected pairs (TRL's DPOTrainer: DPO, IPO, ...)."
     adapter_task_type = "CAUSAL_LM"
+    trainer_applies_adapter = True  # TRL's `peft_config`
 
     def examples(self) -> dict[str, Example]:
         return {
@@ -229,14 +230,20 @@ class DPORecipe(Recipe):
             eval_dataset=parts.data.eval,
             processing_class=parts.tokenizer,
             callbacks=parts.callbacks,
+            peft_config=parts.peft_config,
             max_prompt_length=spec.preprocessing.max_prompt_length,
         )
 
     def card_lines(self, spec: JobSpec) -> list[str]:
         assert isinstance(spec, DPOSpec)
         reference = spec.dpo.reference_model
-        named = "the starting model, frozen" if reference is None else reference.name_or_path
+        if reference is None:
+            named = "the starting model, frozen"
+        elif reference.from_job is not None:
+            named = f"the model job `{reference.from_job}` exported"
+        else:
+            named = reference.name_or_path or "from a config"
         return [
             f"- DPO loss: `{spec.dpo.loss_type}`, beta {spec.dpo.beta}",
-            f"- reference model: {named or 'from a config'}",
+            f"- reference model: {named}",
         ]

@@ -87,6 +87,7 @@ class SFTRecipe(Recipe):
         " reports perplexity."
     )
     adapter_task_type = "CAUSAL_LM"
+    trainer_applies_adapter = True  # TRL's `peft_config`
 
     def examples(self) -> dict[str, Example]:
         base = example_spec()
@@ -194,6 +195,7 @@ class SFTRecipe(Recipe):
             eval_dataset=parts.data.eval,
             processing_class=parts.tokenizer,
             callbacks=parts.callbacks,
+            peft_config=parts.peft_config,
         )
 
     def card_lines(self, spec: JobSpec) -> list[str]:
