@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     max_train_epochs: float = Field(default=1000.0, gt=0)
     max_dataloader_workers: int = Field(default=4, ge=0)
     max_dataset_file_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Rows of a job's train split once loaded (files and Hub datasets, whose size the API
+    # cannot know at submit; `dataset.max_samples` takes fewer), checked by the worker.
+    max_dataset_rows: int = Field(default=10_000_000, gt=0)
     # `limits.max_runtime_seconds`: applied when a spec gives none, and its ceiling.
     default_max_runtime_seconds: float = Field(default=24 * 3600.0, gt=0)
     max_runtime_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)

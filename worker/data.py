@@ -13,6 +13,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from traindepot.settings import get_settings
 from traindepot.spec import DatasetSpec, JobSpec
 from worker.errors import DataError
 from worker.guarded import data_file
@@ -61,6 +62,12 @@ def load_raw(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
             )
     if spec.max_samples is not None:
         train = train.select(range(min(spec.max_samples, len(train))))
+    limit = get_settings().max_dataset_rows
+    if len(train) > limit:
+        raise DataError(
+            f"the train split has {len(train):,} rows, over this server's limit of {limit:,}"
+            " (TRAINDEPOT_MAX_DATASET_ROWS): set dataset.max_samples to train on fewer"
+        )
     if spec.eval_fraction is not None:
         parts = train.train_test_split(test_size=spec.eval_fraction, seed=spec.seed)
         train, evaluation = parts["train"], parts["test"]

@@ -65,6 +65,23 @@ def test_every_file_format_loads_train_and_validation(
     assert evaluation is not None and evaluation["text"] == SENTENCES[:3]
 
 
+def test_a_loaded_split_over_the_row_limit_fails_with_reason_data(
+    allowed_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file (or Hub) dataset's size is known only once loaded: the worker checks it."""
+    train = allowed_tmp / "train.jsonl"
+    write(train, "jsonl", [{"text": f"row {i}"} for i in range(12)])
+    monkeypatch.setenv("TRAINDEPOT_MAX_DATASET_ROWS", "10")
+    get_settings.cache_clear()
+    with pytest.raises(DataError, match=r"12 rows, over this server's limit of 10") as err:
+        data_build.load_raw(DatasetSpec.model_validate({"files": {"train": str(train)}}))
+    assert err.value.reason == "data" and "dataset.max_samples" in str(err.value)
+    loaded, _ = data_build.load_raw(
+        DatasetSpec.model_validate({"files": {"train": str(train)}, "max_samples": 10})
+    )
+    assert len(loaded) == 10
+
+
 def test_eval_fraction_is_seeded() -> None:
     rows: list[dict[str, Any]] = [{"text": f"row {i}"} for i in range(20)]
     split = [
