@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from traindepot import artifacts
 from traindepot.limits import check_limits
 from traindepot.problems import SpecInvalid
 from traindepot.recipes.chat import CHAT_TEMPLATES
-from traindepot.settings import Settings
+from traindepot.settings import Settings, get_settings
 from traindepot.spec import JobSpec
 from traindepot.validation import check_spec
 
@@ -37,9 +38,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The server's settings with the module's home, as `get_settings()` gives them too
+    (the parameter count resolves `from_job` through it)."""
     monkeypatch.setenv("TRAINDEPOT_HOME", str(home))
-    return Settings(home=home)
+    get_settings.cache_clear()
+    yield Settings(home=home)
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
