@@ -76,6 +76,7 @@ BUILT_IN_TASKS = {
     "sequence-classification",
     "token-classification",
     "question-answering",
+    "seq2seq",
     "sft",
     "dpo",
 }

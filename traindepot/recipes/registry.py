@@ -42,6 +42,7 @@ _BUILT_IN = (
     "traindepot.recipes.sequence_classification:SequenceClassificationRecipe",
     "traindepot.recipes.token_classification:TokenClassificationRecipe",
     "traindepot.recipes.question_answering:QuestionAnsweringRecipe",
+    "traindepot.recipes.seq2seq:Seq2SeqRecipe",
     "traindepot.recipes.sft:SFTRecipe",
     "traindepot.recipes.dpo:DPORecipe",
 )

