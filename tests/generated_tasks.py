@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import random
+from pathlib import Path
 from typing import Any
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Farah", "Goran", "Hana", "Ivan", "Jana",
@@ -109,4 +110,21 @@ def cipher_pairs(count: int, *, seed: int) -> list[dict[str, str]]:
     for _ in range(count):
         source = " ".join(rng.sample(CIPHER_WORDS, rng.randint(3, 4)))
         rows.append({"source": source, "target": codecs.encode(source, "rot13")})
+    return rows
+
+
+def digit_images(directory: Path, *, start: int, count: int) -> list[dict[str, Any]]:
+    """scikit-learn's 8x8 digits `start..start+count` written as grey PNG files into
+    `directory`: rows `{"image": path, "label": digit}`."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(start, start + count):
+        pixels = (digits.images[index] * (255 / 16)).round().astype("uint8")
+        path = directory / f"digit-{index}.png"
+        Image.fromarray(pixels, mode="L").save(path)
+        rows.append({"image": str(path), "label": int(digits.target[index])})
     return rows

@@ -77,6 +77,7 @@ BUILT_IN_TASKS = {
     "token-classification",
     "question-answering",
     "seq2seq",
+    "image-classification",
     "sft",
     "dpo",
 }

@@ -8,7 +8,9 @@ class on the unpacked `model/` directory, then
 - question-answering (transformers 5.25 has no QA pipeline): the model's start and end
   logits over the guide's windows, the guide's n-best decoding, SQuAD EM and F1;
 - seq2seq (transformers 5.25 has no text2text pipeline): `generate` with the exported
-  generation config on the prefixed sources, batch by batch as evaluation ran, then ROUGE.
+  generation config on the prefixed sources, batch by batch as evaluation ran, then ROUGE;
+- image-classification: `pipeline("image-classification")` on each image file (its own
+  image processor, saved with the model), then accuracy and macro F1 (scikit-learn).
 
     python tests/integration/plain_predict.py SPEC.json
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import (
+    AutoModelForImageClassification,
     AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
     AutoModelForTokenClassification,
@@ -114,10 +117,25 @@ def seq2seq_metrics(spec: dict[str, Any]) -> dict[str, float]:
     return {k: sum(s[k].fmeasure for s in scores) / len(scores) * 100 for k in keys}
 
 
+def image_metrics(model_dir: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    model = AutoModelForImageClassification.from_pretrained(model_dir)
+    classifier = pipeline("image-classification", model=model, image_processor=model_dir)
+    predicted = [model.config.label2id[classifier(row["image"])[0]["label"]] for row in rows]
+    gold = [row["label"] for row in rows]
+    return {
+        "accuracy": float(np.mean(np.asarray(predicted) == np.asarray(gold))),
+        "f1": float(f1_score(gold, predicted, average="macro")),
+    }
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     if spec["task"] == "token-classification":
         metrics = tagging_metrics(spec["model_dir"], spec["rows"])
+    elif spec["task"] == "image-classification":
+        metrics = image_metrics(spec["model_dir"], spec["rows"])
     elif spec["task"] == "seq2seq":
         metrics = seq2seq_metrics(spec)
     else:

@@ -19,14 +19,15 @@ Run with `-s` to see the figures.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from datasets import Dataset
 
-from tests.generated_tasks import cipher_pairs
-from tests.integration import plain_seq2seq
+from tests.generated_tasks import cipher_pairs, digit_images
+from tests.integration import plain_images, plain_seq2seq
 from tests.integration.conftest import Stack, threads_of_the_jobs
 from tests.integration.test_tagging_and_qa import (
     assert_same_run,
@@ -35,6 +36,7 @@ from tests.integration.test_tagging_and_qa import (
     refused,
 )
 from tests.specs import tiny_spec
+from traindepot.recipes.image_classification import TINY_VIT
 from traindepot.recipes.seq2seq import TINY_T5
 
 pytestmark = pytest.mark.integration
@@ -133,3 +135,92 @@ def test_seq2seq(stack: Stack, tmp_path: Path) -> None:
     )
     metrics = {k: last[f"eval_{k}"] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
     assert fresh == metrics
+
+
+def test_image_classification(stack: Stack, tmp_path: Path) -> None:
+    digits = stack.data_dir / "digits"
+    train_rows = digit_images(digits, start=0, count=512)
+    eval_rows = digit_images(digits, start=1500, count=200)
+    train_file, validation_file = digits / "train.jsonl", digits / "validation.jsonl"
+    for path, data in ((train_file, train_rows), (validation_file, eval_rows)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    labels = [str(digit) for digit in range(10)]
+    training_args = {
+        "max_steps": 100,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 100,
+        "learning_rate": 3e-3,
+        "logging_steps": 10,
+        "eval_strategy": "steps",
+        "eval_steps": 50,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "seed": 7,
+        "dataloader_num_workers": 0,
+    }
+    spec = tiny_spec(
+        task="image-classification",
+        name="digits",
+        model={"from_config": dict(TINY_VIT)},
+        training_args=training_args,
+    )
+    spec.pop("tokenizer")
+    spec.pop("preprocessing")
+    spec["dataset"] = {
+        "files": {"train": str(train_file), "validation": str(validation_file)},
+        "label_names": labels,
+    }
+    job = stack.submit(spec)
+
+    # Bad specs while it trains: each a 422 naming its field.
+    problems = refused(stack, {**spec, "adapter": {"r": 4}})
+    assert [p["loc"] for p in problems] == [["adapter"]], problems
+    unused = {**spec, "training_args": {**training_args, "remove_unused_columns": True}}
+    problems = refused(stack, unused)
+    assert [p["loc"] for p in problems] == [["training_args", "remove_unused_columns"]]
+    inline_rows = [{"image": train_rows[0]["image"], "label": 1}] * 4
+    inline_rows[2] = {"image": "digit.png", "label": 1}
+    inline = {**spec, "dataset": {"rows": inline_rows, "eval_fraction": 0.5}}
+    problems = refused(stack, inline)
+    assert [p["loc"] for p in problems] == [["dataset", "rows", 2, "image"]], problems
+
+    # A file that is not an image: the job fails with reason `data`, naming it.
+    not_an_image = digits / "not-an-image.png"
+    not_an_image.write_text("these bytes are no PNG")
+    bad_file = digits / "bad.jsonl"
+    bad = [*eval_rows[:5], {"image": str(not_an_image), "label": 3}]
+    bad_file.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    bad_spec = {**spec, "name": "digits-bad", "dataset": {"files": {"train": str(bad_file)}}}
+    bad_spec["training_args"] = {**training_args, "eval_strategy": "no"}
+    failed = stack.wait(stack.submit(bad_spec)["id"])
+    assert failed["status"] == "failed" and failed["error"]["reason"] == "data", failed["error"]
+    assert (
+        f"row 5 of the train split: {str(not_an_image)!r} is not an image"
+        in (failed["error"]["message"])
+    )
+
+    done = stack.wait(job["id"], timeout=600)
+    assert done["status"] == "succeeded", done["error"]
+    with threads_of_the_jobs():
+        plain = plain_images.image_classification_on_files(
+            train_file,
+            validation_file,
+            labels=labels,
+            image_size=TINY_VIT["image_size"],
+            model_config=TINY_VIT,
+            training_args=training_args,
+            output_dir=tmp_path / "plain",
+        )
+    assert_same_run(stack, done, plain)
+
+    last = logged(stack, done["id"], "eval")[-1][1]
+    print(
+        f"\ndigits accuracy {last['eval_accuracy']:.3f}, macro F1 {last['eval_f1']:.3f}"
+        " after 100 steps, against 0.1 for chance"
+    )
+    assert last["eval_accuracy"] >= 0.5
+
+    fresh = predict_in_fresh_process(
+        stack, done["id"], tmp_path, {"task": "image-classification", "rows": eval_rows}
+    )
+    assert fresh == {"accuracy": last["eval_accuracy"], "f1": last["eval_f1"]}

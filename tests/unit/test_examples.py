@@ -38,6 +38,7 @@ def test_the_examples_are_the_ones_promised() -> None:
         "tiny-ner-offline.json",
         "tiny-qa-offline.json",
         "tiny-seq2seq-offline.json",
+        "tiny-vit-digits.json",
         "chat-sft.json",
         "dpo-after-sft.json",
     }

@@ -1,10 +1,13 @@
 """Unit level of the seq2seq and image-classification recipes: the streamed metrics against
 the libraries' scores of everything at once, the targets' end-of-sequence token, the
-generation config, the checks at submit (the full service path:
+generation config, each image checked from its header (not an image, a decompression bomb,
+over the limits, outside the allowed paths), the checks at submit (the full service path:
 tests/integration/test_seq2seq_and_images.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,3 +107,89 @@ def test_seq2seq_checks_at_submit() -> None:
         ("preprocessing", "max_target_length"): 12,
         ("generation", "max_length"): 128,
     }
+
+
+# --- image-classification -------------------------------------------------------------
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header (IHDR, with a valid CRC) claims `width` x `height`: what a
+    decompression bomb shows before anything is decoded."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data[12:29]  # the chunk type and its 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.fixture
+def image_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    from traindepot.settings import get_settings
+
+    monkeypatch.setenv("TRAINDEPOT_ALLOWED_PATHS", str(tmp_path))
+    monkeypatch.setenv("TRAINDEPOT_MAX_IMAGE_BYTES", "500")
+    monkeypatch.setenv("TRAINDEPOT_MAX_IMAGE_PIXELS", "1000")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_images_are_checked_from_their_header_and_named_when_refused(image_settings: Path) -> None:
+    from PIL import Image
+
+    from worker.errors import DataError
+    from worker.image_classification import checked_image
+
+    good = image_settings / "good.png"
+    Image.new("RGB", (20, 20)).save(good)
+    assert checked_image(str(good), "row 0") == str(good.resolve())
+    hub_value = {"bytes": good.read_bytes(), "path": "good.png"}
+    assert checked_image(hub_value, "row 0") == hub_value
+
+    cases: list[tuple[Any, str]] = []
+    text = image_settings / "notes.png"
+    text.write_text("no image here")
+    cases.append((str(text), f"row 1: {str(text)!r} is not an image PIL can read"))
+    bomb = image_settings / "bomb.png"
+    bomb.write_bytes(png_claiming(100_000, 100_000))
+    cases.append((str(bomb), f"row 2: image {str(bomb)!r} is a decompression bomb"))
+    wide = image_settings / "wide.png"
+    wide.write_bytes(png_claiming(40, 40))
+    cases.append((str(wide), f"row 3: image {str(wide)!r} is 40 x 40 pixels; the server's limit"))
+    heavy = image_settings / "heavy.png"
+    Image.effect_noise((30, 30), 100).save(heavy)
+    cases.append((str(heavy), f"row 4: image {str(heavy)!r} has"))
+    cases.append(("/etc/hostname", "row 5: '/etc/hostname' is outside the allowed paths"))
+    for index, (value, message) in enumerate(cases, start=1):
+        with pytest.raises(DataError) as caught:
+            checked_image(value, f"row {index}")
+        assert message in str(caught.value)
+        assert caught.value.reason == "data"
+
+
+def test_image_classification_checks_at_submit() -> None:
+    from traindepot.recipes.image_classification import TINY_VIT
+
+    spec = validate_spec(
+        {
+            "name": "digits",
+            "task": "image-classification",
+            "model": {"from_config": dict(TINY_VIT)},
+            "tokenizer": {"builtin": "byte-level"},
+            "dataset": {"rows": [{"image": "/data/a.png", "label": 0}, {"image": 3, "label": 1}]},
+            "training_args": {"remove_unused_columns": True},
+        }
+    )
+    problems = recipe_for(spec).check(spec)
+    assert [p.loc for p in problems] == [
+        ("tokenizer",),
+        ("training_args", "remove_unused_columns"),
+        ("dataset", "rows", 1, "image"),
+    ]

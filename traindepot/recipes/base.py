@@ -67,6 +67,10 @@ class Recipe:
     #: peft's `TaskType` name for a LoRA adapter on this recipe's model (`CAUSAL_LM`,
     #: `SEQ_CLS`, ...); None: the recipe takes no adapter (a spec asking for one is a 422).
     adapter_task_type: ClassVar[str | None] = None
+    #: Whether the task reads text with a tokenizer (a model from a config then needs the
+    #: spec's `tokenizer`); False for a task on other inputs (images), whose processor comes
+    #: from `processing_class`.
+    takes_text: ClassVar[bool] = True
 
     # --- API side: pure, no torch ------------------------------------------------------
     def examples(self) -> dict[str, Example]:

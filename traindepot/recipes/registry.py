@@ -43,6 +43,7 @@ _BUILT_IN = (
     "traindepot.recipes.token_classification:TokenClassificationRecipe",
     "traindepot.recipes.question_answering:QuestionAnsweringRecipe",
     "traindepot.recipes.seq2seq:Seq2SeqRecipe",
+    "traindepot.recipes.image_classification:ImageClassificationRecipe",
     "traindepot.recipes.sft:SFTRecipe",
     "traindepot.recipes.dpo:DPORecipe",
 )
