@@ -12,7 +12,9 @@ other two recipes:
   (plain_predict.py: `generate`; the image-classification pipeline), reproduces the job's
   last evaluation;
 - bad input: 422s naming the field; a file that is not an image fails the job with reason
-  `data` naming the file.
+  `data` naming the file;
+- the image job, its worker SIGKILLed after a checkpoint and the job resumed by a new
+  worker, gives the uninterrupted job's losses and evaluations.
 
 Run with `-s` to see the figures.
 """
@@ -20,6 +22,7 @@ Run with `-s` to see the figures.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,8 @@ from datasets import Dataset
 
 from tests.generated_tasks import cipher_pairs, digit_images
 from tests.integration import plain_images, plain_seq2seq
-from tests.integration.conftest import Stack, threads_of_the_jobs
+from tests.integration.conftest import Stack, process_gone, threads_of_the_jobs
+from tests.integration.test_faults import live_worker, training_child, wait_for
 from tests.integration.test_tagging_and_qa import (
     assert_same_run,
     logged,
@@ -153,7 +157,8 @@ def test_image_classification(stack: Stack, tmp_path: Path) -> None:
         "logging_steps": 10,
         "eval_strategy": "steps",
         "eval_steps": 50,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": 25,
         "use_cpu": True,
         "seed": 7,
         "dataloader_num_workers": 0,
@@ -171,6 +176,21 @@ def test_image_classification(stack: Stack, tmp_path: Path) -> None:
         "label_names": labels,
     }
     job = stack.submit(spec)
+    # The same job, its worker SIGKILLed once a checkpoint past step 25 is whole: resumed,
+    # it must give the uninterrupted job's losses and evaluations.
+    killed = stack.submit({**spec, "name": "digits-killed"})
+    output = stack.job_dir(killed["id"]) / "output"
+    wait_for(
+        "a whole checkpoint past step 25",
+        lambda: (output / "checkpoint-50" / "trainer_state.json").is_file(),
+        timeout=300,
+    )
+    worker = live_worker(stack)
+    child = training_child(worker.pid, stack.job_dir(killed["id"]))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    wait_for("the training child to die with its worker", lambda: process_gone(child), 30)
+    stack.start_worker("after-digits-kill")
 
     # Bad specs while it trains: each a 422 naming its field.
     problems = refused(stack, {**spec, "adapter": {"r": 4}})
@@ -224,3 +244,20 @@ def test_image_classification(stack: Stack, tmp_path: Path) -> None:
         stack, done["id"], tmp_path, {"task": "image-classification", "rows": eval_rows}
     )
     assert fresh == {"accuracy": last["eval_accuracy"], "f1": last["eval_f1"]}
+
+    resumed = stack.wait(killed["id"], timeout=600)
+    assert resumed["status"] == "succeeded", resumed["error"]
+    assert resumed["attempt"] == 2
+    assert (stack.attempts(killed["id"])[1]["resumed_from_step"] or 0) >= 25
+    assert stack.train_losses(killed["id"]) == stack.train_losses(done["id"])
+
+    def evaluations(job_id: str) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            (
+                step,
+                {k: v for k, v in values.items() if "runtime" not in k and "per_second" not in k},
+            )
+            for step, values in logged(stack, job_id, "eval")
+        ]
+
+    assert evaluations(killed["id"]) == evaluations(done["id"])

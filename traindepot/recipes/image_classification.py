@@ -100,9 +100,9 @@ class ImageClassificationRecipe(Recipe):
                     "dataset": {
                         "rows": [
                             {"image": f"/srv/traindepot-data/digits/digit-{i}.png", "label": i % 10}
-                            for i in range(200)
+                            for i in range(40)
                         ],
-                        "eval_fraction": 0.2,
+                        "eval_fraction": 0.25,
                         "image_column": "image",
                         "label_column": "label",
                         "label_names": [str(digit) for digit in range(10)],
@@ -173,6 +173,12 @@ class ImageClassificationRecipe(Recipe):
         from transformers import DefaultDataCollator
 
         return DefaultDataCollator()
+
+    def trainer_class(self) -> Any:
+        # ViT's weights are renamed on save: resuming must convert them back.
+        from worker.trainers import RenamedWeightsTrainer
+
+        return RenamedWeightsTrainer
 
     def training_args_kwargs(self, spec: JobSpec) -> dict[str, Any]:
         return {"remove_unused_columns": False}
