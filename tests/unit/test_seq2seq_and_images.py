@@ -193,3 +193,64 @@ def test_image_classification_checks_at_submit() -> None:
         ("training_args", "remove_unused_columns"),
         ("dataset", "rows", 1, "image"),
     ]
+
+
+def test_a_seq2seq_lora_job_trains_and_exports_its_generation_config(tmp_path: Path) -> None:
+    from traindepot.limits import check_limits
+    from traindepot.settings import get_settings
+    from worker.builders import build_trainer
+    from worker.export import save_final_model
+
+    spec = validate_spec(
+        seq2seq_spec(
+            adapter={"r": 4},
+            generation={"max_length": 16},
+            training_args={"max_steps": 2, "eval_strategy": "steps", "eval_steps": 2},
+        )
+    )
+    assert check_limits(spec, get_settings()) == []
+    trainer = build_trainer(spec, tmp_path / "output")
+    trainer.train()
+    evaluation = [h for h in trainer.state.log_history if "eval_rougeL" in h]
+    assert len(evaluation) == 1
+    (tmp_path / "job").mkdir()
+    model = save_final_model(trainer, spec, tmp_path / "job", "job", 1, {})
+    assert model is not None
+    files = {p.name for p in model.iterdir()}
+    assert {"adapter_model.safetensors", "generation_config.json"} <= files
+    assert '"max_length": 16' in (model / "generation_config.json").read_text()
+
+
+def test_images_of_an_image_feature_are_checked_and_processed(image_settings: Path) -> None:
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    from traindepot.recipes.image_classification import TINY_VIT, ImageClassificationSpec
+    from worker.image_classification import image_processor, prepare_image_data
+
+    paths = []
+    for index in range(4):
+        path = image_settings / f"{index}.png"
+        PILImage.new("L", (8, 8), color=index * 60).save(path)
+        paths.append(str(path))
+    table = image_settings / "images.parquet"
+    data = Dataset.from_dict({"picture": paths, "digit": ["a", "b", "a", "b"]})
+    data.cast_column("picture", Image()).to_parquet(str(table))  # bytes inside, like the Hub
+    spec = validate_spec(
+        {
+            "name": "hub-like",
+            "task": "image-classification",
+            "model": {"from_config": dict(TINY_VIT)},
+            "dataset": {
+                "files": {"train": str(table)},
+                "image_column": "picture",
+                "label_column": "digit",
+            },
+        }
+    )
+    assert isinstance(spec, ImageClassificationSpec)
+    prepared = prepare_image_data(spec, image_processor(spec))
+    assert prepared.label_names == ["a", "b"]
+    batch = prepared.train[:4]
+    assert tuple(batch["pixel_values"].shape) == (4, 3, 8, 8)
+    assert batch["labels"] == [0, 1, 0, 1]
