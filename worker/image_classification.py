@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from traindepot.localpaths import PathRefused, resolve_allowed
 from traindepot.settings import get_settings
-from worker.data import Datasets, load_raw, require_columns
+from worker.data import Datasets, load_raw, map_rows, require_columns
 from worker.errors import DataError
 from worker.guarded import model_source
 from worker.labels import label_mapping
@@ -143,10 +143,7 @@ def prepare_image_data(spec: ImageClassificationSpec, processor: Any) -> Dataset
             ]
             return {"image": images, "labels": [to_id(v) for v in batch[ds.label_column]]}
 
-        out = split.map(check, batched=True, with_indices=True, remove_columns=split.column_names)
-        if len(out) == 0:
-            raise DataError(f"the {split_name} split has no examples")
-        return out.with_transform(transform)
+        return map_rows(split, check, split_name).with_transform(transform)
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
         pixels = processor([decoded(v) for v in batch["image"]], return_tensors="pt")
