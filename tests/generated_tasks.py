@@ -6,11 +6,15 @@ seeded, small, learnable by a tiny model but not by a trivial rule.
 - QA rows: a context of three shuffled facts about one person (where they live, where they
   work, what they like), and a question about one fact; some contexts are long enough to be
   cut into several windows.
+- Seq2seq pairs: three or four words of a small vocabulary, and the same words enciphered
+  letter by letter (ROT13): learnable, while copying the source scores no ROUGE at all.
 """
 
 from __future__ import annotations
 
+import codecs
 import random
+from pathlib import Path
 from typing import Any
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Emil", "Farah", "Goran", "Hana", "Ivan", "Jana",
@@ -93,3 +97,34 @@ def qa_rows(count: int, *, seed: int, filler: int = 0) -> list[dict[str, Any]]:
 def first_sentence(context: str) -> str:
     """The "first sentence" baseline's answer."""
     return context.split(". ")[0].rstrip(".") + "."
+
+
+CIPHER_WORDS = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain",
+                "snow", "milk", "lamp", "road", "ship", "king"]  # fmt: skip
+
+
+def cipher_pairs(count: int, *, seed: int) -> list[dict[str, str]]:
+    """`count` rows `{"source": "cat sun tree", "target": "png fha gerr"}` (ROT13)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        source = " ".join(rng.sample(CIPHER_WORDS, rng.randint(3, 4)))
+        rows.append({"source": source, "target": codecs.encode(source, "rot13")})
+    return rows
+
+
+def digit_images(directory: Path, *, start: int, count: int) -> list[dict[str, Any]]:
+    """scikit-learn's 8x8 digits `start..start+count` written as grey PNG files into
+    `directory`: rows `{"image": path, "label": digit}`."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(start, start + count):
+        pixels = (digits.images[index] * (255 / 16)).round().astype("uint8")
+        path = directory / f"digit-{index}.png"
+        Image.fromarray(pixels, mode="L").save(path)
+        rows.append({"image": str(path), "label": int(digits.target[index])})
+    return rows

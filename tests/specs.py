@@ -76,6 +76,8 @@ BUILT_IN_TASKS = {
     "sequence-classification",
     "token-classification",
     "question-answering",
+    "seq2seq",
+    "image-classification",
     "sft",
     "dpo",
 }

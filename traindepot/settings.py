@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     # Rows of a job's train split once loaded (files and Hub datasets, whose size the API
     # cannot know at submit; `dataset.max_samples` takes fewer), checked by the worker.
     max_dataset_rows: int = Field(default=10_000_000, gt=0)
+    # Each image of an image-classification job: its file's (or hub value's) bytes, and its
+    # width x height, read from its header before it is decoded (a decompression bomb).
+    max_image_bytes: int = Field(default=20 * 1024**2, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
     # `limits.max_runtime_seconds`: applied when a spec gives none, and its ceiling.
     default_max_runtime_seconds: float = Field(default=24 * 3600.0, gt=0)
     max_runtime_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)

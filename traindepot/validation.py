@@ -68,7 +68,8 @@ def consistency_problems(spec: JobSpec) -> list[Problem]:
     fields of other tasks' specs, and the recipe's own checks."""
     problems: list[Problem] = []
     ds, args = spec.dataset, spec.training_args
-    if spec.tokenizer is None and spec.model.from_config is not None:
+    takes_text = recipe_for(spec).takes_text
+    if takes_text and spec.tokenizer is None and spec.model.from_config is not None:
         problems.append(
             Problem(
                 ("tokenizer",),

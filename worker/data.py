@@ -85,6 +85,15 @@ def require_columns(splits: list[Dataset], columns: list[str]) -> None:
             )
 
 
+def map_rows(split: Dataset, encode: Callable[..., dict[str, Any]], split_name: str) -> Dataset:
+    """`split` mapped by batches through `encode(batch, indices)` (the indices name a bad
+    row in a DataError), its raw columns dropped; an empty result is a DataError."""
+    out = split.map(encode, batched=True, with_indices=True, remove_columns=split.column_names)
+    if len(out) == 0:
+        raise DataError(f"the {split_name} split has no examples")
+    return out
+
+
 def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> Any:
     """`tokenizer` if it is a fast (Rust) one, else a ConfigError: `word_ids()` and offset
     mappings exist only there."""

@@ -10,7 +10,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, Sequence
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
-from worker.data import Datasets, load_raw, require_columns
+from worker.data import Datasets, load_raw, map_rows, require_columns
 from worker.errors import DataError
 
 if TYPE_CHECKING:
@@ -144,10 +144,7 @@ def prepare_tagged_data(
             ]
             return out
 
-        out = split.map(encode, batched=True, with_indices=True, remove_columns=split.column_names)
-        if len(out) == 0:
-            raise DataError(f"the {split_name} split has no examples")
-        return out
+        return map_rows(split, encode, split_name)
 
     return Datasets(
         train=prepare(train, "train"),

@@ -5,6 +5,7 @@ never import TRL."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer
@@ -28,3 +29,51 @@ class PerplexityMixin:
 
 class PerplexityTrainer(PerplexityMixin, Trainer):
     """The `Trainer`, with the perplexity of every evaluation."""
+
+
+class RenamedWeightsMixin:
+    """Checkpoints of a model whose saved weight names are not its modules' names, loaded
+    with the names converted.
+
+    transformers 5 renames some models' weights when it saves them (ViT's
+    `vit.layers.0.attention.q_proj` is saved as `vit.encoder.layer.0.attention.attention.query`)
+    and converts them back in `from_pretrained`; the Trainer's resume and
+    `load_best_model_at_end` load the checkpoint's file as it is, with `strict=False`, so
+    every renamed weight would silently keep its fresh initialisation. When the
+    checkpoint's names are not all the model's, the weights are loaded by `from_pretrained`
+    (which converts them) and copied in; otherwise the Trainer loads them as usual."""
+
+    def _load_converted(self, checkpoint: str | None, model: Any) -> bool:
+        from safetensors import safe_open
+        from transformers import PreTrainedModel
+
+        weights = Path(checkpoint or "") / "model.safetensors"
+        if (
+            checkpoint is None
+            or not isinstance(model, PreTrainedModel)
+            or not weights.is_file()
+            or getattr(self, "is_fsdp_enabled", False)
+            or getattr(self, "is_deepspeed_enabled", False)
+        ):
+            return False
+        with safe_open(str(weights), "pt") as saved:
+            names = set(saved.keys())
+        if names <= set(model.state_dict()):
+            return False
+        loaded = type(model).from_pretrained(checkpoint, dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict())
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        target = model if model is not None else self.model  # type: ignore[attr-defined]
+        if not self._load_converted(resume_from_checkpoint, target):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint  # type: ignore[attr-defined]
+        if not self._load_converted(best, self.model):  # type: ignore[attr-defined]
+            super()._load_best_model()  # type: ignore[misc]
+
+
+class RenamedWeightsTrainer(RenamedWeightsMixin, Trainer):
+    """The `Trainer`, resuming (and loading its best model) with renamed weights converted."""

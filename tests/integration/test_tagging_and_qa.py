@@ -183,8 +183,11 @@ def test_token_classification(stack: Stack, tmp_path: Path) -> None:
 def test_question_answering(stack: Stack, tmp_path: Path) -> None:
     from torchmetrics.functional.text import squad
 
-    train_rows = qa_rows(256, seed=3, filler=3)
-    eval_rows = qa_rows(48, seed=4, filler=3)
+    # Three facts a context (longer than one window of 64 byte-level tokens with its
+    # question); filler sentences made the task too hard for this tiny model in few steps
+    # (EM 4.2 after 80 steps, 18.8 after 160, against 25.0 without filler after 160).
+    train_rows = qa_rows(256, seed=3)
+    eval_rows = qa_rows(48, seed=4)
     train_file = stack.data_dir / "qa-train.jsonl"
     validation_file = stack.data_dir / "qa-validation.jsonl"
     for path, data in ((train_file, train_rows), (validation_file, eval_rows)):
@@ -192,13 +195,13 @@ def test_question_answering(stack: Stack, tmp_path: Path) -> None:
     window = {"max_length": 64, "stride": 24}
     search = {"n_best": 10, "max_answer_length": 12}
     training_args = {
-        "max_steps": 80,
+        "max_steps": 160,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 16,
         "learning_rate": 3e-3,
         "logging_steps": 10,
         "eval_strategy": "steps",
-        "eval_steps": 40,
+        "eval_steps": 80,
         "save_strategy": "no",
         "use_cpu": True,
         "seed": 7,
@@ -265,10 +268,9 @@ def test_question_answering(stack: Stack, tmp_path: Path) -> None:
         f" untrained {untrained['eval_exact_match']:.1f} / {untrained['eval_f1']:.1f},"
         f" first sentence {float(baseline['exact_match']):.1f} / {float(baseline['f1']):.1f}"
     )
-    # Measured: 4.2 EM after 80 steps against 0 for both baselines: learning, but weakly;
-    # more steps or a larger model would be needed for a wide margin.
-    assert last["eval_exact_match"] > float(baseline["exact_match"])
-    assert last["eval_exact_match"] > untrained["eval_exact_match"]
+    assert last["eval_exact_match"] >= float(baseline["exact_match"]) + 15
+    assert last["eval_f1"] >= float(baseline["f1"]) + 10
+    assert last["eval_exact_match"] >= untrained["eval_exact_match"] + 15
 
     fresh = predict_in_fresh_process(
         stack,

@@ -37,6 +37,8 @@ def test_the_examples_are_the_ones_promised() -> None:
         "tiny-offline.json",
         "tiny-ner-offline.json",
         "tiny-qa-offline.json",
+        "tiny-seq2seq-offline.json",
+        "tiny-vit-digits.json",
         "chat-sft.json",
         "dpo-after-sft.json",
     }

@@ -75,6 +75,10 @@ class Recipe:
     #: knows the adapter is new, so the base with it disabled is the reference); False:
     #: the core does, and `TrainerParts.model` is the peft model.
     trainer_applies_adapter: ClassVar[bool] = False
+    #: Whether the task reads text with a tokenizer (a model from a config then needs the
+    #: spec's `tokenizer`); False for a task on other inputs (images), whose processor comes
+    #: from `processing_class`.
+    takes_text: ClassVar[bool] = True
 
     # --- API side: pure, no torch ------------------------------------------------------
     def examples(self) -> dict[str, Example]:

@@ -42,6 +42,8 @@ _BUILT_IN = (
     "traindepot.recipes.sequence_classification:SequenceClassificationRecipe",
     "traindepot.recipes.token_classification:TokenClassificationRecipe",
     "traindepot.recipes.question_answering:QuestionAnsweringRecipe",
+    "traindepot.recipes.seq2seq:Seq2SeqRecipe",
+    "traindepot.recipes.image_classification:ImageClassificationRecipe",
     "traindepot.recipes.sft:SFTRecipe",
     "traindepot.recipes.dpo:DPORecipe",
 )
