@@ -1,0 +1,300 @@
+"""Issue 26: hyperparameter sweeps whose trials are ordinary jobs (db/sweeps.py), on the real
+stack: a worker of 2 CPU slots of its own (queue `sweeps`), real Optuna studies in the
+stack's PostgreSQL (schema `optuna`).
+
+- bad sweeps are 422s that name the path: a space over an unknown field, a log low of 0, a
+  categorical of mixed types, `max_concurrent_trials` over the tenant's running quota, a
+  value at an end of the space that the spec rules refuse;
+- with 2 slots and `max_concurrent_trials` 2, two trials run at once and never three (a
+  third waits queued: the claim holds the cap); cancelling the sweep leaves no trial queued
+  or running and none RUNNING in the study;
+- the median pruner stops the bad trials at the evaluation that decided it (nothing saved
+  after it, `cancelled` with reason `pruned`, partial TrainOutput kept); the best trial's
+  model downloads from the sweep; "retrain with best params" is one call;
+- a worker SIGKILLed mid-sweep, twice, loses no trial: the study's trials equal the jobs,
+  none stays RUNNING, and the sweep ends.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.specs import tiny_spec
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "sweeps"
+
+
+def base_spec(**training_args: Any) -> dict[str, Any]:
+    """A tiny causal LM that evaluates every 2 steps on a held-out fifth of its rows."""
+    return tiny_spec(
+        name="sweep-base",
+        queue=QUEUE,
+        dataset={"eval_fraction": 0.25},
+        training_args={
+            "max_steps": 8,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "logging_steps": 2,
+            **training_args,
+        },
+    )
+
+
+def sweep_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "lr-sweep",
+        "base": base_spec(),
+        "search_space": {
+            "training_args.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+        },
+        "sampler": "random",
+        "max_trials": 4,
+        "max_concurrent_trials": 2,
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture(scope="module")
+def slots2(stack: Stack) -> Iterator[Stack]:
+    """The session stack with a worker of 2 CPU slots on the `sweeps` queue."""
+    with stack.extra_worker("sweeps", queues=QUEUE, args=("--slots", "2")):
+        yield stack
+
+
+def submit(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    response = stack.http.post("/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+def wait_sweep(stack: Stack, sweep_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc: dict[str, Any] = stack.http.get(f"/sweeps/{sweep_id}").json()
+        if doc["status"] in ("succeeded", "cancelled"):
+            return doc
+        assert time.monotonic() < deadline, f"sweep still {doc['status']}: {doc}"
+        time.sleep(0.3)
+
+
+def trial_statuses(stack: Stack, sweep_id: str) -> list[str]:
+    rows = stack.sql(
+        "SELECT status FROM jobs WHERE sweep_id = %s ORDER BY trial_number", uuid.UUID(sweep_id)
+    )
+    return [str(r[0]) for r in rows]
+
+
+def study_states(stack: Stack, sweep_id: str) -> list[str]:
+    rows = stack.sql(
+        "SELECT t.state FROM optuna.trials t JOIN optuna.studies s USING (study_id)"
+        " WHERE s.study_name = %s ORDER BY t.number",
+        f"sweep-{sweep_id}",
+    )
+    return [str(r[0]) for r in rows]
+
+
+def problems(response: Any) -> list[tuple[list[Any], str]]:
+    assert response.status_code == 422, response.text
+    return [(p["loc"], p["type"]) for p in response.json()["detail"]]
+
+
+def test_bad_sweeps_are_422s_naming_the_path(stack: Stack) -> None:
+    http = stack.http
+    lr = "training_args.learning_rate"
+
+    unknown = sweep_body(
+        search_space={"training_args.learnin_rate": {"type": "float", "low": 0.1, "high": 1}}
+    )
+    assert (["search_space", "training_args.learnin_rate"], "unknown_field") in problems(
+        http.post("/sweeps", json=unknown)
+    )
+    log_zero = sweep_body(search_space={lr: {"type": "float", "low": 0, "high": 1, "log": True}})
+    assert (["search_space", lr, "low"], "log_low_not_positive") in problems(
+        http.post("/sweeps", json=log_zero)
+    )
+    mixed = sweep_body(
+        search_space={
+            "training_args.per_device_train_batch_size": {
+                "type": "categorical",
+                "choices": [2, "4"],
+            }
+        }
+    )
+    assert (
+        ["search_space", "training_args.per_device_train_batch_size", "choices"],
+        "choices_mixed_types",
+    ) in problems(http.post("/sweeps", json=mixed))
+    # The default running quota of a tenant is 8 jobs at once.
+    assert (["max_concurrent_trials"], "over_quota") in problems(
+        http.post("/sweeps", json=sweep_body(max_concurrent_trials=9))
+    )
+    # An end of the space that the spec's rules refuse: a batch of 0.
+    zero_batch = sweep_body(
+        search_space={
+            "training_args.per_device_train_batch_size": {"type": "int", "low": 0, "high": 4}
+        }
+    )
+    found = problems(http.post("/sweeps", json=zero_batch))
+    assert [loc for loc, _ in found] == [
+        ["search_space", "training_args.per_device_train_batch_size"]
+    ]
+    # A base spec that never evaluates has no objective.
+    no_eval = sweep_body(base=tiny_spec(queue=QUEUE))
+    assert (["objective", "metric"], "no_evaluation") in problems(
+        http.post("/sweeps", json=no_eval)
+    )
+    assert stack.sql("SELECT count(*) FROM sweeps WHERE name = 'lr-sweep'") == [(0,)]
+
+
+def test_two_trials_run_at_once_never_three_and_cancel_stops_them_all(slots2: Stack) -> None:
+    stack = slots2
+    body = sweep_body(
+        base=base_spec(max_steps=100_000, eval_steps=50, logging_steps=10),
+        max_trials=6,
+        max_concurrent_trials=2,
+    )
+    sweep = submit(stack, body)
+    sweep_id = sweep["id"]
+    most = 0
+    deadline = time.monotonic() + 120
+    statuses = trial_statuses(stack, sweep_id)
+    while statuses.count("running") < 2:
+        most = max(most, statuses.count("running"))
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.1)
+        statuses = trial_statuses(stack, sweep_id)
+    # Both slots busy, and a third trial asked ahead, queued: the claim, not the driver,
+    # keeps it waiting.
+    assert statuses.count("queued") == 1
+    for _ in range(30):
+        statuses = trial_statuses(stack, sweep_id)
+        most = max(most, statuses.count("running"))
+        time.sleep(0.1)
+    assert most == 2 and statuses.count("queued") == 1
+
+    response = stack.http.post(f"/sweeps/{sweep_id}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] in ("cancelling", "cancelled"), response.json()
+    doc = wait_sweep(stack, sweep_id, timeout=120)
+    assert doc["status"] == "cancelled"
+    statuses = trial_statuses(stack, sweep_id)
+    assert "queued" not in statuses and "running" not in statuses
+    assert set(statuses) == {"cancelled"}
+    states = study_states(stack, sweep_id)
+    assert len(states) == len(statuses) and "RUNNING" not in states
+    assert stack.http.post(f"/sweeps/{sweep_id}/cancel").status_code == 409
+
+
+def test_the_median_pruner_stops_bad_trials_and_the_best_model_downloads(slots2: Stack) -> None:
+    stack = slots2
+    # The grid's order for seed 0 and 4 points is points 2, 3, 1, 0: two good learning
+    # rates complete first, then two that barely learn are pruned at their first
+    # evaluation against the median of the completed ones.
+    body = sweep_body(
+        search_space={
+            "training_args.learning_rate": {
+                "type": "categorical",
+                "choices": [1e-7, 2e-7, 1e-2, 5e-3],
+            }
+        },
+        sampler="grid",
+        pruner="median",
+        max_trials=10,  # the grid's 4 points
+        max_concurrent_trials=1,
+    )
+    sweep = submit(stack, body)
+    assert sweep["max_trials"] == 4
+    doc = wait_sweep(stack, sweep["id"])
+    assert doc["status"] == "succeeded"
+    states = {t["number"]: t["state"] for t in doc["trials"]}
+    assert states == {0: "complete", 1: "complete", 2: "pruned", 3: "pruned"}
+    for trial in doc["trials"]:
+        job = stack.get(trial["job_id"])
+        if trial["state"] == "pruned":
+            assert job["status"] == "cancelled"
+            assert job["error"]["reason"] == "pruned"
+            step = job["error"]["step"]
+            # Stopped at the evaluation that decided it: no step trained after it, the
+            # partial TrainOutput kept, no model and no checkpoint saved.
+            assert job["result"]["global_step"] == step == 2
+            assert max(stack.train_steps(trial["job_id"]) or [0]) <= step
+            assert not (stack.job_dir(trial["job_id"]) / "model").exists()
+        else:
+            assert job["status"] == "succeeded"
+            assert trial["value"] == min(trial["intermediate"].values())
+    best = doc["best"]
+    assert best["number"] in (0, 1)
+    assert best["value"] == min(t["value"] for t in doc["trials"] if t["value"] is not None)
+
+    tar = stack.http.get(f"/sweeps/{sweep['id']}/model.tar")
+    assert tar.status_code == 200
+    own = stack.http.get(f"/jobs/{best['job_id']}/model.tar")
+    assert tar.content == own.content
+    with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
+        assert "model/manifest.json" in archive.getnames()
+
+    retrain = stack.http.post(f"/sweeps/{sweep['id']}/retrain")
+    assert retrain.status_code == 201, retrain.text
+    job = retrain.json()
+    assert (
+        job["spec"]["training_args"]["learning_rate"]
+        == best["params"]["training_args.learning_rate"]
+    )
+    assert job["spec"]["tags"]["retrained_from_sweep"] == sweep["id"]
+    assert stack.wait(job["id"])["status"] == "succeeded"
+
+
+def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
+    sweep = submit(
+        stack,
+        sweep_body(
+            base=base_spec(
+                max_steps=16, save_strategy="steps", save_steps=4, eval_steps=8, logging_steps=4
+            ),
+            max_trials=2,
+            max_concurrent_trials=1,
+        ),
+    )
+    sweep_id = sweep["id"]
+    for kill in range(2):
+        with stack.extra_worker(f"sweeps-kill-{kill}", queues=QUEUE) as worker:
+            # A trial of this worker has logged twice (a checkpoint every 4 steps).
+            deadline = time.monotonic() + 180
+            while not stack.sql(
+                "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
+                " AND (SELECT count(*) FROM job_metrics m WHERE m.job_id = j.id"
+                " AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
+                uuid.UUID(sweep_id),
+            ):
+                assert time.monotonic() < deadline, trial_statuses(stack, sweep_id)
+                time.sleep(0.1)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+    with stack.extra_worker("sweeps-after", queues=QUEUE):
+        doc = wait_sweep(stack, sweep_id, timeout=300)
+    assert doc["status"] == "succeeded"
+    statuses = trial_statuses(stack, sweep_id)
+    states = study_states(stack, sweep_id)
+    assert len(states) == len(statuses) == 2
+    assert "RUNNING" not in states
+    assert set(statuses) == {"succeeded"} and set(states) == {"COMPLETE"}
+    resumed = stack.sql(
+        "SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
+        " WHERE j.sweep_id = %s AND a.resumed_from_step IS NOT NULL",
+        uuid.UUID(sweep_id),
+    )
+    assert resumed[0][0] >= 1
