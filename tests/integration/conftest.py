@@ -57,8 +57,8 @@ TEST_SETTINGS = {
     "warm-on,warm-off,"
     # test_job_actions.py and test_cancel.py: a worker only while its job runs
     "same-doc,prompt-cancel,"
-    # test_sweeps.py: a worker of 2 CPU slots of its own
-    "sweeps",
+    # test_sweeps.py: a worker of 2 CPU slots of its own, and the fault test's workers
+    "sweeps,sweeps-kill",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",

@@ -24,6 +24,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -34,6 +35,8 @@ from tests.specs import tiny_spec
 pytestmark = pytest.mark.integration
 
 QUEUE = "sweeps"
+# The fault test's workers, apart from the 2-slot worker of the module.
+KILL_QUEUE = "sweeps-kill"
 
 
 def base_spec(**training_args: Any) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def base_spec(**training_args: Any) -> dict[str, Any]:
     )
 
 
-def sweep_body(**overrides: Any) -> dict[str, Any]:
+def sweep_body(*, queue: str = QUEUE, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": "lr-sweep",
         "base": base_spec(),
@@ -64,6 +67,7 @@ def sweep_body(**overrides: Any) -> dict[str, Any]:
         "max_concurrent_trials": 2,
     }
     body.update(overrides)
+    body["base"] = {**body["base"], "queue": queue}
     return body
 
 
@@ -259,32 +263,40 @@ def test_the_median_pruner_stops_bad_trials_and_the_best_model_downloads(slots2:
 
 
 def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
+    """Each worker is killed while a trial of its trains; the next one is already up (it
+    cannot take the trial waiting ahead: the cap is 1) and takes the reaped trial."""
     sweep = submit(
         stack,
         sweep_body(
             base=base_spec(
                 max_steps=16, save_strategy="steps", save_steps=4, eval_steps=8, logging_steps=4
             ),
+            queue=KILL_QUEUE,
             max_trials=2,
             max_concurrent_trials=1,
         ),
     )
     sweep_id = sweep["id"]
-    for kill in range(2):
-        with stack.extra_worker(f"sweeps-kill-{kill}", queues=QUEUE) as worker:
-            # A trial of this worker has logged twice (a checkpoint every 4 steps).
+    with ExitStack() as workers:
+        worker = workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))
+        for kill in range(2):
+            # A trial of this worker has logged twice in this attempt (a checkpoint at 4).
             deadline = time.monotonic() + 180
             while not stack.sql(
                 "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
-                " AND (SELECT count(*) FROM job_metrics m WHERE m.job_id = j.id"
-                " AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
+                " AND j.lease_owner LIKE %s AND (SELECT count(*) FROM job_metrics m"
+                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
                 uuid.UUID(sweep_id),
+                f"%:{worker.pid}",
             ):
                 assert time.monotonic() < deadline, trial_statuses(stack, sweep_id)
                 time.sleep(0.1)
-            os.kill(worker.pid, signal.SIGKILL)
-            worker.wait()
-    with stack.extra_worker("sweeps-after", queues=QUEUE):
+            killed = worker
+            worker = workers.enter_context(
+                stack.extra_worker(f"sweeps-kill-{kill + 1}", queues=KILL_QUEUE)
+            )
+            os.kill(killed.pid, signal.SIGKILL)
+            killed.wait()
         doc = wait_sweep(stack, sweep_id, timeout=300)
     assert doc["status"] == "succeeded"
     statuses = trial_statuses(stack, sweep_id)
