@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import jobs, studies, tenants
+from db import jobs, studies, tenants, webhooks
 from db.models import TERMINAL_STATUSES, Job, JobStatus, Sweep
 from db.session import session_scope
 from db.sweep_caps import ACTIVE_SWEEP
@@ -117,18 +117,38 @@ class Advanced:
     changed: bool = False
 
 
-def _tell(study: Any, number: int, job: Job, session: Session, sweep: SweepSpec) -> None:
+def _tell(study: Any, number: int, job: Job, session: Session, sweep: SweepSpec) -> Any:
+    """Tell the study how trial `number` ended; returns the state told and its value."""
     from optuna.trial import TrialState
 
     if job.status == JobStatus.SUCCEEDED:
         value = objective_value(session=session, job_id=job.id, sweep=sweep)
         if value is not None:
             study.tell(number, value, skip_if_finished=True)
-            return
+            return TrialState.COMPLETE, value
     if pruned(job):
         study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
-        return
+        return TrialState.PRUNED, None
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    return TrialState.FAIL, None
+
+
+def _event(session: Session, row: Sweep, event_type: str, trial: dict[str, Any] | None) -> None:
+    """A `sweep.*` webhook event, in this pass's transaction (db/webhooks.py)."""
+    summary = {
+        "id": str(row.id),
+        "name": row.name,
+        "tenant": row.tenant,
+        "status": row.status,
+        "max_trials": row.max_trials,
+        "max_concurrent_trials": row.max_concurrent_trials,
+    }
+    webhooks.add_sweep_event(
+        session=session,
+        tenant=row.tenant,
+        event_type=event_type,
+        data={"sweep": summary, "trial": trial},
+    )
 
 
 def _new_trial_job(
@@ -173,7 +193,16 @@ def advance(
             and trial.state == TrialState.RUNNING
             and job.status in TERMINAL_STATUSES
         ):
-            _tell(study, number, job, session, sweep)  # type: ignore[arg-type]
+            state, value = _tell(study, trial.number, job, session, sweep)
+            told = {
+                "number": trial.number,
+                "job_id": str(job.id),
+                "job_status": job.status,
+                "state": state.name.lower(),
+                "value": value,
+                "params": dict(trial.params),
+            }
+            _event(session, row, "sweep.trial_ended", told)
             done.changed = True
     for number, trial in trials.items():  # 2. materialize
         if trial.state == TrialState.RUNNING and number not in by_number:
@@ -214,6 +243,7 @@ def advance(
     if not ended and active == 0 and (not asking or count >= row.max_trials):  # 4. end
         row.status = "cancelled" if row.status == "cancelling" else "succeeded"
         row.finished_at = now
+        _event(session, row, f"sweep.{row.status}", None)
         done.changed = True
     elif done.changed:
         row.updated_at = now  # type: ignore[assignment]

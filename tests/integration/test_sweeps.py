@@ -18,8 +18,11 @@ stack's PostgreSQL (schema `optuna`).
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -30,6 +33,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Stack
+from tests.integration.test_webhooks import Receiver, wait_for
 from tests.specs import tiny_spec
 
 pytestmark = pytest.mark.integration
@@ -111,6 +115,17 @@ def study_states(stack: Stack, sweep_id: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env, "TRAINDEPOT_URL": stack.url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "traindepot.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def problems(response: Any) -> list[tuple[list[Any], str]]:
     assert response.status_code == 422, response.text
     return [(p["loc"], p["type"]) for p in response.json()["detail"]]
@@ -162,6 +177,12 @@ def test_bad_sweeps_are_422s_naming_the_path(stack: Stack) -> None:
         http.post("/sweeps", json=no_eval)
     )
     assert stack.sql("SELECT count(*) FROM sweeps WHERE name = 'lr-sweep'") == [(0,)]
+    # The CLI: exit 2, each problem named by its path.
+    path = stack.home / "bad-sweep.json"
+    path.write_text(json.dumps(log_zero))
+    refused = cli(stack, "sweep", "submit", str(path))
+    assert refused.returncode == 2
+    assert f"search_space.{lr}.low: a log distribution needs low > 0" in refused.stderr
 
 
 def test_two_trials_run_at_once_never_three_and_cancel_stops_them_all(slots2: Stack) -> None:
@@ -205,6 +226,20 @@ def test_two_trials_run_at_once_never_three_and_cancel_stops_them_all(slots2: St
 
 def test_the_median_pruner_stops_bad_trials_and_the_best_model_downloads(slots2: Stack) -> None:
     stack = slots2
+    receiver = Receiver()
+    hook = stack.http.post(
+        "/webhooks",
+        json={"url": receiver.url(), "events": ["sweep.trial_ended", "sweep.succeeded"]},
+    )
+    assert hook.status_code == 201, hook.text
+    try:
+        pruned_sweep_and_its_best_model(stack, receiver)
+    finally:
+        stack.http.delete(f"/webhooks/{hook.json()['id']}")
+        receiver.close()
+
+
+def pruned_sweep_and_its_best_model(stack: Stack, receiver: Receiver) -> None:
     # The grid's order for seed 0 and 4 points is points 2, 3, 1, 0: two good learning
     # rates complete first, then two that barely learn are pruned at their first
     # evaluation against the median of the completed ones.
@@ -244,6 +279,13 @@ def test_the_median_pruner_stops_bad_trials_and_the_best_model_downloads(slots2:
     assert best["number"] in (0, 1)
     assert best["value"] == min(t["value"] for t in doc["trials"] if t["value"] is not None)
 
+    # The CLI reads the same: `sweep best` prints it; `sweep status` lists the trials.
+    best_cli = cli(stack, "sweep", "best", sweep["id"])
+    assert best_cli.returncode == 0, best_cli.stderr
+    assert json.loads(best_cli.stdout) == best
+    status_cli = cli(stack, "sweep", "status", sweep["id"])
+    assert status_cli.returncode == 0 and "pruned" in status_cli.stdout
+
     tar = stack.http.get(f"/sweeps/{sweep['id']}/model.tar")
     assert tar.status_code == 200
     own = stack.http.get(f"/jobs/{best['job_id']}/model.tar")
@@ -260,6 +302,18 @@ def test_the_median_pruner_stops_bad_trials_and_the_best_model_downloads(slots2:
     )
     assert job["spec"]["tags"]["retrained_from_sweep"] == sweep["id"]
     assert stack.wait(job["id"])["status"] == "succeeded"
+
+    # The tenant's subscription heard each trial told once, then the sweep's end, signed.
+    def of_sweep() -> list[dict[str, Any]]:
+        return [r.event for r in receiver.received if r.event["data"]["sweep"]["id"] == sweep["id"]]
+
+    heard = wait_for("the sweep's events", lambda: len(of_sweep()) >= 5 and of_sweep())
+    assert sorted(e["type"] for e in heard) == ["sweep.succeeded"] + ["sweep.trial_ended"] * 4
+    told = sorted((e["data"]["trial"] or {}).get("number", -1) for e in heard)
+    assert told == [-1, 0, 1, 2, 3]
+    ended = [e["data"]["trial"] for e in heard if e["type"] == "sweep.trial_ended"]
+    states = {t["number"]: t["state"] for t in ended}
+    assert states == {0: "complete", 1: "complete", 2: "pruned", 3: "pruned"}
 
 
 def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
