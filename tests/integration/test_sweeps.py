@@ -279,6 +279,12 @@ def pruned_sweep_and_its_best_model(stack: Stack, receiver: Receiver) -> None:
     assert best["number"] in (0, 1)
     assert best["value"] == min(t["value"] for t in doc["trials"] if t["value"] is not None)
 
+    # The event stream of an ended sweep: its document, then the end.
+    with stack.http.stream("GET", f"/sweeps/{sweep['id']}/events") as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith(("event:", "data:"))]
+    assert [line for line in lines if line.startswith("event:")] == ["event: sweep", "event: end"]
+    assert json.loads(lines[1].removeprefix("data: "))["best"] == best
+
     # The CLI reads the same: `sweep best` prints it; `sweep status` lists the trials.
     best_cli = cli(stack, "sweep", "best", sweep["id"])
     assert best_cli.returncode == 0, best_cli.stderr
