@@ -123,7 +123,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     import datasets
     from transformers.utils import logging as transformers_logging
 
-    from worker import builders, checkpoints, pruning
+    from worker import builders, checkpoints, data_cache, pruning
     from worker.callback import TraindepotCallback
 
     # Bars are noise in the job's log file (and their carriage returns split its lines):
@@ -149,7 +149,13 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         phase = part
 
     try:
-        trainer = builders.build_trainer(spec, output_dir, callbacks=callbacks, on_phase=entering)
+        trainer = builders.build_trainer(
+            spec,
+            output_dir,
+            callbacks=callbacks,
+            on_phase=entering,
+            prepare=data_cache.for_job(job_id, settings),
+        )
         if rank.several:  # the Trainer's arguments joined the process group
             import torch.distributed as dist
 
