@@ -38,6 +38,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.service import offline_env
+
 NOCACHE_QUEUE = "bench-nocache"
 TRIALS = 6
 
@@ -112,17 +114,11 @@ def first_steps(database_url: str, sweep_id: str) -> list[float]:
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
     data = work / "alice.jsonl"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRAINDEPOT_HOME": str(work / "home"),
-        "TRAINDEPOT_ALLOWED_PATHS": str(work),
-        "TRAINDEPOT_QUEUES": f"default,{NOCACHE_QUEUE}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
-    }
+    env = offline_env(
+        work,
+        TRAINDEPOT_ALLOWED_PATHS=str(work),
+        TRAINDEPOT_QUEUES=f"default,{NOCACHE_QUEUE}",
+    )
     os.environ.update(env)
     write_data(data)
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from bench.service import offline_env
+
 QUEUE = "default"
 EVAL_STEPS = 10
 
@@ -131,15 +133,7 @@ def late_evaluations(client: httpx.Client, doc: dict[str, Any]) -> list[int]:
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRAINDEPOT_HOME": str(work / "home"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
-    }
+    env = offline_env(work)
     os.environ.update(env)
 
     from traindepot.embedded import free_port

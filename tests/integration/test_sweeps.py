@@ -21,8 +21,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -33,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Stack
+from tests.integration.test_cli import cli
 from tests.integration.test_webhooks import Receiver, wait_for
 from tests.specs import tiny_spec
 
@@ -113,17 +112,6 @@ def study_states(stack: Stack, sweep_id: str) -> list[str]:
         f"sweep-{sweep_id}",
     )
     return [str(r[0]) for r in rows]
-
-
-def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**stack.env, "TRAINDEPOT_URL": stack.url, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "traindepot.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def problems(response: Any) -> list[tuple[list[Any], str]]:
