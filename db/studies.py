@@ -73,8 +73,11 @@ def load(
 
     store = storage(url)
     name = study_name(sweep_id)
-    count = len(
-        store.get_all_trials(store.get_study_id_from_name(name), deepcopy=False, states=None)
-    )
+    try:
+        study_id = store.get_study_id_from_name(name)
+    except KeyError:  # the submit stored the sweep and died before its study: make it now
+        create(sweep_id, sweep, url)
+        study_id = store.get_study_id_from_name(name)
+    count = len(store.get_all_trials(study_id, deepcopy=False, states=None))
     chosen = sampler(sweep, count) if asking else telling_sampler()
     return optuna.load_study(study_name=name, storage=store, sampler=chosen, pruner=pruner(sweep))

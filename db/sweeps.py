@@ -298,5 +298,8 @@ def drive(settings: Settings, sweep_id: uuid.UUID, *, wait: bool = True) -> Adva
 def study_trials(sweep_id: uuid.UUID) -> list[Any]:
     """The study's trials (Optuna's FrozenTrial), in number order."""
     store = studies.storage()
-    study_id = store.get_study_id_from_name(studies.study_name(sweep_id))
+    try:
+        study_id = store.get_study_id_from_name(studies.study_name(sweep_id))
+    except KeyError:  # not made yet (the driver's next pass makes it)
+        return []
     return sorted(store.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)

@@ -6,7 +6,8 @@ crash or a race leaves, made directly.
   with the parameters Optuna stored;
 - a trial whose job ended is told once: later passes change nothing, and an ended sweep
   stays as it ended;
-- with every device free, the claim takes no more of a sweep's trials than its cap.
+- with every device free, the claim takes no more of a sweep's trials than its cap;
+- a sweep stored by a submit that died before making its study gets one, and its trials.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def database_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def new_sweep(url: str, **overrides: object) -> tuple[uuid.UUID, SweepSpec]:
+def new_sweep(url: str, *, study: bool = True, **overrides: object) -> tuple[uuid.UUID, SweepSpec]:
     from db import studies, sweeps
     from db.session import session_scope
 
@@ -60,7 +61,8 @@ def new_sweep(url: str, **overrides: object) -> tuple[uuid.UUID, SweepSpec]:
     sweep = SweepSpec.model_validate(body)
     with session_scope(url) as session:
         sweep_id = sweeps.create(session=session, sweep=sweep, tenant="t", submitted_by=None).id
-    studies.create(sweep_id, sweep, url)
+    if study:
+        studies.create(sweep_id, sweep, url)
     return sweep_id, sweep
 
 
@@ -195,3 +197,14 @@ def test_the_claim_holds_the_cap_of_a_sweep_with_devices_free(database_url: str)
     sql(url, "UPDATE jobs SET status = 'succeeded' WHERE id = %s", claimed[0].job_id)
     with session_scope(url) as session:
         assert scheduling.claim_next(session=session, claimant=claimant) is not None
+
+
+def test_a_sweep_whose_submit_died_before_its_study_gets_one(database_url: str) -> None:
+    from db import sweeps
+
+    url = database_url
+    sweep_id, _ = new_sweep(url, study=False)
+    assert sweeps.study_trials(sweep_id) == []  # read before: nothing, not an error
+    assert advance(url, sweep_id)
+    assert [n for n, _, _ in trials(url, sweep_id)] == [0, 1]
+    assert states(url, sweep_id) == ["RUNNING", "RUNNING"]
