@@ -122,6 +122,7 @@ def problems(response: Any) -> list[tuple[list[Any], str]]:
 def test_bad_sweeps_are_422s_naming_the_path(stack: Stack) -> None:
     http = stack.http
     lr = "training_args.learning_rate"
+    sweeps_before = stack.sql("SELECT count(*) FROM sweeps")
 
     unknown = sweep_body(
         search_space={"training_args.learnin_rate": {"type": "float", "low": 0.1, "high": 1}}
@@ -164,7 +165,7 @@ def test_bad_sweeps_are_422s_naming_the_path(stack: Stack) -> None:
     assert (["objective", "metric"], "no_evaluation") in problems(
         http.post("/sweeps", json=no_eval)
     )
-    assert stack.sql("SELECT count(*) FROM sweeps WHERE name = 'lr-sweep'") == [(0,)]
+    assert stack.sql("SELECT count(*) FROM sweeps") == sweeps_before
     # The CLI: exit 2, each problem named by its path.
     path = stack.home / "bad-sweep.json"
     path.write_text(json.dumps(log_zero))
@@ -265,9 +266,10 @@ def pruned_sweep_and_its_best_model(stack: Stack, receiver: Receiver) -> None:
             assert trial["value"] == min(trial["intermediate"].values())
     best = doc["best"]
     assert best["number"] == 1
-    # Trials 1..3 loaded the data trial 0 prepared (the searched field does not change it).
+    # Trials 1..3 loaded the data trial 0 prepared (the searched field does not change it;
+    # trial 0 found it cached already when another sweep of this module ran first).
     logs = [(stack.job_dir(t["job_id"]) / "train.log").read_text() for t in doc["trials"]]
-    assert "prepared data saved to the cache" in logs[0]
+    assert "prepared data saved to the cache" in logs[0] or "from the cache" in logs[0]
     assert all("prepared data from the cache" in log for log in logs[1:])
     assert best["value"] == min(t["value"] for t in doc["trials"] if t["value"] is not None)
 
@@ -327,7 +329,7 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
         stack,
         sweep_body(
             base=base_spec(
-                max_steps=16, save_strategy="steps", save_steps=4, eval_steps=8, logging_steps=4
+                max_steps=12, save_strategy="steps", save_steps=4, eval_steps=8, logging_steps=4
             ),
             queue=KILL_QUEUE,
             max_trials=2,
@@ -338,12 +340,12 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     with ExitStack() as workers:
         worker = workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))
         for kill in range(2):
-            # A trial of this worker has logged twice in this attempt (a checkpoint at 4).
+            # A trial of this worker has logged in this attempt (at a checkpoint's step).
             deadline = time.monotonic() + 180
             while not stack.sql(
                 "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
                 " AND j.lease_owner LIKE %s AND (SELECT count(*) FROM job_metrics m"
-                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
+                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 1",
                 uuid.UUID(sweep_id),
                 f"%:{worker.pid}",
             ):
