@@ -10,12 +10,14 @@ Finished jobs (succeeded, failed, cancelled) that ended more than `--older-than`
   row and its history stay, since the model card and the metrics describe the model that is
   kept; `disk_bytes` is measured again.
 
-Queued and running jobs are never touched.
+Queued and running jobs are never touched. The prepared datasets that sweeps cached
+(traindepot/dataset_cache.py) and nothing used for as long go too.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from traindepot import artifacts
+from traindepot import artifacts, dataset_cache
 from traindepot.settings import Settings
 
 console = Console(soft_wrap=True)
@@ -123,5 +125,11 @@ def gc(
         )
     for item in done:
         console.print(f"{item.job_id} {item.action} ({item.freed_bytes} bytes)")
+    cached = dataset_cache.unused_since(dataset_cache.cache_dir(settings.home), cutoff.timestamp())
+    for entry, size in cached:
+        if not dry_run:
+            shutil.rmtree(entry, ignore_errors=True)
+        console.print(f"prepared data {entry.name} removed ({size} bytes)")
     verb = "would free" if dry_run else "freed"
-    err.print(f"{len(done)} job(s); {verb} {sum(i.freed_bytes for i in done)} bytes")
+    freed = sum(i.freed_bytes for i in done) + sum(size for _, size in cached)
+    err.print(f"{len(done)} job(s), {len(cached)} prepared dataset(s); {verb} {freed} bytes")

@@ -24,8 +24,8 @@ __all__ = ["StreamLimit", "StreamSlots", "is_stream", "take"]
 
 RETRY_AFTER_SECONDS = 5
 
-# A job's events, and the job list's stream of changes (`/jobs/events`).
-_EVENTS = re.compile(r"^/jobs/(?:[^/]+/)?events/?$")
+# A job's events, the job list's stream of changes (`/jobs/events`), a sweep's events.
+_EVENTS = re.compile(r"^/(?:jobs/(?:[^/]+/)?|sweeps/[^/]+/)events/?$")
 _LOGS = re.compile(r"^/jobs/[^/]+/logs/?$")
 
 

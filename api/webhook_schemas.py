@@ -12,11 +12,19 @@ from pydantic import BaseModel, Field
 from api.schemas import JobOut, ParametersOut
 from db.models import Webhook, WebhookDelivery
 from traindepot.spec import WebhookTarget
+from traindepot.webhooks import EVENT_TYPES, SWEEP_EVENT_TYPES, EventType, SweepEventType
 
 
 class WebhookIn(WebhookTarget):
-    """A subscription to every job of the caller's tenant (`POST /webhooks`); a job's own
-    are in its spec (`notify.webhooks`), with the same fields."""
+    """A subscription to every job of the caller's tenant (`POST /webhooks`), and to its
+    sweeps' events (`sweep.*`); a job's own are in its spec (`notify.webhooks`), with the
+    same fields."""
+
+    events: list[EventType | SweepEventType] = Field(  # type: ignore[assignment]
+        default_factory=lambda: [*EVENT_TYPES, *SWEEP_EVENT_TYPES],
+        min_length=1,
+        description="The events to send; default: all of them.",
+    )
 
 
 class WebhookOut(BaseModel):

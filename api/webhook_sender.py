@@ -58,7 +58,7 @@ def job_as_read(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 def render(claimed: webhooks.Claimed) -> bytes:
     data = claimed.event_data
-    if claimed.event_type != contract.TEST_EVENT:
+    if claimed.event_type != contract.TEST_EVENT and claimed.event_type.startswith("job."):
         data = job_as_read(data)
     return contract.body(claimed.event_type, claimed.occurred_at.isoformat(), data)
 

@@ -62,6 +62,21 @@ def bench_home(
             redis_server.stop()
 
 
+def offline_env(work: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmark's stack, offline, one torch thread per training child,
+    its home under `work`; `settings` are more variables (`TRAINDEPOT_QUEUES=...`)."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRAINDEPOT_HOME": str(work / "home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+        **settings,
+    }
+
+
 def submit_and_wait(
     client: httpx.Client, spec: dict[str, Any], *, timeout: float = 600, poll: float = 0.25
 ) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.service import spread, wait_for_end
+from bench.service import offline_env, spread, wait_for_end
 
 COLD_QUEUE = "bench-cold"
 BEFORE_QUEUE = "bench-before"
@@ -128,16 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     before_way = f"warm, {before_name}={before_value}"
 
     work = Path(tempfile.mkdtemp(prefix="traindepot-bench-"))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRAINDEPOT_HOME": str(work / "home"),
-        "TRAINDEPOT_QUEUES": f"default,{COLD_QUEUE},{BEFORE_QUEUE}",
-        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
-    }
+    env = offline_env(work, TRAINDEPOT_QUEUES=f"default,{COLD_QUEUE},{BEFORE_QUEUE}")
     os.environ.update(env)  # the stack (API, warm worker) reads the same
 
     from traindepot.embedded import free_port

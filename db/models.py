@@ -1,7 +1,8 @@
 """The tables: ``jobs`` (the truth about each job), ``job_metrics`` (its history),
 ``job_attempts`` (who ran it when), the tenancy tables: ``api_keys``,
-``tenant_quotas`` and ``idempotency_keys``, and the webhooks: ``webhooks`` (subscriptions)
-and the outbox, ``webhook_events`` and ``webhook_deliveries``."""
+``tenant_quotas`` and ``idempotency_keys``, the webhooks: ``webhooks`` (subscriptions)
+and the outbox, ``webhook_events`` and ``webhook_deliveries``, and ``sweeps`` (whose trials
+are jobs)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]
 
+    # A trial of a sweep (db/sweeps.py): its sweep and its number in the sweep's study.
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("sweeps.id", ondelete="CASCADE")
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+
     __table_args__ = (
         CheckConstraint(
             "status IN ('queued','running','cancelling','succeeded','failed','cancelled')",
@@ -121,6 +128,14 @@ class Job(Base):
             "ix_jobs_lease_expires",
             "lease_expires_at",
             postgresql_where="lease_expires_at IS NOT NULL",
+        ),
+        # A sweep's trials, one job per trial number (and the claim's per-sweep count).
+        Index(
+            "ix_jobs_sweep_trial",
+            "sweep_id",
+            "trial_number",
+            unique=True,
+            postgresql_where="sweep_id IS NOT NULL",
         ),
     )
 
@@ -317,4 +332,46 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_job_event", "job_id", "event_id"),
         # The purge: an event's deliveries (and the cascade of its deletion).
         Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
+
+
+class Sweep(Base):
+    """A hyperparameter sweep (db/sweeps.py): a base job spec, a search space and an
+    objective; its trials are jobs (`jobs.sweep_id`, `jobs.trial_number`), its study is
+    Optuna's, in the `optuna` schema, named `sweep-<id>`. `spec` is the request as
+    validated. `max_concurrent_trials` is what the claim holds (db/scheduling.py);
+    `deadline_at` is when the time budget ends (no trial is started after it)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    submitted_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    # running | cancelling (trials still stopping) | succeeded | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]
+    max_trials: Mapped[int] = mapped_column(Integer)
+    max_concurrent_trials: Mapped[int] = mapped_column(Integer)
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running','cancelling','succeeded','cancelled')",
+            name="sweeps_status_valid",
+        ),
+        Index("ix_sweeps_tenant_created", "tenant", "created_at"),
+        # The reaper's pass over the sweeps that may need a trial told or asked.
+        Index(
+            "ix_sweeps_active",
+            "status",
+            postgresql_where="status IN ('running', 'cancelling')",
+        ),
     )

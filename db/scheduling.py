@@ -12,7 +12,8 @@ worker claims the most urgent eligible job of its queues that fits its free devi
   A priority-p job ranks as if it had been queued p * aging_seconds earlier: a low
   priority job overtakes every job submitted more than that much after it, and nothing
   starves.
-- **Eligible**: its tenant runs fewer jobs than its `max_running_jobs` (fair share), and
+- **Eligible**: its tenant runs fewer jobs than its `max_running_jobs` (fair share), a
+  trial's sweep runs fewer trials than its `max_concurrent_trials` (db/sweep_caps.py), and
   it needs no more devices than the worker has free.
 - `FOR UPDATE SKIP LOCKED`: concurrent claims never wait on each other's candidate; the
   conditional claim (`db/attempts.py` `claim`) makes a job run once.
@@ -30,7 +31,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from db import attempts, tenants
+from db import attempts, sweep_caps, tenants
 from db.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -107,14 +108,17 @@ def _claim(session: Session, claimant: Claimant, *, skip_locked: bool) -> Claime
     queues, free_gpus, total_gpus = claimant.queues, claimant.free_gpus, claimant.total_gpus
     default_quota = claimant.default_quota
     skipped: list[str] = []
+    skipped_sweeps: list[uuid.UUID] = []
     while True:
         query = (
-            select(Job.id, Job.tenant, Job.gpus)
+            select(Job.id, Job.tenant, Job.gpus, Job.sweep_id)
             .where(
                 Job.status == JobStatus.QUEUED,
                 Job.queue.in_(list(queues)),
                 Job.gpus <= total_gpus,
                 ~_tenants_at_limit(default_quota.max_running_jobs),
+                # A trial waits while its sweep runs `max_concurrent_trials` (db/sweep_caps.py).
+                Job.sweep_id.is_(None) | ~sweep_caps.sweeps_at_limit(),
             )
             .order_by(Job.effective_queued_at, Job.id)
             .limit(1)
@@ -122,10 +126,12 @@ def _claim(session: Session, claimant: Claimant, *, skip_locked: bool) -> Claime
         )
         if skipped:
             query = query.where(Job.tenant.not_in(skipped))
+        if skipped_sweeps:
+            query = query.where(Job.sweep_id.is_(None) | Job.sweep_id.not_in(skipped_sweeps))
         candidate = session.execute(query).first()
         if candidate is None:
             return None
-        job_id, tenant, gpus = candidate
+        job_id, tenant, gpus, sweep_id = candidate
         if gpus > free_gpus:
             # The most urgent job this worker can run needs more of its devices than are
             # free: none is given to a smaller job meanwhile, or a job that needs all of
@@ -133,6 +139,11 @@ def _claim(session: Session, claimant: Claimant, *, skip_locked: bool) -> Claime
             return None
         if not tenants.may_start_another(session=session, tenant=tenant, default=default_quota):
             skipped.append(tenant)  # another worker took its last slot meanwhile
+            continue
+        if sweep_id is not None and not sweep_caps.may_start_trial(
+            session=session, sweep_id=sweep_id
+        ):
+            skipped_sweeps.append(sweep_id)  # the same, for the sweep's last slot
             continue
         attempt = attempts.claim(
             session=session,

@@ -3,7 +3,8 @@ deliveries of a job. Keyword-only; the caller owns the commit.
 
 The outbox rows of a status change are written by the trigger of migration 0008, in the
 transaction of the change (docs/architecture.md, "Webhooks"); this module never writes a
-job event itself.
+job event itself. A sweep's events (`sweep.*`) are written here, by its driver, in the
+transaction of the pass that made them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, literal, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Webhook, WebhookDelivery, WebhookEvent
@@ -72,6 +73,31 @@ def get(*, session: Session, webhook_id: uuid.UUID, tenant: str | None) -> Webho
 def unsubscribe(*, session: Session, webhook_id: uuid.UUID) -> None:
     """Its deliveries not made yet go with it (ON DELETE CASCADE)."""
     session.execute(delete(Webhook).where(Webhook.id == webhook_id))
+
+
+def add_sweep_event(
+    *, session: Session, tenant: str, event_type: str, data: dict[str, Any]
+) -> None:
+    """A sweep's event (db/sweeps.py) for each subscription of `tenant` that asked for it,
+    in the caller's transaction: it commits with the change it tells of, or not at all."""
+    hooks = list(
+        session.scalars(
+            select(Webhook.id).where(
+                Webhook.job_id.is_(None),
+                Webhook.tenant == tenant,
+                literal(event_type) == func.any(Webhook.events),
+            )
+        )
+    )
+    if not hooks:
+        return
+    event = WebhookEvent(type=event_type, job_id=None, data=data)
+    session.add(event)
+    session.flush()
+    for hook in hooks:
+        session.add(WebhookDelivery(id=uuid.uuid4(), event_id=event.id, webhook_id=hook))
+    session.flush()
+    session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def add_test_event(*, session: Session, hook: Webhook) -> WebhookDelivery:

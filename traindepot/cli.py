@@ -47,11 +47,12 @@ KeyOpt = Annotated[
 
 def _register_subcommands() -> None:
     from api import cli_gc, cli_keys, webhook_sender
-    from traindepot import cli_server
+    from traindepot import cli_server, cli_sweep
 
     for command in cli_server.COMMANDS:
         app.command()(command)
     app.add_typer(cli_keys.app, name="keys")
+    app.add_typer(cli_sweep.app, name="sweep")
     app.command("gc")(cli_gc.gc)
     app.command("webhooks")(webhook_sender.command)
 

@@ -57,6 +57,18 @@ class Client:
         result: dict[str, Any] = self._json(self._http.post(f"/jobs/{job_id}/cancel"))
         return result
 
+    def submit_sweep(self, sweep: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json(self._http.post("/sweeps", json=sweep))
+        return result
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json(self._http.get(f"/sweeps/{sweep_id}"))
+        return result
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json(self._http.post(f"/sweeps/{sweep_id}/cancel"))
+        return result
+
     def list(self, **params: Any) -> dict[str, Any]:
         result: dict[str, Any] = self._json(self._http.get("/jobs", params=params))
         return result

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # until its job changes (api/job_docs.py: PostgreSQL LISTEN/NOTIFY); 0: every read goes
     # to the database (for a connection pooler that does not forward LISTEN).
     api_job_cache_mib: int = Field(default=64, ge=0)
+    # The prepared (tokenised) datasets kept for a sweep's next trials (worker/data_cache.py),
+    # on the workers' `home`; the least recently used go beyond it. 0: no cache.
+    dataset_cache_mib: int = Field(default=2048, ge=0)
     # How many points an event stream reads per database call while it replays a backlog
     # (api/routes/events.py): the stream holds one such page at a time, whatever the
     # backlog's length.

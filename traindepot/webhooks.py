@@ -19,6 +19,10 @@ EventType = Literal[
     "job.queued", "job.running", "job.succeeded", "job.failed", "job.cancelled", "job.requeued"
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+# A sweep's events (db/sweeps.py), for the tenant's subscriptions: a trial told to the
+# study (its job ended), and the sweep's end. Their `data` is `{"sweep", "trial"}`.
+SweepEventType = Literal["sweep.trial_ended", "sweep.succeeded", "sweep.cancelled"]
+SWEEP_EVENT_TYPES: tuple[SweepEventType, ...] = get_args(SweepEventType)
 # What `POST /webhooks/{id}/test` sends (never a job's status change).
 TEST_EVENT = "webhook.test"
 SECRET_PREFIX = "whsec_"

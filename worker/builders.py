@@ -30,7 +30,7 @@ from traindepot.spec import JobSpec
 from traindepot.training_args import job_kwargs
 from worker.adapters import apply_adapter, lora_config, prepare_quantized, quantization_kwargs
 from worker.byte_tokenizer import byte_level_tokenizer
-from worker.data import build_datasets
+from worker.data import Datasets, build_datasets
 from worker.errors import ConfigError, Reason
 from worker.guarded import pretrained_source
 
@@ -152,6 +152,7 @@ def build_trainer(
     callbacks: Sequence[TrainerCallback] = (),
     on_phase: Callable[[Reason], None] = lambda phase: None,
     report_to: str = "none",
+    prepare: Callable[[JobSpec, Any], Datasets] = build_datasets,
 ) -> Trainer:
     """The whole `Trainer` of a spec, seeded, built in the job's order. `on_phase` hears
     which part is being built (`data` while the datasets load, else `config`), so that an
@@ -163,7 +164,7 @@ def build_trainer(
     set_seed(effective_seed(spec))
     tokenizer = build_tokenizer(spec)
     on_phase("data")
-    data = build_datasets(spec, tokenizer)
+    data = prepare(spec, tokenizer)  # a sweep's trial: through worker/data_cache.py
     on_phase("config")
     # The adapter is the core's, for every recipe that takes one (the API refused it
     # elsewhere): created after the base, so its initialisation follows the same seed. A

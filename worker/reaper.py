@@ -1,5 +1,6 @@
 """The reaper: returns jobs whose lease expired to the queue (or fails them once their
-restarts are spent) and re-sends queued jobs whose message may have been lost.
+restarts are spent), re-sends queued jobs whose message may have been lost, and drives the
+active sweeps (db/sweeps.py), whose trials may have ended by its hand or any other.
 
 It runs as a daemon thread in every worker (and in `traindepot serve`). Each pass is a few
 conditional UPDATEs, so several reapers at once are harmless: a job is reaped once.
@@ -14,7 +15,7 @@ import uuid
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import jobs, reaping
+from db import jobs, reaping, sweeps
 from db.session import session_scope
 from traindepot import events
 from traindepot.dispatch import enqueue
@@ -59,7 +60,21 @@ def reap_once(settings: Settings) -> reaping.Reaped:
             send(job_id=job_id, queue=queue, priority=priority)
         except Exception:
             log.exception("reaper: job %s could not be sent to queue %r", job_id, queue)
+    with session_scope() as session:
+        active = sweeps.active_ids(session=session)
+    for sweep_id in active:
+        drive_sweep(settings, sweep_id, wait=False)
     return reaped
+
+
+def drive_sweep(settings: Settings, sweep_id: uuid.UUID, *, wait: bool = True) -> None:
+    """One pass of the sweep's driver; a failure is logged and left to the next pass (each
+    pass does whatever is left to do). `wait=False`: skip a sweep another process drives
+    now."""
+    try:
+        sweeps.drive(settings, sweep_id, wait=wait)
+    except Exception:
+        log.exception("sweep %s: driver pass failed; the reaper tries again", sweep_id)
 
 
 def send(*, job_id: uuid.UUID, queue: str, priority: int) -> bool:

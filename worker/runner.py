@@ -124,7 +124,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     from transformers.utils import logging as transformers_logging
 
     from traindepot.gc_freeze import freeze_imports
-    from worker import builders, checkpoints
+    from worker import builders, checkpoints, data_cache, pruning
     from worker.callback import TraindepotCallback
 
     freeze_imports()  # a cold child's imports too (a warm one's template froze its own)
@@ -140,6 +140,10 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     )
     callback = TraindepotCallback(flusher, agree=ranks.agree if rank.several else None)
     callback.stop_requested = stop  # the event the SIGUSR1 handler (or the stop file) sets
+    # A trial of a sweep that prunes reports each evaluation (a single-process trial: the
+    # ranks of a multi-rank one would have to agree on the stop; they run unpruned).
+    trial = pruning.for_job(job_id) if not rank.several else None
+    callbacks: list[Any] = [callback] if trial is None else [callback, trial]
 
     phase: Reason = "config"
 
@@ -148,7 +152,13 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         phase = part
 
     try:
-        trainer = builders.build_trainer(spec, output_dir, callbacks=[callback], on_phase=entering)
+        trainer = builders.build_trainer(
+            spec,
+            output_dir,
+            callbacks=callbacks,
+            on_phase=entering,
+            prepare=data_cache.for_job(job_id, settings),
+        )
         if rank.several:  # the Trainer's arguments joined the process group
             import torch.distributed as dist
 
@@ -175,16 +185,20 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         if callback.non_finite_step is not None:
             raise NonFiniteLossError(callback.non_finite_step, callback.non_finite_values)
         stopped = callback.stop_requested.is_set()
-        if result["global_step"] >= 1:
+        pruned = trial is not None and trial.pruned_at is not None
+        if result["global_step"] >= 1 and not pruned:
             # The job's product (worker/export.py): a job that trained a step has a model,
             # cancelled ones included. A model that cannot be written fails the job.
             from worker.export import save_final_model
 
             save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
         outcome: dict[str, Any] = {
-            "status": "stopped" if stopped else "succeeded",
+            "status": "stopped" if stopped or pruned else "succeeded",
             "result": result,
         }
+        if pruned and trial is not None:
+            # Saves nothing more: no checkpoint at the pruning step, no model.
+            outcome["error"] = trial.error()
     except BaseException as exc:
         log.exception("attempt %s failed", attempt)
         outcome = {"status": "failed", "error": describe(exc, phase_reason=phase)}

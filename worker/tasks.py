@@ -99,6 +99,7 @@ def _supervise(
         assert job is not None  # claimed in a committed transaction; never deleted while active
         started_at = job.started_at
         limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
+        sweep_id = job.sweep_id
     # A spec stored without a time limit (before the server filled in its default) gets the
     # default; none runs past the server's maximum.
     runtime = settings.default_max_runtime_seconds if limit is None else float(limit)
@@ -111,6 +112,10 @@ def _supervise(
         devices_env=devices_env,
         ranks=ranks,
     ).run()
+    if sweep_id is not None:
+        # A trial ended (or was given back): tell the study and ask the next trials before
+        # this worker claims again, so that it can take one of them (db/sweeps.py).
+        reaper.drive_sweep(settings, sweep_id)
 
 
 def _wake_later(settings: Settings, queues: list[str]) -> None:

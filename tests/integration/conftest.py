@@ -56,7 +56,9 @@ TEST_SETTINGS = {
     # test_warm_start.py: a warm and a cold worker side by side
     "warm-on,warm-off,"
     # test_job_actions.py and test_cancel.py: a worker only while its job runs
-    "same-doc,prompt-cancel",
+    "same-doc,prompt-cancel,"
+    # test_sweeps.py: a worker of 2 CPU slots of its own, and the fault test's workers
+    "sweeps,sweeps-kill",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
@@ -247,10 +249,11 @@ class Stack:
         queues: str = "default",
         cwd: Path | None = None,
         settings: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> Iterator[subprocess.Popen[bytes]]:
         """A worker for one test, stopped and forgotten at its end: the next test (in this
         process, whatever order the files run in) finds the stack as it was."""
-        proc = self.start_worker(name, queues=queues, cwd=cwd, settings=settings)
+        proc = self.start_worker(name, queues=queues, cwd=cwd, settings=settings, args=args)
         try:
             yield proc
         finally:

@@ -41,3 +41,10 @@ def test_dashboard_is_served_and_uses_existing_routes(stack: Stack) -> None:
     called = {c.replace("/artifacts/{job_id}", "/artifacts/{path}") for c in called}
     assert "/jobs/{job_id}/artifacts" in called
     assert called <= routes, called - routes
+    # A sweep's page (its document and its stream), and the jobs compared: their metrics.
+    sweep_paths = {
+        re.sub(r"\$\{[^}]+\}", "{sweep_id}", m).split("?")[0]
+        for m in re.findall(r"[`\"](/sweeps[^`\"]*)[`\"]", html)
+    }
+    assert sweep_paths == {"/sweeps/{sweep_id}", "/sweeps/{sweep_id}/events"}
+    assert sweep_paths <= routes
