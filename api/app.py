@@ -25,6 +25,7 @@ from api.routes import (
     logs,
     ops,
     prometheus,
+    secrets,
     webhooks,
 )
 from api.stream_slots import StreamLimit, StreamSlots
@@ -76,6 +77,7 @@ def create_app() -> FastAPI:
     app.include_router(logs.router)
     app.include_router(artifacts.router)
     app.include_router(admin.router)
+    app.include_router(secrets.router)
     app.include_router(webhooks.router)
     app.include_router(dashboard.router)
 

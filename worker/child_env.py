@@ -42,6 +42,9 @@ _SETTINGS = frozenset(
         "TRAINDEPOT_ALLOW_TRUST_REMOTE_CODE", "TRAINDEPOT_MAX_DATASET_FILE_BYTES",
         "TRAINDEPOT_DB_POOL_SIZE", "TRAINDEPOT_DB_MAX_OVERFLOW",
         "TRAINDEPOT_DB_POOL_TIMEOUT_SECONDS",
+        # Whether there is a store (the child hands its checkpoints over); the store's
+        # credentials stay with the worker, which uploads (worker/uploads.py).
+        "TRAINDEPOT_ARTIFACTS_URL",
     }
 )  # fmt: skip
 

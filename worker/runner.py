@@ -41,6 +41,7 @@ from worker.outcome import outcome_path, write_outcome, write_rank_error
 if TYPE_CHECKING:
     from worker.callback import PointSink
     from worker.flusher import Flusher
+    from worker.hub import HubPusher
 
 log = logging.getLogger("traindepot.runner")
 
@@ -124,7 +125,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     from transformers.utils import logging as transformers_logging
 
     from worker import builders, checkpoints
-    from worker.callback import TraindepotCallback
+    from worker.callback import HandoffCallback, TraindepotCallback
 
     # Bars are noise in the job's log file (and their carriage returns split its lines):
     # datasets' maps, and transformers' own (saving the model writes one per shard).
@@ -137,6 +138,15 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     )
     callback = TraindepotCallback(flusher, agree=ranks.agree if rank.several else None)
     callback.stop_requested = stop  # the event the SIGUSR1 handler (or the stop file) sets
+    callbacks: list[Any] = [callback]
+    if settings.artifacts_url:  # checkpoints go on to the store (worker/uploads.py)
+        callbacks.append(HandoffCallback(job_dir, rank.size))
+    hub: HubPusher | None = None
+    if spec.hub is not None and rank.reports:  # worker/hub.py
+        from worker.hub import HubPusher
+
+        hub = HubPusher(spec.hub, flusher, job_dir)
+        callbacks.append(hub)
 
     phase: Reason = "config"
 
@@ -145,7 +155,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
         phase = part
 
     try:
-        trainer = builders.build_trainer(spec, output_dir, callbacks=[callback], on_phase=entering)
+        trainer = builders.build_trainer(spec, output_dir, callbacks=callbacks, on_phase=entering)
         if rank.several:  # the Trainer's arguments joined the process group
             import torch.distributed as dist
 
@@ -177,7 +187,9 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
             # cancelled ones included. A model that cannot be written fails the job.
             from worker.export import save_final_model
 
-            save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
+            model = save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
+            if hub is not None:  # a failed push is recorded, never raised
+                hub.finish(model)
         outcome: dict[str, Any] = {
             "status": "stopped" if stopped else "succeeded",
             "result": result,

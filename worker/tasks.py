@@ -23,7 +23,7 @@ from db.retry import retry_db
 from db.session import session_scope
 from traindepot.dispatch import TASK_NAME, enqueue, worker_id
 from traindepot.settings import Settings, get_settings
-from worker import devices, reaper, warm
+from worker import devices, hub_token, reaper, warm
 from worker.celery_app import app
 from worker.child_env import training_environment
 from worker.supervisor import Supervisor, shutting_down
@@ -99,6 +99,8 @@ def _supervise(
         assert job is not None  # claimed in a committed transaction; never deleted while active
         started_at = job.started_at
         limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
+        resume = job.spec.get("resume_from_checkpoint")
+        secrets_env = hub_token.child_env(session, settings, job.tenant, job.spec)
     # A spec stored without a time limit (before the server filled in its default) gets the
     # default; none runs past the server's maximum.
     runtime = settings.default_max_runtime_seconds if limit is None else float(limit)
@@ -110,6 +112,8 @@ def _supervise(
         max_runtime_seconds=min(runtime, settings.max_runtime_seconds),
         devices_env=devices_env,
         ranks=ranks,
+        resume_from_checkpoint=resume,
+        secrets_env=secrets_env,
     ).run()
 
 

@@ -1,4 +1,9 @@
-"""`GET /jobs/{id}/logs`: a job's training log, its tail or followed as it grows."""
+"""`GET /jobs/{id}/logs`: a job's training log, its tail or followed as it grows.
+
+Without an artifact store the log is the file in the job's directory, which the API shares
+with the workers. With one, workers are elsewhere: a running job's log is its Redis stream,
+an ended job's the store's `train.log` (traindepot/log_stream.py).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from api.database import Saturated
 from api.deps import SettingsDep
 from api.responses import JOB_ROUTE, json_errors
 from api.routes.events import read_job
-from traindepot import logtail
+from traindepot import artifacts, log_stream, logtail
+from traindepot.statuses import JobStatus
+from traindepot.store import ArtifactStore, open_store
 
 router = APIRouter(prefix="/jobs", tags=["live"])
 
@@ -47,6 +54,47 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
         await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
 
 
+async def _follow_stream(
+    job_id: uuid.UUID, redis_url: str, start: bytes, after: str
+) -> AsyncIterator[bytes]:
+    """`_follow` of a job whose log is a Redis stream (a store is configured)."""
+    if start:
+        yield start
+    while True:
+        try:
+            job = await read_job(job_id)
+        except Saturated:
+            await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
+            continue
+        ended = job is None or job.terminal
+        while True:
+            data, after = await run_in_threadpool(log_stream.read_after, redis_url, job_id, after)
+            if not data:
+                break
+            yield data
+        if ended:
+            return
+        await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
+
+
+def _stored_tail(
+    store: ArtifactStore, redis_url: str | None, job_id: uuid.UUID, lines: int, ended: bool
+) -> tuple[bytes, str]:
+    """The tail from the store once the job has ended and its log is there; else from the
+    stream (and the stream entry to follow from)."""
+    if ended:
+        try:
+            size = store.size(job_id, "train.log")
+        except artifacts.NoSuchArtifact:
+            size = -1
+        if size >= 0:
+            with store.open(job_id, "train.log") as f:
+                return logtail.tail_of(f, size, lines)[0], "+"
+    if redis_url is None:
+        return b"", "-"
+    return log_stream.tail(redis_url, job_id, lines)
+
+
 @router.get(
     "/{job_id}/logs",
     response_class=PlainTextResponse,
@@ -73,7 +121,21 @@ async def job_logs(
     """The job's training log (the training process's output: one JSON object per logged
     step, Python logging, one header line per attempt). Never read whole: the tail is read
     backwards in blocks and capped at 8 MiB."""
-    await access.run(lambda s, c: load_job(s, c, job_id))
+    status = await access.run(lambda s, c: load_job(s, c, job_id).status)
+    store = open_store(settings)
+    if store is not None:
+        ended = JobStatus(status).is_terminal
+        text, after = await run_in_threadpool(
+            _stored_tail, store, settings.redis_url, job_id, tail, ended
+        )
+        if not follow or settings.redis_url is None or after == "+":
+            return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+        stream_slots.take(request, (await access.who()).tenant)
+        return StreamingResponse(
+            _follow_stream(job_id, settings.redis_url, text, after),
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+        )
     path = settings.job_dir(job_id) / "train.log"
     data, offset = await run_in_threadpool(logtail.tail, path, tail)
     if not follow:
