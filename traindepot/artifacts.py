@@ -177,16 +177,23 @@ def check_relative(relative: str) -> None:
 def disk_usage(path: Path, *, allocated: bool = False) -> int:
     """Bytes of the regular files under `path` (symlinks not followed); 0 when it is gone.
     `allocated` counts what the files take on disk instead (the larger of their size and
-    their blocks: a preallocated file counts full), as the disk budget must."""
+    their blocks: a preallocated file counts full), as the disk budget must. A file with
+    several links (a checkpoint handed to the store's uploader) counts once."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
             try:
                 info = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue  # removed meanwhile (checkpoint rotation)
-            if stat.S_ISREG(info.st_mode):
-                total += max(info.st_size, info.st_blocks * 512) if allocated else info.st_size
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if info.st_nlink > 1:
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+            total += max(info.st_size, info.st_blocks * 512) if allocated else info.st_size
     return total
 
 

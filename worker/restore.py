@@ -16,11 +16,13 @@ touched go first once they pass `artifacts_cache_bytes`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import threading
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -32,9 +34,12 @@ from worker.uploads import handoff_dir
 
 log = logging.getLogger(__name__)
 
-# The jobs this worker process supervises now: their directories are never evicted.
-_active: set[str] = set()
+# The jobs this worker process supervises now: their directories are never evicted. Each
+# also holds a shared lock on `{job dir}/.held`, so that another worker process on the same
+# home never evicts it either.
+_active: dict[str, BinaryIO] = {}
 _active_lock = threading.Lock()
+HELD = ".held"
 
 
 def _step(path: Path | None) -> int:
@@ -88,20 +93,37 @@ def restore(
             ):
                 with attempt_call:
                     newest_into(store, source, output, ranks)
-        except (OSError, StoreError) as exc:
+        except Exception as exc:  # the child then starts from what this worker has
             log.warning(
                 "job %s: the store's checkpoints of %s unreachable (%s)", job_id, source, exc
             )
 
 
-def hold(job_id: object) -> None:
+def hold(job_id: object, job_dir: Path) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    held = (job_dir / HELD).open("ab")
+    fcntl.flock(held, fcntl.LOCK_SH)
     with _active_lock:
-        _active.add(str(job_id))
+        _active[str(job_id)] = held
 
 
 def release(job_id: object) -> None:
     with _active_lock:
-        _active.discard(str(job_id))
+        held = _active.pop(str(job_id), None)
+    if held is not None:
+        held.close()  # and its lock
+
+
+def _held_elsewhere(job_dir: Path) -> bool:
+    try:
+        with (job_dir / HELD).open("ab") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def trim_cache(settings: Settings) -> int:
@@ -116,7 +138,10 @@ def trim_cache(settings: Settings) -> int:
     candidates = [
         entry
         for entry in jobs_dir.iterdir()
-        if entry.is_dir() and entry.name not in active and not _uploads_waiting(entry)
+        if entry.is_dir()
+        and entry.name not in active
+        and not _uploads_waiting(entry)
+        and not _held_elsewhere(entry)
     ]
     sizes = {entry: artifacts.disk_usage(entry) for entry in candidates}
     total = sum(sizes.values())

@@ -46,7 +46,7 @@ class AttemptStore:
         self.publisher: log_stream.LogPublisher | None = None
 
     def before_child(self, log_path: Path) -> None:
-        restore.hold(self.job_id)
+        restore.hold(self.job_id, self.job_dir)
         restore.trim_cache(self.settings)
         restore.restore(
             self.store,

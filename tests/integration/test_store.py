@@ -313,8 +313,13 @@ def test_store_down_mid_run_training_goes_on_and_uploads_catch_up(
     lm_files: dict[str, str],
 ) -> None:
     max_steps = 160
-    # This worker's Hub is a closed port (test_hub_sync_... below); the job here pushes nothing.
-    workers.start("c", "store-b", HF_ENDPOINT=CLOSED_HUB, HF_HUB_OFFLINE="0")
+    # This worker serves test_hub_token_... below too (the job here pushes nothing): its Hub
+    # is a closed port, and its children start cold, so that /proc shows their environment
+    # (a warm child sets its job's variables after the fork, which /proc/PID/environ
+    # does not show).
+    workers.start(
+        "c", "store-b", HF_ENDPOINT=CLOSED_HUB, HF_HUB_OFFLINE="0", TRAINDEPOT_WARM_START="false"
+    )
     job_id = stack.submit(store_spec(lm_files, "store-b", max_steps, save_total_limit=3))["id"]
     followed: list[bytes] = []
 

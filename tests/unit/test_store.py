@@ -184,3 +184,22 @@ def test_s3_through_moto_round_trip_and_presigned_url(
     assert httpx.get(url).content == whole
     store.remove(job)
     assert store.complete_checkpoints(job) == []
+
+
+def test_local_copies_are_a_bounded_cache_that_spares_running_jobs(tmp_path: Path) -> None:
+    from traindepot.settings import Settings
+    from worker import restore
+
+    settings = Settings(home=tmp_path, artifacts_cache_bytes=5000)
+    dirs = []
+    for n in range(3):
+        job_dir = settings.job_dir(f"job-{n}")
+        fake_checkpoint(job_dir / "output", 1, size=3000)  # 4500 bytes each
+        os.utime(job_dir, (n, n))  # job-0 the least recently touched
+        dirs.append(job_dir)
+    restore.hold("job-0", dirs[0])  # runs here (or in another worker on this home)
+    try:
+        restore.trim_cache(settings)
+    finally:
+        restore.release("job-0")
+    assert [d.exists() for d in dirs] == [True, False, True]
