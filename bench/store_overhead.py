@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from bench.service import submit_and_wait
+from bench.service import spread, submit_and_wait
 from bench.warm_start import extra_worker
 
 BUCKET = "bench-bucket"
@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for way in ways:
         print(
-            f"| {way} | {statistics.median(loop[way]):.2f} s ({min(loop[way]):.2f}-"
-            f"{max(loop[way]):.2f}) | {statistics.median(wall[way]):.2f} s"
-            f" ({min(wall[way]):.2f}-{max(wall[way]):.2f}) |"
+            f"| {way} | {spread(loop[way], '{:.2f}', ' s')} | {spread(wall[way], '{:.2f}', ' s')} |"
         )
     med = statistics.median
     print(

@@ -151,7 +151,9 @@ class Supervisor:
                 if prepared is not None:
                     child = self._start_warm(prepared, log_path, log_file)
                 if child is None:
-                    child = self._start_cold(log_file, env)
+                    # The job's secrets only here and in `_start_warm`'s job env: never in
+                    # the environment a template process may be started with (`take`).
+                    child = self._start_cold(log_file, {**env, **self.secrets_env})
                 self._child = child
                 self._record_start("cold" if isinstance(child, subprocess.Popen) else "warm")
                 self._watch(child)
@@ -235,7 +237,7 @@ class Supervisor:
     def _child_env(self) -> dict[str, str]:
         """The training child's environment (worker/child_env.py) with this job's devices
         (`CUDA_VISIBLE_DEVICES`, worker/devices.py)."""
-        return {**training_environment(self.settings), **self.devices_env, **self.secrets_env}
+        return {**training_environment(self.settings), **self.devices_env}
 
     # --- while the child runs -------------------------------------------------------------
     def _watch(self, child: warm.TrainingChild) -> None:

@@ -8,7 +8,7 @@ an ended job's the store's `train.log` (traindepot/log_stream.py).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -32,8 +32,11 @@ router = APIRouter(prefix="/jobs", tags=["live"])
 LOG_FOLLOW_POLL_SECONDS = 0.5
 
 
-async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> AsyncIterator[bytes]:
-    """The tail, then whatever the log gains, until the job has ended and the log is read."""
+async def _follow(
+    job_id: uuid.UUID, start: bytes, read_more: Callable[[], bytes]
+) -> AsyncIterator[bytes]:
+    """The tail, then whatever the log gains (`read_more`: the next block, b"" when there is
+    none yet), until the job has ended and the log is read."""
     if start:
         yield start
     while True:
@@ -44,37 +47,31 @@ async def _follow(job_id: uuid.UUID, path: Path, start: bytes, offset: int) -> A
             continue
         ended = job is None or job.terminal
         # Read everything there is (in blocks); after the end, this is the last of it.
-        while True:
-            data, offset = await run_in_threadpool(logtail.read_from, path, offset)
-            if not data:
-                break
+        while data := await run_in_threadpool(read_more):
             yield data
         if ended:
             return
         await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
 
 
-async def _follow_stream(
-    job_id: uuid.UUID, redis_url: str, start: bytes, after: str
-) -> AsyncIterator[bytes]:
-    """`_follow` of a job whose log is a Redis stream (a store is configured)."""
-    if start:
-        yield start
-    while True:
-        try:
-            job = await read_job(job_id)
-        except Saturated:
-            await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
-            continue
-        ended = job is None or job.terminal
-        while True:
-            data, after = await run_in_threadpool(log_stream.read_after, redis_url, job_id, after)
-            if not data:
-                break
-            yield data
-        if ended:
-            return
-        await anyio.sleep(LOG_FOLLOW_POLL_SECONDS)
+def _file_reader(path: Path, offset: int) -> Callable[[], bytes]:
+    def read() -> bytes:
+        nonlocal offset
+        data, offset = logtail.read_from(path, offset)
+        return data
+
+    return read
+
+
+def _stream_reader(redis_url: str, job_id: uuid.UUID, after: str) -> Callable[[], bytes]:
+    """The job's Redis stream from entry `after` on (a store is configured)."""
+
+    def read() -> bytes:
+        nonlocal after
+        data, after = log_stream.read_after(redis_url, job_id, after)
+        return data
+
+    return read
 
 
 def _stored_tail(
@@ -132,7 +129,7 @@ async def job_logs(
             return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
         stream_slots.take(request, (await access.who()).tenant)
         return StreamingResponse(
-            _follow_stream(job_id, settings.redis_url, text, after),
+            _follow(job_id, text, _stream_reader(settings.redis_url, job_id, after)),
             media_type="text/plain; charset=utf-8",
             headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
         )
@@ -142,7 +139,7 @@ async def job_logs(
         return PlainTextResponse(data, media_type="text/plain; charset=utf-8")
     stream_slots.take(request, (await access.who()).tenant)  # 429 beyond the limits
     return StreamingResponse(
-        _follow(job_id, path, data, offset),
+        _follow(job_id, data, _file_reader(path, offset)),
         media_type="text/plain; charset=utf-8",
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
