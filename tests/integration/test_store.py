@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.integration.conftest import Stack, process_gone
-from tests.integration.test_artifacts import plain_eval, write_jsonl
+from tests.integration.test_artifacts import gc, plain_eval, write_jsonl
 from tests.integration.test_faults import wait_for
 from tests.specs import SENTENCES, TINY_GPT2, tiny_spec
 from traindepot.embedded import free_port
@@ -316,6 +317,7 @@ def test_killed_on_one_worker_resumes_on_another_from_the_bucket_and_serves_the_
 def test_store_down_mid_run_training_goes_on_and_uploads_catch_up(
     stack: Stack,
     workers: Workers,
+    store_env: dict[str, str],
     moto: Moto,
     bucket: ArtifactStore,
     store_api: httpx.Client,
@@ -365,6 +367,18 @@ def test_store_down_mid_run_training_goes_on_and_uploads_catch_up(
         assert f'{{"step":{step},' in text, step
     ended = store_api.get(f"/jobs/{job_id}/logs", params={"tail": 100_000}).text
     assert "--- attempt 1 ended" in ended
+
+    # `gc` with the store: --keep-models takes the checkpoints' objects, then all go.
+    stack.sql(
+        "UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id = %s",
+        uuid.UUID(job_id),
+    )
+    with_store = replace(stack, env={**stack.env, **store_env})
+    assert job_id in gc(with_store, "--older-than", "30d", "--keep-models")
+    assert bucket.checkpoint_names(job_id) == []
+    assert bucket.read_json(job_id, "model/manifest.json") is not None
+    assert job_id in gc(with_store, "--older-than", "30d")
+    assert bucket.fs.find(bucket.job_key(job_id)) == []
 
 
 def test_hub_token_is_a_tenant_secret_and_an_unreachable_hub_does_not_fail_the_job(

@@ -203,3 +203,26 @@ def test_local_copies_are_a_bounded_cache_that_spares_running_jobs(tmp_path: Pat
     finally:
         restore.release("job-0")
     assert [d.exists() for d in dirs] == [True, False, True]
+
+
+def test_resume_from_another_job_downloads_its_newest_complete_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from traindepot.settings import Settings
+    from worker import restore
+
+    settings = Settings(home=tmp_path / "home", artifacts_url=(tmp_path / "bucket").as_uri())
+    store = store_at(settings.artifacts_url or "")
+    other, job = uuid.uuid4(), uuid.uuid4()
+    for step in (2, 4):
+        checkpoint = fake_checkpoint(tmp_path / "elsewhere", step)
+        store.put_directory(checkpoint, other, f"output/checkpoint-{step}")
+    restore.restore(store, settings, job_id=job, attempt=1, resume_from_checkpoint=str(other))
+    local = settings.job_dir(other) / "output"
+    assert sorted(p.name for p in local.iterdir()) == ["checkpoint-4"]
+    assert (local / "checkpoint-4" / "optimizer.pt").read_bytes() == (
+        tmp_path / "elsewhere" / "checkpoint-4" / "optimizer.pt"
+    ).read_bytes()
+    # A first attempt of a job that names none downloads nothing of its own.
+    restore.restore(store, settings, job_id=job, attempt=1, resume_from_checkpoint=None)
+    assert not (settings.job_dir(job) / "output").exists()
