@@ -26,14 +26,15 @@ No torch and no database here: the worker, the API and `gc` all use it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from traindepot import artifacts
 
@@ -43,10 +44,37 @@ if TYPE_CHECKING:
     from traindepot.settings import Settings
 
 _CHUNK = 1 << 20  # 1 MiB: what one ranged read fetches
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StoreError(RuntimeError):
     """The store could not be read or written (unreachable, refused, a file changed)."""
+
+
+class StoreUnavailable(StoreError):
+    """A read for an API answer failed for a reason other than a missing object: the API
+    answers 503 (api/errors.py), never a 500."""
+
+
+_ANSWERED = (FileNotFoundError, artifacts.NoSuchArtifact, artifacts.UnsafePath, NotImplementedError)
+
+
+def answering(call: Callable[P, R]) -> Callable[P, R]:
+    """`call`, its failures that are not a missing object turned into StoreUnavailable."""
+
+    @functools.wraps(call)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except _ANSWERED:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"the artifact store did not answer ({type(exc).__name__})"
+            ) from exc
+
+    return wrapped
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,10 @@ class HubPusher(TrainerCallback):
         self._thread.join()
         if model_dir is not None:
             for attempt in range(FINAL_TRIES):
+                if attempt:
+                    time.sleep(2 ** (attempt - 1))  # 1 s, then 2 s
                 if self._push(model_dir, "", "Final model", ignore=["manifest.json"]):
                     break
-                time.sleep(2**attempt)
         shutil.rmtree(self.staging, ignore_errors=True)
 
     # --- the push thread --------------------------------------------------------------------

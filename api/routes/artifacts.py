@@ -37,7 +37,7 @@ from traindepot import artifacts, log_stream
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
 from traindepot.statuses import JobStatus
-from traindepot.store import ArtifactStore, open_store
+from traindepot.store import ArtifactStore, answering, open_store
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
@@ -148,7 +148,7 @@ async def list_artifacts(job_id: uuid.UUID, settings: SettingsDep, access: Acces
     evals = await access.run(read)
     store = open_store(settings)
     if store is not None:
-        listing = await run_in_threadpool(_stored_listing, job_id, store, evals)
+        listing = await run_in_threadpool(answering(_stored_listing), job_id, store, evals)
     else:
         listing = await run_in_threadpool(_listing, job_id, settings.job_dir(job_id), evals)
     return Response(listing.model_dump_json(), media_type="application/json")
@@ -279,13 +279,13 @@ async def _stored_artifact(
         return store.size(job_id, path), _stored_etag(store, job_id, path)
 
     try:
-        size, etag = await run_in_threadpool(locate)
+        size, etag = await run_in_threadpool(answering(locate))
     except artifacts.NoSuchArtifact as exc:
         raise NotFound(f"artifact {path!r} of job {job_id}") from exc
     if redirect:
         try:
             url = await run_in_threadpool(
-                store.presigned, job_id, path, settings.artifacts_redirect_seconds
+                answering(store.presigned), job_id, path, settings.artifacts_redirect_seconds
             )
         except NotImplementedError as exc:
             problem = Problem(("redirect",), "the artifact store cannot sign URLs", "no_signing")
@@ -337,7 +337,7 @@ async def get_model_tar(
             return None
         return artifacts.tar_stream(directory, artifacts.MODEL_DIR)
 
-    stream = await run_in_threadpool(archive)
+    stream = await run_in_threadpool(answering(archive))
     if stream is None:
         raise NotFound(f"the model of job {job_id}")
     return StreamingResponse(
@@ -370,7 +370,7 @@ async def delete_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
 
     await access.run(check)
     # Files first: a failure here leaves the row, and the DELETE can be sent again.
-    await run_in_threadpool(remove_everywhere, settings, job_id)
+    await run_in_threadpool(answering(remove_everywhere), settings, job_id)
     deleted = await access.run(
         lambda session, caller: jobs.delete_finished(session=session, job_id=job_id),
         commit=True,

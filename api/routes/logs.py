@@ -25,7 +25,7 @@ from api.responses import JOB_ROUTE, json_errors
 from api.routes.events import read_job
 from traindepot import artifacts, log_stream, logtail
 from traindepot.statuses import JobStatus
-from traindepot.store import ArtifactStore, open_store
+from traindepot.store import ArtifactStore, answering, open_store
 
 router = APIRouter(prefix="/jobs", tags=["live"])
 
@@ -123,7 +123,7 @@ async def job_logs(
     if store is not None:
         ended = JobStatus(status).is_terminal
         text, after = await run_in_threadpool(
-            _stored_tail, store, settings.redis_url, job_id, tail, ended
+            answering(_stored_tail), store, settings.redis_url, job_id, tail, ended
         )
         if not follow or settings.redis_url is None or after == "+":
             return PlainTextResponse(text, media_type="text/plain; charset=utf-8")

@@ -145,6 +145,9 @@ def workers(
     try:
         yield made
     finally:
+        for proc in made.started:  # all told at once, then waited for
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc in made.started:
             stop_process(proc, timeout=20)
             stack.workers.remove(proc)
@@ -346,6 +349,10 @@ def test_store_down_mid_run_training_goes_on_and_uploads_catch_up(
             lambda: max(stack.train_steps(job_id)) >= before + 12,
             timeout=120,
         )
+        # The API answers 503 (JSON) while the store does not, never a 500.
+        listing = store_api.get(f"/jobs/{job_id}/artifacts")
+        assert listing.status_code == 503, listing.text
+        assert listing.json()["error"] == "service_unavailable"
         # Down long enough for the failed uploads to back off to their longest wait (5 s).
         time.sleep(max(0.0, 6 - (time.monotonic() - down_at)))
         # Whether its training has ended or not, the job is not `succeeded` before its
