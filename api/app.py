@@ -25,6 +25,7 @@ from api.routes import (
     logs,
     ops,
     prometheus,
+    secrets,
     sweeps,
     webhooks,
 )
@@ -77,6 +78,7 @@ def create_app() -> FastAPI:
     app.include_router(logs.router)
     app.include_router(artifacts.router)
     app.include_router(admin.router)
+    app.include_router(secrets.router)
     app.include_router(webhooks.router)
     app.include_router(sweeps.router)
     app.include_router(dashboard.router)

@@ -10,6 +10,9 @@ Finished jobs (succeeded, failed, cancelled) that ended more than `--older-than`
   row and its history stay, since the model card and the metrics describe the model that is
   kept; `disk_bytes` is measured again.
 
+With an artifact store (`TRAINDEPOT_ARTIFACTS_URL`) the same goes for the job's objects
+there (and `freed_bytes` counts them); its local directory, if this machine has one, goes too.
+
 Queued and running jobs are never touched. The prepared datasets that sweeps cached
 (traindepot/dataset_cache.py) and nothing used for as long go too.
 """
@@ -29,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from traindepot import artifacts, dataset_cache
 from traindepot.settings import Settings
+from traindepot.store import open_store
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -62,16 +66,22 @@ def collect(
 ) -> list[Collected]:
     """Apply the retention rule (module docstring) to the jobs that finished before
     `cutoff`. Each job's rows are committed as soon as its files are gone."""
+    from api.routes.artifacts import remove_everywhere
     from db import jobs
 
+    store = open_store(settings)
     done: list[Collected] = []
     ids = [job.id for job in jobs.finished_before(session=session, cutoff=cutoff)]
     for job_id in ids:
         job_dir = settings.job_dir(job_id)
-        before = artifacts.disk_usage(job_dir)
+        before = artifacts.disk_usage(job_dir) + (store.used_bytes(job_id) if store else 0)
         if keep_models:
             freed = artifacts.disk_usage(job_dir / artifacts.OUTPUT_DIR)
+            if store is not None:
+                freed += store.used_bytes(job_id, artifacts.OUTPUT_DIR)
             if not dry_run and freed:
+                if store is not None:
+                    store.remove(job_id, artifacts.OUTPUT_DIR)
                 artifacts.remove_checkpoints(job_dir)
                 jobs.set_disk_bytes(
                     session=session, job_id=job_id, disk_bytes=artifacts.disk_usage(job_dir)
@@ -81,7 +91,7 @@ def collect(
                 done.append(Collected(job_id, "checkpoints removed", freed))
             continue
         if not dry_run:
-            artifacts.remove_job_files(job_dir)
+            remove_everywhere(settings, job_id)
             jobs.delete_finished(session=session, job_id=job_id)
             session.commit()
         done.append(Collected(job_id, "deleted", before))

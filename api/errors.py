@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.database import Saturated
 from traindepot.problems import SpecInvalid
+from traindepot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def install(app: FastAPI) -> None:
         log.warning("service unavailable: %s", exc)
         detail = (
             str(exc)
-            if isinstance(exc, ServiceUnavailable)
+            if isinstance(exc, ServiceUnavailable | StoreUnavailable)
             else "the database is unreachable; retry shortly"
         )
         return error_response("service_unavailable", detail, 503, {"Retry-After": "5"})
@@ -119,6 +120,7 @@ def install(app: FastAPI) -> None:
         message = "the API is at capacity; retry shortly"
         return error_response("service_unavailable", message, 503, {"Retry-After": "1"})
 
+    app.add_exception_handler(StoreUnavailable, unavailable)
     app.add_exception_handler(Saturated, saturated)
     app.add_exception_handler(PoolTimeout, saturated)
     app.add_exception_handler(OperationalError, unavailable)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from db.models import Job, JobAttempt
 from traindepot import apikeys
@@ -18,6 +18,16 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
     for the read routes, so that the event loop does not validate and serialize it again
     (FastAPI does both on the loop for an async route that returns a model)."""
     return Response(model.model_dump_json(), status_code, media_type="application/json")
+
+
+class HubState(BaseModel):
+    """Where a job's Hub sync stands (`hub` of its spec; worker/hub.py)."""
+
+    repo_id: str
+    strategy: str
+    status: str = Field(description="`pending`, `pushed` or `failed` (the job goes on).")
+    last_error: str | None = None
+    last_commit: str | None = None
 
 
 class Progress(BaseModel):
@@ -31,6 +41,7 @@ class Progress(BaseModel):
     steps_per_second: float | None = None
     eta_seconds: float | None = None
     updated_at: datetime | None = None
+    hub: HubState | None = None
 
 
 class TrainResult(BaseModel):
@@ -310,6 +321,17 @@ class KeyOut(BaseModel):
 
 class NewKeyOut(KeyOut):
     key: str = Field(description="The key itself: shown this once, never stored.")
+
+
+class SecretIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: SecretStr = Field(min_length=1, max_length=4096, description="The secret itself.")
+
+
+class SecretOut(BaseModel):
+    name: str
+    updated_at: datetime
 
 
 class QuotaIn(BaseModel):

@@ -230,6 +230,21 @@ class TenantQuota(Base):
     )
 
 
+class TenantSecret(Base):
+    """A tenant's secret (`hf_token`), encrypted with the server's key
+    (traindepot/tenant_secrets.py): only the training child of that tenant's jobs ever
+    gets it back in clear."""
+
+    __tablename__ = "tenant_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
 class IdempotencyKey(Base):
     """An `Idempotency-Key` of `POST /jobs`, per tenant. `job_id` is null while the first
     request with it is in flight; `request_hash` is the hash of its spec."""

@@ -46,7 +46,7 @@ def digest(key: str, secret: bytes) -> bytes:
     return hmac.new(secret, key.encode(), hashlib.sha256).digest()
 
 
-def _write_private(path: Path, data: bytes, *, replace: bool) -> bool:
+def write_private(path: Path, data: bytes, *, replace: bool) -> bool:
     """Make `path` hold `data`, mode 0600 from the start, appearing whole (written aside,
     then linked or renamed into place). Without `replace`, an existing file wins: False."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +79,13 @@ def _secret_in(home: Path) -> bytes:
     """Read once per process: every authenticated request needs it."""
     path = home / "secret_key"
     if not path.exists():
-        _write_private(path, secrets.token_hex(32).encode(), replace=False)
+        write_private(path, secrets.token_hex(32).encode(), replace=False)
     return path.read_bytes().strip()
 
 
 def save_local_admin_key(settings: Settings, key: str) -> Path:
     """Keep `key` in `home/admin_key` (0600), replacing an older one."""
-    _write_private(settings.admin_key_file, key.encode() + b"\n", replace=True)
+    write_private(settings.admin_key_file, key.encode() + b"\n", replace=True)
     return settings.admin_key_file
 
 

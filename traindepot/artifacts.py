@@ -26,7 +26,7 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -149,6 +149,19 @@ def resolve_artifact(job_dir: Path, relative: str) -> Path:
     Refused: absolute paths, `..` and `.` parts, empty parts, anything outside
     `model/` and `output/`, and any path whose real location (symlinks followed) is not a
     regular file inside the job directory's served roots."""
+    check_relative(relative)
+    root = job_dir.resolve()
+    real = (root / relative).resolve()
+    if not any(real.is_relative_to(root / served) for served in SERVED_ROOTS):
+        raise NoSuchArtifact(relative)
+    if not real.is_file():
+        raise NoSuchArtifact(relative)
+    return real
+
+
+def check_relative(relative: str) -> None:
+    """UnsafePath unless `relative` is a plain relative path under a served root (the checks
+    of `resolve_artifact` that need no disk: the artifact store's reads make them too)."""
     if not relative or "\x00" in relative or "\\" in relative:
         raise UnsafePath("not a relative path")
     pure = PurePosixPath(relative)
@@ -159,28 +172,28 @@ def resolve_artifact(job_dir: Path, relative: str) -> Path:
         raise UnsafePath("`..`, `.` and empty path parts are refused")
     if parts[0] not in SERVED_ROOTS or len(parts) < 2:
         raise UnsafePath(f"artifacts live under {' or '.join(r + '/' for r in SERVED_ROOTS)}")
-    root = job_dir.resolve()
-    real = (root / relative).resolve()
-    if not any(real.is_relative_to(root / served) for served in SERVED_ROOTS):
-        raise NoSuchArtifact(relative)
-    if not real.is_file():
-        raise NoSuchArtifact(relative)
-    return real
 
 
 def disk_usage(path: Path, *, allocated: bool = False) -> int:
     """Bytes of the regular files under `path` (symlinks not followed); 0 when it is gone.
     `allocated` counts what the files take on disk instead (the larger of their size and
-    their blocks: a preallocated file counts full), as the disk budget must."""
+    their blocks: a preallocated file counts full), as the disk budget must. A file with
+    several links (a checkpoint handed to the store's uploader) counts once."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
             try:
                 info = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue  # removed meanwhile (checkpoint rotation)
-            if stat.S_ISREG(info.st_mode):
-                total += max(info.st_size, info.st_blocks * 512) if allocated else info.st_size
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if info.st_nlink > 1:
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+            total += max(info.st_size, info.st_blocks * 512) if allocated else info.st_size
     return total
 
 
@@ -200,27 +213,46 @@ def remove_checkpoints(job_dir: Path) -> None:
 @dataclass(frozen=True)
 class TarEntry:
     header: bytes
-    source: Path | None  # None for a directory
+    read: Callable[[], Iterator[bytes]] | None  # the file's bytes in chunks; None: a directory
     size: int
+
+
+def _file_chunks(path: Path, size: int) -> Callable[[], Iterator[bytes]]:
+    def read() -> Iterator[bytes]:
+        left = size
+        with path.open("rb") as f:
+            while left > 0:
+                chunk = f.read(min(_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{path} shrank while it was being sent")
+                left -= len(chunk)
+                yield chunk
+
+    return read
+
+
+def tar_member(
+    name: str, mode: int, mtime: float, size: int = 0, *, directory: bool = False
+) -> bytes:
+    """One header: ownership is not recorded (numeric 0, no names), the archive says
+    nothing of the server's accounts."""
+    member = tarfile.TarInfo(name)
+    member.mode = mode
+    member.mtime = int(mtime)
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    member.size = size
+    if directory:
+        member.type = tarfile.DIRTYPE
+    return member.tobuf(tarfile.PAX_FORMAT)
 
 
 def _tar_entries(directory: Path, prefix: str) -> list[TarEntry]:
     """One header per file and directory of `directory`, under `prefix/`, sizes as they are
-    now. Ownership is not recorded (numeric 0, no names): the archive says nothing of the
-    server's accounts."""
-    entries: list[TarEntry] = []
-
-    def info(name: str, mode: int, mtime: float) -> tarfile.TarInfo:
-        member = tarfile.TarInfo(name)
-        member.mode = mode
-        member.mtime = int(mtime)
-        member.uid = member.gid = 0
-        member.uname = member.gname = ""
-        return member
-
-    root = info(prefix, 0o755, directory.stat().st_mtime)
-    root.type = tarfile.DIRTYPE
-    entries.append(TarEntry(root.tobuf(tarfile.PAX_FORMAT), None, 0))
+    now."""
+    entries = [
+        TarEntry(tar_member(prefix, 0o755, directory.stat().st_mtime, directory=True), None, 0)
+    ]
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames.sort()
         here = Path(dirpath)
@@ -228,17 +260,16 @@ def _tar_entries(directory: Path, prefix: str) -> list[TarEntry]:
             sub = here / name
             if sub.is_symlink():
                 continue
-            member = info(f"{prefix}/{sub.relative_to(directory).as_posix()}", 0o755, 0)
-            member.type = tarfile.DIRTYPE
-            entries.append(TarEntry(member.tobuf(tarfile.PAX_FORMAT), None, 0))
+            name = f"{prefix}/{sub.relative_to(directory).as_posix()}"
+            entries.append(TarEntry(tar_member(name, 0o755, 0, directory=True), None, 0))
         for name in sorted(filenames):
             path = here / name
             st = path.lstat()
             if not stat.S_ISREG(st.st_mode):
                 continue
-            member = info(f"{prefix}/{path.relative_to(directory).as_posix()}", 0o644, st.st_mtime)
-            member.size = st.st_size
-            entries.append(TarEntry(member.tobuf(tarfile.PAX_FORMAT), path, st.st_size))
+            name = f"{prefix}/{path.relative_to(directory).as_posix()}"
+            header = tar_member(name, 0o644, st.st_mtime, st.st_size)
+            entries.append(TarEntry(header, _file_chunks(path, st.st_size), st.st_size))
     return entries
 
 
@@ -256,17 +287,11 @@ class TarStream:
         for entry in self.entries:
             yield entry.header
             written += len(entry.header)
-            if entry.source is None:
+            if entry.read is None:
                 continue
-            left = entry.size
-            with entry.source.open("rb") as f:
-                while left > 0:
-                    chunk = f.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise OSError(f"{entry.source} shrank while it was being sent")
-                    left -= len(chunk)
-                    written += len(chunk)
-                    yield chunk
+            for chunk in entry.read():
+                written += len(chunk)
+                yield chunk
             pad = -entry.size % _BLOCK
             if pad:
                 written += pad
@@ -276,6 +301,9 @@ class TarStream:
 
 
 def tar_stream(directory: Path, prefix: str) -> TarStream:
-    entries = _tar_entries(directory, prefix)
+    return tar_of(_tar_entries(directory, prefix))
+
+
+def tar_of(entries: list[TarEntry]) -> TarStream:
     body = sum(len(e.header) + e.size + (-e.size % _BLOCK) for e in entries) + 2 * _BLOCK
     return TarStream(entries, body + (-body % _RECORD))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 BLOCK_SIZE = 64 * 1024
 MAX_TAIL_BYTES = 8 * 1024 * 1024
@@ -32,26 +33,39 @@ def tail(
         return b"", 0
     with f:
         size = os.fstat(f.fileno()).st_size
-        if lines <= 0 or size == 0:
-            return b"", size
-        end = size
-        blocks: list[bytes] = []
-        held = 0
-        newlines = 0
-        # A trailing newline ends the last line; it does not start another one.
-        f.seek(size - 1)
-        wanted = lines + 1 if f.read(1) == b"\n" else lines
-        while end > 0 and held < max_bytes:
-            start = max(0, end - block_size)
-            f.seek(start)
-            block = f.read(end - start)
-            end = start
-            blocks.append(block)
-            held += len(block)
-            newlines += block.count(b"\n")
-            if newlines >= wanted:
-                break
-        data = b"".join(reversed(blocks))
+        return tail_of(f, size, lines, block_size=block_size, max_bytes=max_bytes)
+
+
+def tail_of(
+    f: BinaryIO,
+    size: int,
+    lines: int,
+    *,
+    block_size: int = BLOCK_SIZE,
+    max_bytes: int = MAX_TAIL_BYTES,
+) -> tuple[bytes, int]:
+    """`tail` of an open, seekable file of `size` bytes (a local file, or an object of the
+    artifact store read in ranges)."""
+    if lines <= 0 or size == 0:
+        return b"", size
+    end = size
+    blocks: list[bytes] = []
+    held = 0
+    newlines = 0
+    # A trailing newline ends the last line; it does not start another one.
+    f.seek(size - 1)
+    wanted = lines + 1 if f.read(1) == b"\n" else lines
+    while end > 0 and held < max_bytes:
+        start = max(0, end - block_size)
+        f.seek(start)
+        block = f.read(end - start)
+        end = start
+        blocks.append(block)
+        held += len(block)
+        newlines += block.count(b"\n")
+        if newlines >= wanted:
+            break
+    data = b"".join(reversed(blocks))
     if newlines >= wanted:
         # Drop everything up to the newline that precedes the first wanted line.
         cut = len(data)

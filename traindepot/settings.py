@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # created (mode 0600) in `home/secret_key` and read from there; every API process and
     # the `keys` commands must see the same one.
     secret_key: str | None = Field(default=None, min_length=16)
+    # The Fernet key tenant secrets (the Hub token) are encrypted under
+    # (traindepot/tenant_secrets.py). Unset: one is created (0600) in `home/secrets_key`;
+    # the API and every worker must see the same one.
+    secrets_key: str | None = Field(default=None, min_length=44, max_length=44)
     # How long an API process trusts a key it has checked (api/keycache.py: only while it
     # hears revocations on Redis; 0 checks every request against the database).
     api_key_cache_seconds: float = Field(default=30.0, ge=0)
@@ -173,6 +177,23 @@ class Settings(BaseSettings):
     # How long a job waits for a template process that is still importing before it starts
     # cold (waiting is never slower: a cold start does the same imports from the start).
     warm_start_wait_seconds: float = Field(default=30.0, ge=0)
+
+    # The artifact store (traindepot/store.py, docs/architecture.md "The artifact store"):
+    # unset, a job's files stay under `home`, which the API and the workers then share; an
+    # fsspec URL (`s3://bucket/prefix`, endpoint and credentials from the usual AWS_*
+    # variables, or `file:///dir`) holds checkpoints, models and logs for every process.
+    artifacts_url: str | None = Field(default=None, min_length=1)
+    # A worker's local copies of jobs that no longer run on it (finished jobs, checkpoints
+    # downloaded for a resume) are a cache of the store: at most this many bytes of them.
+    artifacts_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    # How long the end of an attempt waits for its uploads (the last checkpoint, the model,
+    # the log) while the store is unreachable before the job fails.
+    artifacts_upload_deadline_seconds: float = Field(default=600.0, gt=0)
+    # `?redirect=true` of the artifact routes: how long a presigned URL is valid.
+    artifacts_redirect_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    # The live training log of a job with a store (a Redis stream, api/routes/logs.py): the
+    # most chunks it keeps (each at most 64 KiB; the oldest go first).
+    log_stream_max_chunks: int = Field(default=20_000, gt=0)
 
     # Background flusher of training events (see worker/flusher.py).
     flush_interval_seconds: float = Field(default=1.0, gt=0)

@@ -266,6 +266,20 @@ class Notify(_Strict):
     )
 
 
+class HubSync(_Strict):
+    repo_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$",
+        description="The model repository to push to (`owner/name`; created if missing).",
+    )
+    strategy: Literal["end", "every_save", "checkpoint"] = Field(
+        default="end",
+        description="As TrainingArguments' `hub_strategy`: `end` pushes the final model;"
+        " `every_save` also the model at each checkpoint; `checkpoint` also the whole last"
+        " checkpoint in `last-checkpoint/`.",
+    )
+    private: bool = Field(default=True, description="Create the repository private.")
+
+
 class Resources(_Strict):
     gpus: int = Field(
         default=1,
@@ -388,6 +402,12 @@ class JobSpec(_Strict):
     notify: Notify | None = Field(
         default=None,
         description="Webhooks told of this job's status changes (per tenant: `POST /webhooks`).",
+    )
+    hub: HubSync | None = Field(
+        default=None,
+        description="Push the model to the Hugging Face Hub (`HF_ENDPOINT` of the workers),"
+        " with the tenant's `hf_token` secret (`PUT /tenants/{t}/secrets/hf_token`). A failed"
+        " push does not fail the job: it is in `progress.hub`.",
     )
 
     # (where, the tasks it belongs to) of each field set aside for another recipe's spec.

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -172,3 +174,37 @@ class TraindepotCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.flusher.set_progress({"last_checkpoint_step": state.global_step})
+
+
+class HandoffCallback(TrainerCallback):
+    """With an artifact store: each checkpoint, once the Trainer has written it whole (and
+    rotated the old ones), is handed to the supervisor's uploader by rank 0 (worker/uploads.py):
+    hard links and a rename, the training thread's only part of the upload."""
+
+    def __init__(self, job_dir: Path, ranks: int = 1) -> None:
+        self.job_dir = job_dir
+        self.ranks = ranks
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        from worker.checkpoints import is_complete
+        from worker.uploads import hand_off
+
+        checkpoint = Path(args.output_dir or "") / f"checkpoint-{state.global_step}"
+        # Several ranks write their RNG states beside rank 0's files without waiting for it.
+        for _ in range(100):
+            if is_complete(checkpoint, self.ranks):
+                break
+            time.sleep(0.05)
+        else:
+            log.warning("%s is not whole: not handed to the uploader", checkpoint.name)
+            return
+        hand_off(
+            checkpoint,
+            self.job_dir,
+            save_total_limit=args.save_total_limit,
+            best=state.best_model_checkpoint,
+        )

@@ -43,6 +43,9 @@ _SETTINGS = frozenset(
         "TRAINDEPOT_MAX_DATASET_ROWS",
         "TRAINDEPOT_DB_POOL_SIZE", "TRAINDEPOT_DB_MAX_OVERFLOW",
         "TRAINDEPOT_DB_POOL_TIMEOUT_SECONDS", "TRAINDEPOT_DATASET_CACHE_MIB",
+        # Whether there is a store (the child hands its checkpoints over); the store's
+        # credentials stay with the worker, which uploads (worker/uploads.py).
+        "TRAINDEPOT_ARTIFACTS_URL",
     }
 )  # fmt: skip
 

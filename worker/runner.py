@@ -41,6 +41,7 @@ from worker.outcome import outcome_path, write_outcome, write_rank_error
 if TYPE_CHECKING:
     from worker.callback import PointSink
     from worker.flusher import Flusher
+    from worker.hub import HubPusher
 
 log = logging.getLogger("traindepot.runner")
 
@@ -125,7 +126,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     from traindepot.gc_freeze import freeze_imports
     from worker import builders, checkpoints, data_cache, pruning
-    from worker.callback import TraindepotCallback
+    from worker.callback import HandoffCallback, TraindepotCallback
 
     freeze_imports()  # a cold child's imports too (a warm one's template froze its own)
 
@@ -144,6 +145,14 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     # ranks of a multi-rank one would have to agree on the stop; they run unpruned).
     trial = pruning.for_job(job_id) if not rank.several else None
     callbacks: list[Any] = [callback] if trial is None else [callback, trial]
+    if settings.artifacts_url:  # checkpoints go on to the store (worker/uploads.py)
+        callbacks.append(HandoffCallback(job_dir, rank.size))
+    hub: HubPusher | None = None
+    if spec.hub is not None and rank.reports:  # worker/hub.py
+        from worker.hub import HubPusher
+
+        hub = HubPusher(spec.hub, flusher, job_dir)
+        callbacks.append(hub)
 
     phase: Reason = "config"
 
@@ -191,7 +200,9 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
             # cancelled ones included. A model that cannot be written fails the job.
             from worker.export import save_final_model
 
-            save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
+            model = save_final_model(trainer, spec, job_dir, str(job_id), attempt, result)
+            if hub is not None:  # a failed push is recorded, never raised
+                hub.finish(model)
         outcome: dict[str, Any] = {
             "status": "stopped" if stopped or pruned else "succeeded",
             "result": result,

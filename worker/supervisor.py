@@ -33,18 +33,21 @@ from db.session import session_scope
 from traindepot import artifacts, events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
+from traindepot.store import open_store
 from worker import budget, launcher, ranks, warm
 from worker.child_env import training_environment
 from worker.control import control
 from worker.lease import Lease
 from worker.outcome import (
     StopReason,
+    Verdict,
     first_rank_error,
     read_outcome,
     verdict,
     with_rank_errors,
 )
 from worker.reaper import send
+from worker.store_sync import AttemptStore, store_error
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,15 @@ class Supervisor:
         max_runtime_seconds: float | None = None,
         devices_env: dict[str, str] | None = None,
         ranks: int = 1,
+        resume_from_checkpoint: object = None,
+        secrets_env: dict[str, str] | None = None,
     ) -> None:
         self.job_id = job_id
         # The job's devices (`CUDA_VISIBLE_DEVICES`, worker/devices.py).
         self.devices_env = devices_env or {}
+        # The tenant's secrets this job uses (`HF_TOKEN`, worker/hub_token.py): in the
+        # environment of this job's child only, never logged.
+        self.secrets_env = secrets_env or {}
         # One process per device when the job has several (worker/launcher.py).
         self.ranks = ranks
         self.attempt = attempt
@@ -87,6 +95,19 @@ class Supervisor:
         self.lease = Lease(job_id=job_id, attempt=attempt, settings=settings)
         self._child: warm.TrainingChild | None = None  # once started
         self._stop_lock = threading.Lock()  # the watch loop and the control thread stop it
+        # With an artifact store: restores before the child, uploads during and after it.
+        store = open_store(settings)
+        self.store: AttemptStore | None = None
+        if store is not None:
+            self.store = AttemptStore(
+                store,
+                settings,
+                job_id=job_id,
+                attempt=attempt,
+                job_dir=self.job_dir,
+                ranks=ranks,
+                resume_from_checkpoint=resume_from_checkpoint,
+            )
 
     def on_change(self, status: str | None, attempt: int | None) -> None:
         """A notice from worker/control.py (its thread): a cancel of this attempt stops the
@@ -114,6 +135,8 @@ class Supervisor:
         # A cancel committed between the claim and the LISTEN above: read it now.
         self.lease.renew_now()
         try:
+            if self.store is not None:
+                self.store.before_child(log_path)
             with log_path.open("ab") as log_file:
                 env = self._child_env()
                 if self.ranks > 1:
@@ -128,7 +151,9 @@ class Supervisor:
                 if prepared is not None:
                     child = self._start_warm(prepared, log_path, log_file)
                 if child is None:
-                    child = self._start_cold(log_file, env)
+                    # The job's secrets only here and in `_start_warm`'s job env: never in
+                    # the environment a template process may be started with (`take`).
+                    child = self._start_cold(log_file, {**env, **self.secrets_env})
                 self._child = child
                 self._record_start("cold" if isinstance(child, subprocess.Popen) else "warm")
                 self._watch(child)
@@ -138,6 +163,8 @@ class Supervisor:
                     f"{', lease lost' if self.lease_lost else ''}) ---\n".encode()
                 )
             if self.lease_lost:
+                if self.store is not None:
+                    self.store.lost()
                 log.warning(
                     "job %s attempt %s: lease lost; results left to the newer attempt",
                     self.job_id,
@@ -189,7 +216,7 @@ class Supervisor:
                 attempt=self.attempt,
                 job_dir=self.job_dir,
                 log_path=log_path,
-                job_env=self.devices_env,
+                job_env={**self.devices_env, **self.secrets_env},
             )
         except (OSError, TimeoutError, ValueError) as exc:
             log.warning("job %s: warm start failed (%s); starting cold", self.job_id, exc)
@@ -282,6 +309,12 @@ class Supervisor:
             max_runtime_seconds=self.max_runtime_seconds,
             log_tail=lambda: tail(log_path, 60)[0].decode(errors="replace"),
         )
+        if self.store is not None:
+            problem = self.store.after_child(log_path)
+            if problem is not None and ended.status is not None:
+                log.error("job %s: %s", self.job_id, problem)
+                ended = Verdict(JobStatus.FAILED, ended.result, ended.error or store_error(problem))
+            self.store.ended(terminal=ended.status is not None)
         if self.overrun is not None:  # over its memory or disk budget, whatever it reported
             self._write_terminal(JobStatus.FAILED, ended.result, budget.error(self.overrun))
         elif ended.status is None:

@@ -23,7 +23,7 @@ from db.retry import retry_db
 from db.session import session_scope
 from traindepot.dispatch import TASK_NAME, enqueue, worker_id
 from traindepot.settings import Settings, get_settings
-from worker import devices, reaper, warm
+from worker import devices, hub_token, reaper, warm
 from worker.celery_app import app
 from worker.child_env import training_environment
 from worker.supervisor import Supervisor, shutting_down
@@ -100,6 +100,8 @@ def _supervise(
         started_at = job.started_at
         limit = (job.spec.get("limits") or {}).get("max_runtime_seconds")
         sweep_id = job.sweep_id
+        resume = job.spec.get("resume_from_checkpoint")
+        secrets_env = hub_token.child_env(session, settings, job.tenant, job.spec)
     # A spec stored without a time limit (before the server filled in its default) gets the
     # default; none runs past the server's maximum.
     runtime = settings.default_max_runtime_seconds if limit is None else float(limit)
@@ -111,6 +113,8 @@ def _supervise(
         max_runtime_seconds=min(runtime, settings.max_runtime_seconds),
         devices_env=devices_env,
         ranks=ranks,
+        resume_from_checkpoint=resume,
+        secrets_env=secrets_env,
     ).run()
     if sweep_id is not None:
         # A trial ended (or was given back): tell the study and ask the next trials before

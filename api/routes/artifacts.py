@@ -3,20 +3,22 @@ file (with `ETag` and `Range`), the whole model as a streamed tar
 (docs/architecture.md, "Artifacts and retention").
 
 The job row is read (and scoped to the caller: another tenant's job is a 404) in the
-database thread; the files are read from the job's directory under `TRAINDEPOT_HOME`, which
-the API shares with the workers, in a thread of their own.
+database thread; the files are read in a thread of their own: from the artifact store when
+there is one (traindepot/store.py; `?redirect=true` answers a presigned URL instead), else
+from the job's directory under `TRAINDEPOT_HOME`, which the API then shares with the
+workers.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
@@ -31,9 +33,11 @@ from api.schemas import (
     ModelArtifacts,
 )
 from db import jobs
-from traindepot import artifacts
+from traindepot import artifacts, log_stream
 from traindepot.problems import Problem, SpecInvalid
+from traindepot.settings import Settings
 from traindepot.statuses import JobStatus
+from traindepot.store import ArtifactStore, answering, open_store
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
@@ -88,6 +92,50 @@ def _listing(job_id: uuid.UUID, job_dir: Path, evals: dict[int, dict[str, Any]])
     )
 
 
+def _stored_listing(
+    job_id: uuid.UUID, store: ArtifactStore, evals: dict[int, dict[str, Any]]
+) -> ArtifactsOut:
+    """`_listing` from the store: the final model's manifest, and the checkpoints the store
+    has whole (the uploads in progress are not listed)."""
+
+    def files(prefix: str, manifest: dict[str, Any]) -> list[ArtifactFile]:
+        listed = [
+            ArtifactFile(path=f"{prefix}/{f['path']}", size=f["size"], sha256=f["sha256"])
+            for f in manifest["files"]
+        ]
+        size = len(json.dumps(manifest, indent=1))  # as written (artifacts.write_manifest)
+        return [*listed, ArtifactFile(path=f"{prefix}/{artifacts.MANIFEST}", size=size)]
+
+    model = None
+    manifest = store.read_json(job_id, f"{artifacts.MODEL_DIR}/{artifacts.MANIFEST}")
+    if manifest is not None:
+        listed = files(artifacts.MODEL_DIR, manifest)
+        model = ModelArtifacts(files=listed, total_bytes=sum(f.size for f in listed))
+    state = store.read_json(job_id, f"{artifacts.MODEL_DIR}/trainer_state.json") or {}
+    best, metric = state.get("best_model_checkpoint"), state.get("best_metric")
+    checkpoints = []
+    for stored in store.complete_checkpoints(job_id):
+        listed = files(f"{artifacts.OUTPUT_DIR}/{stored.name}", stored.manifest)
+        checkpoints.append(
+            CheckpointArtifacts(
+                step=stored.step,
+                path=f"{artifacts.OUTPUT_DIR}/{stored.name}",
+                files=listed,
+                total_bytes=sum(f.size for f in listed),
+                metrics=evals.get(stored.step),
+            )
+        )
+    return ArtifactsOut(
+        job_id=job_id,
+        model=model,
+        best_checkpoint=f"{artifacts.OUTPUT_DIR}/{Path(best).name}"
+        if isinstance(best, str)
+        else None,
+        best_metric=float(metric) if isinstance(metric, int | float) else None,
+        checkpoints=checkpoints,
+    )
+
+
 @router.get("/{job_id}/artifacts", response_model=ArtifactsOut, responses=_ERRORS)
 async def list_artifacts(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep) -> Response:
     """The final model's files (size, sha256) and every checkpoint (step, files, sizes, the
@@ -98,7 +146,11 @@ async def list_artifacts(job_id: uuid.UUID, settings: SettingsDep, access: Acces
         return jobs.eval_points(session=session, job_id=job_id)
 
     evals = await access.run(read)
-    listing = await run_in_threadpool(_listing, job_id, settings.job_dir(job_id), evals)
+    store = open_store(settings)
+    if store is not None:
+        listing = await run_in_threadpool(answering(_stored_listing), job_id, store, evals)
+    else:
+        listing = await run_in_threadpool(_listing, job_id, settings.job_dir(job_id), evals)
     return Response(listing.model_dump_json(), media_type="application/json")
 
 
@@ -124,13 +176,28 @@ def _etag(job_dir: Path, relative: str) -> str | None:
     },
 )
 async def get_artifact(
-    job_id: uuid.UUID, path: str, request: Request, settings: SettingsDep, access: AccessDep
+    job_id: uuid.UUID,
+    path: str,
+    request: Request,
+    settings: SettingsDep,
+    access: AccessDep,
+    redirect: Annotated[
+        bool,
+        Query(
+            description="With an artifact store that signs URLs (S3): answer 307 to a"
+            " presigned URL, valid `artifacts_redirect_seconds`, that downloads the file"
+            " without the API"
+        ),
+    ] = False,
 ) -> Response:
     """One file of the final model (`model/...`) or of a checkpoint (`output/checkpoint-N/
     ...`). Answers `Range` requests (206) so that a broken download resumes, and `If-Range`
     with its `ETag`. `..`, absolute paths and anything outside those two directories are
     refused (422); a symlink that leads out of them is a 404."""
     await access.run(lambda session, caller: load_job(session, caller, job_id))
+    store = open_store(settings)
+    if store is not None or redirect:
+        return await _stored_artifact(job_id, path, request, store, settings, redirect)
     job_dir = settings.job_dir(job_id)
 
     def locate() -> tuple[Path, str | None]:
@@ -158,9 +225,15 @@ def _bad_range(value: str | None, path: Path) -> JSONResponse | None:
     malformed, 416 past the end with `Content-Range: bytes */size`); None when it is fine."""
     if value is None:
         return None
-    size = path.stat().st_size
+    refused = _ranges(value, path.stat().st_size)
+    return refused if isinstance(refused, JSONResponse) else None
+
+
+def _ranges(value: str, size: int) -> list[tuple[int, int]] | JSONResponse:
+    """The byte ranges (start, end exclusive) of a `Range` header, by Starlette's parser,
+    or the JSON answer that refuses it."""
     try:
-        FileResponse._parse_range_header(value, size)
+        return FileResponse._parse_range_header(value, size)
     except MalformedRangeHeader as exc:
         return JSONResponse({"error": "invalid_range", "detail": exc.content}, 400)
     except RangeNotSatisfiable:
@@ -169,7 +242,78 @@ def _bad_range(value: str | None, path: Path) -> JSONResponse | None:
             416,
             headers={"Content-Range": f"bytes */{size}"},
         )
-    return None
+
+
+def _stored_etag(store: ArtifactStore, job_id: uuid.UUID, relative: str) -> str | None:
+    """A file's sha256 from the manifest of its directory (the model, or its checkpoint)."""
+    parts = relative.split("/")
+    depth = 1 if parts[0] == artifacts.MODEL_DIR else 2
+    if len(parts) <= depth:
+        return None
+    base, name = "/".join(parts[:depth]), "/".join(parts[depth:])
+    manifest = store.read_json(job_id, f"{base}/{artifacts.MANIFEST}") or {}
+    found = next((f["sha256"] for f in manifest.get("files", []) if f["path"] == name), None)
+    return f'"{found}"' if found else None
+
+
+async def _stored_artifact(
+    job_id: uuid.UUID,
+    path: str,
+    request: Request,
+    store: ArtifactStore | None,
+    settings: Settings,
+    redirect: bool,
+) -> Response:
+    """`get_artifact` from the store: one ranged read of at most 1 MiB at a time, so memory
+    stays flat whatever the file's size; `redirect`: a presigned URL instead."""
+    try:
+        artifacts.check_relative(path)
+    except artifacts.UnsafePath as exc:
+        raise SpecInvalid([Problem(("path",), str(exc), "unsafe_path")]) from exc
+    if store is None:
+        raise SpecInvalid(
+            [Problem(("redirect",), "no artifact store is configured to sign URLs", "no_store")]
+        )
+
+    def locate() -> tuple[int, str | None]:
+        return store.size(job_id, path), _stored_etag(store, job_id, path)
+
+    try:
+        size, etag = await run_in_threadpool(answering(locate))
+    except artifacts.NoSuchArtifact as exc:
+        raise NotFound(f"artifact {path!r} of job {job_id}") from exc
+    if redirect:
+        try:
+            url = await run_in_threadpool(
+                answering(store.presigned), job_id, path, settings.artifacts_redirect_seconds
+            )
+        except NotImplementedError as exc:
+            problem = Problem(("redirect",), "the artifact store cannot sign URLs", "no_signing")
+            raise SpecInvalid([problem]) from exc
+        return RedirectResponse(url, status_code=307)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{PurePosixPath(path).name}"',
+    }
+    if etag:
+        headers["ETag"] = etag
+    start, end, status = 0, size, 200
+    value = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if value is not None and (if_range is None or if_range == etag):
+        ranges = _ranges(value, size)
+        if isinstance(ranges, JSONResponse):
+            return ranges
+        if len(ranges) == 1:  # several ranges: the whole file (a server may ignore Range)
+            (start, end), status = ranges[0], 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    return StreamingResponse(
+        store.read_range(job_id, path, start, end),
+        status_code=status,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
 
 
 @router.get(
@@ -184,13 +328,16 @@ async def get_model_tar(
     archive is built on disk or in memory. `Content-Length` is known up front."""
     await access.run(lambda session, caller: load_job(session, caller, job_id))
     directory = artifacts.model_dir(settings.job_dir(job_id))
+    store = open_store(settings)
 
     def archive() -> artifacts.TarStream | None:
+        if store is not None:
+            return store.model_tar(job_id)
         if not (directory / artifacts.MANIFEST).is_file():
             return None
         return artifacts.tar_stream(directory, artifacts.MODEL_DIR)
 
-    stream = await run_in_threadpool(archive)
+    stream = await run_in_threadpool(answering(archive))
     if stream is None:
         raise NotFound(f"the model of job {job_id}")
     return StreamingResponse(
@@ -223,7 +370,7 @@ async def delete_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
 
     await access.run(check)
     # Files first: a failure here leaves the row, and the DELETE can be sent again.
-    await run_in_threadpool(artifacts.remove_job_files, settings.job_dir(job_id))
+    await run_in_threadpool(answering(remove_everywhere), settings, job_id)
     deleted = await access.run(
         lambda session, caller: jobs.delete_finished(session=session, job_id=job_id),
         commit=True,
@@ -231,3 +378,13 @@ async def delete_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep
     if not deleted:  # deleted by a concurrent request in between
         raise NotFound(f"job {job_id}")
     return Response(status_code=204)
+
+
+def remove_everywhere(settings: Settings, job_id: uuid.UUID) -> None:
+    """A job's files: in the store (and its log stream) when there is one, and locally."""
+    store = open_store(settings)
+    if store is not None:
+        store.remove(job_id)
+        if settings.redis_url:
+            log_stream.forget(settings.redis_url, job_id)
+    artifacts.remove_job_files(settings.job_dir(job_id))
