@@ -344,9 +344,14 @@ def build_stack(
         if export_env:
             # The test process reads the same settings (db/session.py, settings caches).
             os.environ.update({k: v for k, v in env.items() if k.startswith("TRAINDEPOT_")})
+            from db import session as db_session
             from traindepot.settings import get_settings
 
             get_settings.cache_clear()
+            # An engine or session factory made earlier in this process for another
+            # database (a test's own) is not this stack's.
+            db_session.get_engine.cache_clear()
+            db_session._factory.cache_clear()
 
         api, url = start_api(env, home / "logs" / "api.log", port=free_port())
         cleanup.callback(stop_process, api)

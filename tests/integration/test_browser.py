@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def test_filters(page: Page, stack: Stack) -> None:
         open_dashboard(page, stack)
 
         def names() -> list[str]:
-            texts = page.locator("tr.job td:first-child").all_inner_texts()
+            texts = page.locator("tr.job td.name").all_inner_texts()
             return sorted(text.split("\n")[0] for text in texts)
 
         page.fill("#f-queue", queue)
@@ -226,3 +227,67 @@ def test_a_failed_job_shows_its_exception_and_traceback(page: Page, stack: Stack
     assert page.locator("#cancel").count() == 0
     assert page.locator("#artifacts").is_hidden()  # nothing to download
     screenshot(page, "job-failed")
+
+
+def test_compare_overlays_ticked_jobs_and_a_sweep_page_plots_its_trials(
+    page: Page, stack: Stack
+) -> None:
+    """Tick two finished jobs in the list and Compare: their loss curves overlaid, one line
+    each with its points. A sweep's page: its status, best trial, the objective against
+    its parameter, and its trials' curves."""
+    args = {"max_steps": 4, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2}
+    jobs = [
+        stack.submit(
+            tiny_spec(
+                name=f"browser-compare-{i}",
+                dataset={"eval_fraction": 0.25},
+                training_args={**args, "seed": i},
+            )
+        )
+        for i in (1, 2)
+    ]
+    sweep = stack.http.post(
+        "/sweeps",
+        json={
+            "name": "browser-sweep",
+            "base": tiny_spec(
+                name="browser-sweep-trial", dataset={"eval_fraction": 0.25}, training_args=args
+            ),
+            "search_space": {
+                "training_args.learning_rate": {
+                    "type": "float", "low": 1e-4, "high": 1e-2, "log": True,
+                }
+            },
+            "sampler": "random",
+            "max_trials": 2,
+            "max_concurrent_trials": 1,
+        },
+    )  # fmt: skip
+    assert sweep.status_code == 201, sweep.text
+    for job in jobs:
+        assert stack.wait(job["id"])["status"] == "succeeded"
+
+    open_dashboard(page, stack)
+    for job in jobs:
+        page.check(f'tr.job[data-id="{job["id"]}"] input.pick', timeout=WAIT_MS)
+    assert page.inner_text("#compare") == "Compare (2)"
+    page.click("#compare")
+    page.wait_for_selector("#overlay-loss", timeout=WAIT_MS)
+    assert "2 jobs compared" in page.inner_text("#detail h2")
+    legend = page.text_content("#overlay-loss .legend") or ""
+    assert "browser-compare-1 (4)" in legend and "browser-compare-2 (4)" in legend
+    screenshot(page, "compare")
+
+    sweep_id = sweep.json()["id"]
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while stack.http.get(f"/sweeps/{sweep_id}").json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the sweep did not end"
+        time.sleep(0.5)
+    page.goto(f"{stack.url}/dashboard#sweep={sweep_id}")
+    page.wait_for_selector("#sweep-status.succeeded", timeout=WAIT_MS)
+    assert page.inner_text("#sweep-best").startswith("best: trial")
+    scatter = page.get_attribute("#sweep-param-0", "data-points")
+    assert scatter == "2"  # both trials' objective against the learning rate
+    page.wait_for_selector("#sweep-curves #overlay-loss", timeout=WAIT_MS)
+    assert page.locator("#trials tr").count() == 3  # a header and two trials
+    screenshot(page, "sweep")

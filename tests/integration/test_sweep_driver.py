@@ -100,12 +100,25 @@ def sql(url: str, query: str, *params: object) -> None:
         conn.execute(query, params)
 
 
-@pytest.fixture(autouse=True)
-def _settings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAINDEPOT_DATABASE_URL", database_url)
+def _forget_settings() -> None:
+    """The process' cached settings, engines and session factories, read again on next use."""
+    from db import session
     from traindepot.settings import get_settings
 
     get_settings.cache_clear()
+    session.get_engine.cache_clear()
+    session._factory.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _settings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This module's database for the code under test; afterwards the process' own again
+    (a later test of this process must not reach this module's database, dropped by then)."""
+    monkeypatch.setenv("TRAINDEPOT_DATABASE_URL", database_url)
+    _forget_settings()
+    yield
+    monkeypatch.undo()
+    _forget_settings()
 
 
 def test_an_asked_trial_without_a_job_gets_one_and_a_trial_is_told_once(
