@@ -4,10 +4,10 @@
 `TrainingArguments` and `Trainer`.
 
 The equivalence tests (test_foundation.py, test_tasks.py) run these beside the service and
-compare the `TrainOutput`s. They share no code with worker/builders.py or worker/data.py, so
-a bug in how the service builds a job shows as a difference. The one input they take from
-the project is the built-in byte-level tokenizer, which a spec names like a tokenizer
-directory.
+compare the `TrainOutput`s. They import nothing of the project, so a bug in how the service
+builds a job shows as a difference. The tokenizer is the service's built-in byte-level one as
+files (tests/data/byte-level-tokenizer, which tests/unit/test_byte_tokenizer_files.py holds
+equal to the built-in), loaded as a user loads any tokenizer directory.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -35,11 +36,13 @@ from transformers import (
 )
 
 from tests.integration.plain_qa import qa_positions, qa_predictions, qa_windows
-from worker.byte_tokenizer import byte_level_tokenizer
+
+#: The built-in byte-level tokenizer, saved with `save_pretrained`.
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "byte-level-tokenizer"
 
 
 def byte_tokenizer() -> PreTrainedTokenizerBase:
-    tokenizer: PreTrainedTokenizerBase = byte_level_tokenizer()
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     return tokenizer
 
 

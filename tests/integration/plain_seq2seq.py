@@ -5,8 +5,8 @@ their own maximum lengths (`text_target`), `AutoModelForSeq2SeqLM`,
 `compute_metrics` decoding the generated ids and scoring them with ROUGE (rouge-score;
 `evaluate.load("rouge")` needs the Hub) or sacreBLEU.
 
-Imports nothing of the project but the built-in byte-level tokenizer (a spec names it like a
-tokenizer directory). The byte-level tokenizer appends no end-of-sequence token, where the
+Imports nothing of the project; the tokenizer is plain_scripts.py's (the built-in byte-level
+one, as files). The byte-level tokenizer appends no end-of-sequence token, where the
 guides' T5 tokenizer appends `</s>`: the target gets one here, so that the model learns to
 stop. Used by tests/integration/test_seq2seq_and_images.py, beside the service.
 """
@@ -27,7 +27,7 @@ from transformers import (
     set_seed,
 )
 
-from worker.byte_tokenizer import byte_level_tokenizer
+from tests.integration.plain_scripts import byte_tokenizer
 
 
 def seq2seq_on_rows(
@@ -49,7 +49,7 @@ def seq2seq_on_rows(
     """Rows `{"source", "target"}`, part held out; returns the TrainOutput (None when
     `train` is false: the untrained model's evaluation) and the Trainer's log history."""
     set_seed(training_args["seed"])
-    tokenizer = byte_level_tokenizer()
+    tokenizer = byte_tokenizer()
     splits = Dataset.from_list(rows).train_test_split(test_size=eval_fraction, seed=split_seed)
 
     def preprocess_function(examples: dict[str, list[Any]]) -> dict[str, Any]:

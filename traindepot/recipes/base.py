@@ -32,10 +32,22 @@ from traindepot.spec import JobSpec, ModelSpec
 if TYPE_CHECKING:
     from worker.data import Datasets
 
-__all__ = ["Example", "Recipe", "TrainerParts"]
+__all__ = ["Example", "Recipe", "TrainerParts", "example_training_args"]
 
 # An OpenAPI example of `POST /jobs`: {"summary": ..., "value": <a spec>}.
 Example = dict[str, Any]
+
+
+def example_training_args(per_device_train_batch_size: int) -> dict[str, Any]:
+    """The `training_args` of a recipe's example: 8 steps on CPU, evaluated and saved every 4."""
+    return {
+        "max_steps": 8,
+        "per_device_train_batch_size": per_device_train_batch_size,
+        "eval_strategy": "steps",
+        "eval_steps": 4,
+        "save_steps": 4,
+        "use_cpu": True,
+    }
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from traindepot.recipes.base import Example
+from traindepot.recipes.base import Example, example_training_args
 from traindepot.recipes.language_modelling import LanguageModellingRecipe, LMPreprocessing
 from traindepot.spec import JobSpec
 from traindepot.spec_examples import tiny_bert_config
@@ -38,14 +38,7 @@ class MaskedLMRecipe(LanguageModellingRecipe):
                         "eval_fraction": 0.1,
                     },
                     "preprocessing": {"max_length": 64, "group_texts": True},
-                    "training_args": {
-                        "max_steps": 8,
-                        "per_device_train_batch_size": 4,
-                        "eval_strategy": "steps",
-                        "eval_steps": 4,
-                        "save_steps": 4,
-                        "use_cpu": True,
-                    },
+                    "training_args": example_training_args(4),
                 },
             },
         }

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from traindepot.problems import Problem
-from traindepot.recipes.base import Example, Recipe
+from traindepot.recipes.base import Example, Recipe, example_training_args
 from traindepot.spec import DatasetSpec, JobSpec, Preprocessing
 from traindepot.spec_examples import tiny_bert_config
 
@@ -135,14 +135,7 @@ class QuestionAnsweringRecipe(Recipe):
                     "dataset": {"rows": rows * 8, "eval_fraction": 0.25},
                     "preprocessing": {"max_length": 64, "stride": 16},
                     "postprocessing": {"n_best": 10, "max_answer_length": 16},
-                    "training_args": {
-                        "max_steps": 8,
-                        "per_device_train_batch_size": 8,
-                        "eval_strategy": "steps",
-                        "eval_steps": 4,
-                        "save_steps": 4,
-                        "use_cpu": True,
-                    },
+                    "training_args": example_training_args(8),
                 },
             },
         }

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from traindepot.problems import Problem
-from traindepot.recipes.base import Example, Recipe, TrainerParts
+from traindepot.recipes.base import Example, Recipe, TrainerParts, example_training_args
 from traindepot.spec import DatasetSpec, JobSpec, Preprocessing
 
 if TYPE_CHECKING:
@@ -125,14 +125,7 @@ class Seq2SeqRecipe(Recipe):
                     },
                     "generation": {"max_length": 32, "num_beams": 1},
                     "metric": "rouge",
-                    "training_args": {
-                        "max_steps": 8,
-                        "per_device_train_batch_size": 8,
-                        "eval_strategy": "steps",
-                        "eval_steps": 4,
-                        "save_steps": 4,
-                        "use_cpu": True,
-                    },
+                    "training_args": example_training_args(8),
                 },
             },
         }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from traindepot.problems import Problem
-from traindepot.recipes.base import Example, Recipe
+from traindepot.recipes.base import Example, Recipe, example_training_args
 from traindepot.spec import DatasetSpec, JobSpec, Preprocessing, distinct_names
 from traindepot.spec_examples import tiny_bert_config
 
@@ -122,14 +122,7 @@ class TokenClassificationRecipe(Recipe):
                     },
                     "preprocessing": {"max_length": 64, "padding": "longest"},
                     "entities": {"scheme": "IOB2"},
-                    "training_args": {
-                        "max_steps": 8,
-                        "per_device_train_batch_size": 8,
-                        "eval_strategy": "steps",
-                        "eval_steps": 4,
-                        "save_steps": 4,
-                        "use_cpu": True,
-                    },
+                    "training_args": example_training_args(8),
                 },
             },
         }
