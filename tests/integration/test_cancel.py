@@ -108,3 +108,32 @@ def test_a_cancel_reaches_the_training_child_at_its_commit(stack: Stack) -> None
     # Steps flushed after step 50 was visible, plus the steps of the notice's way to the
     # child: far from the 2,000 steps that a cancel at the next renewal would have let run.
     assert 50 <= done["result"]["global_step"] < 400, done["result"]
+
+
+def test_a_job_that_ends_by_itself_after_a_cancel_keeps_its_cancel(stack: Stack) -> None:
+    """Its last step was done when the cancel came: it ends `succeeded` (the whole run is
+    there) and `GET /jobs/{id}` still shows who asked to cancel it and when (README: the
+    cancel came too late). A pretend worker owns attempt 1, on a queue nobody serves."""
+    from db import attempts, jobs
+    from db.models import JobStatus
+    from db.session import session_scope
+
+    with session_scope() as session:
+        job_id = jobs.create(session=session, spec={"name": "too-late", "queue": "nobody"}).id
+    with session_scope() as session:
+        assert attempts.claim(session=session, job_id=job_id, worker="w", lease_seconds=600) == 1
+    cancel = stack.http.post(f"/jobs/{job_id}/cancel")
+    assert cancel.status_code == 200
+    assert cancel.json()["status"] == "cancelling"
+    asked_at = cancel.json()["cancel_requested_at"]
+    assert asked_at is not None and cancel.json()["cancelled_by"] is not None
+
+    with session_scope() as session:  # the child's outcome: every step ran
+        assert attempts.finish(
+            session=session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED, result={}
+        )
+    job = stack.http.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "succeeded"
+    assert job["cancel_requested_at"] == asked_at
+    assert job["cancelled_by"] == cancel.json()["cancelled_by"]
+    assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 409
