@@ -290,6 +290,15 @@ class MetricsOut(BaseModel):
     )
 
 
+class MetricKeysOut(BaseModel):
+    job_id: uuid.UUID
+    keys: list[str] = Field(
+        description="The numeric metrics the job logged (`loss`, `eval_loss`, "
+        "`learning_rate`, `grad_norm`...), in name order: each is a key of "
+        "`GET /jobs/{id}/metrics`."
+    )
+
+
 TenantName = Annotated[
     str,
     Field(

@@ -218,6 +218,35 @@ def sample_series(
     return [ends[0], *middle, *ends[1:]]
 
 
+# The kinds of point the callback writes (worker/callback.py `point_kind`).
+POINT_KINDS = ("train", "eval", "summary")
+
+# The numeric keys of a job's first and last `:n` points of each kind, each end a range scan
+# on `ix_job_metrics_job_kind_step`: a bounded read however long the run.
+_KEYS = """
+    SELECT DISTINCT e.key
+    FROM unnest(CAST(:kinds AS text[])) AS k(kind)
+    CROSS JOIN LATERAL (
+        (SELECT "values" FROM job_metrics
+         WHERE job_id = :job_id AND kind = k.kind ORDER BY step LIMIT :n)
+        UNION ALL
+        (SELECT "values" FROM job_metrics
+         WHERE job_id = :job_id AND kind = k.kind ORDER BY step DESC LIMIT :n)
+    ) AS p
+    CROSS JOIN LATERAL jsonb_each(p."values") AS e
+    WHERE jsonb_typeof(e.value) = 'number'
+    ORDER BY e.key
+"""
+
+
+def logged_keys(*, session: Session, job_id: uuid.UUID, ends: int = 1000) -> list[str]:
+    """The names of the numeric metrics a job logged, in name order: those of its first and
+    last `ends` points of each kind (a key logged only in the middle of a longer history is
+    not seen; reading every point's JSON would cost seconds on a long run)."""
+    rows = session.execute(text(_KEYS), {"kinds": list(POINT_KINDS), "job_id": job_id, "n": ends})
+    return [str(key) for (key,) in rows]
+
+
 def as_dict(point: JobMetric) -> dict[str, Any]:
     recorded: datetime = point.recorded_at
     return {

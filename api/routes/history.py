@@ -1,4 +1,5 @@
-"""`GET /jobs/{id}/metrics`: a job's metric history, downsampled for charts."""
+"""`GET /jobs/{id}/metrics`: a job's metric history, downsampled for charts; and
+`GET /jobs/{id}/metrics/keys`: the names of the metrics it logged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.access import AccessDep, Caller, load_job
 from api.responses import JOB_ROUTE, errors
-from api.schemas import MetricSeries, MetricsOut, json_response
+from api.schemas import MetricKeysOut, MetricSeries, MetricsOut, json_response
 from db import metrics
 from traindepot.downsample import downsample
 from traindepot.problems import Problem, SpecInvalid
@@ -81,5 +82,20 @@ async def job_metrics(
                 count=count, points=[(int(step), value) for step, value in points]
             )
         return json_response(MetricsOut(job_id=job_id, max_points=max_points, series=series))
+
+    return await access.run(read)
+
+
+@router.get("/{job_id}/metrics/keys", response_model=MetricKeysOut, responses=errors(*JOB_ROUTE))
+async def job_metric_keys(job_id: uuid.UUID, access: AccessDep) -> Response:
+    """The names of the numeric metrics the job logged, for a chart's chooser (the
+    dashboard's comparison). Read from the job's first and last 1,000 points of each kind
+    (training logs, evaluations, the end-of-train summary), a bounded read however long the
+    run: a key logged only in the middle of a longer history is not listed."""
+
+    def read(session: Session, caller: Caller) -> Response:
+        load_job(session, caller, job_id)
+        keys = metrics.logged_keys(session=session, job_id=job_id)
+        return json_response(MetricKeysOut(job_id=job_id, keys=keys))
 
     return await access.run(read)

@@ -229,12 +229,32 @@ def test_a_failed_job_shows_its_exception_and_traceback(page: Page, stack: Stack
     screenshot(page, "job-failed")
 
 
+def assert_overlaid(page: Page, chart: str, key: str, names: list[str]) -> None:
+    """`chart` plots `key` (waited for: the choice redraws it), one line per name, each
+    with a dot per logged point of the 4 steps."""
+    page.wait_for_function(
+        "([chart, key, n]) => { const svg = document.querySelector(chart);"
+        " return svg?.getAttribute('aria-label') === key"
+        " && svg.querySelectorAll('polyline.series').length === n; }",
+        arg=[chart, key, len(names)],
+        timeout=WAIT_MS,
+    )
+    lines = page.locator(f"{chart} polyline.series")
+    assert [lines.nth(i).get_attribute("data-name") for i in range(len(names))] == names
+    assert [lines.nth(i).get_attribute("data-count") for i in range(len(names))] == ["4"] * len(
+        names
+    )
+    assert page.locator(f"{chart} circle").count() == 4 * len(names)
+    assert page.get_attribute(chart, "data-points") == str(4 * len(names))
+
+
 def test_compare_overlays_ticked_jobs_and_a_sweep_page_plots_its_trials(
     page: Page, stack: Stack
 ) -> None:
     """Tick two finished jobs in the list and Compare: their loss curves overlaid, one line
-    each with its points. A sweep's page: its status, best trial, the objective against
-    its parameter, and its trials' curves."""
+    each with its points, and any other metric they logged, chosen. A sweep's page: its
+    status, best trial, the objective against its parameter, and its trials' curves (a
+    chosen metric too)."""
     args = {"max_steps": 4, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2}
     jobs = [
         stack.submit(
@@ -276,6 +296,25 @@ def test_compare_overlays_ticked_jobs_and_a_sweep_page_plots_its_trials(
     assert "2 jobs compared" in page.inner_text("#detail h2")
     legend = page.text_content("#overlay-loss .legend") or ""
     assert "browser-compare-1 (4)" in legend and "browser-compare-2 (4)" in legend
+    # A third chart of any other metric the ticked jobs logged: the learning rate first,
+    # then the gradient norm, chosen; one line per job with each logged point.
+    keys = page.locator("#overlay-key option").all_inner_texts()
+    assert {"learning_rate", "grad_norm"} <= set(keys) and "loss" not in keys
+    assert page.input_value("#overlay-key") == "learning_rate"
+    assert page.get_attribute("#overlay-metric", "aria-label") == "learning_rate"
+    page.select_option("#overlay-key", "grad_norm")
+    grad_norms = {
+        job["id"]: stack.http.get(f"/jobs/{job['id']}/metrics?keys=grad_norm").json()["series"][
+            "grad_norm"
+        ]["points"]
+        for job in jobs
+    }
+    assert [len(points) for points in grad_norms.values()] == [4, 4]
+    assert_overlaid(
+        page, "#overlay-metric", "grad_norm", ["browser-compare-1", "browser-compare-2"]
+    )
+    legend = page.text_content("#overlay-metric .legend") or ""
+    assert "browser-compare-1 (4)" in legend and "browser-compare-2 (4)" in legend
     screenshot(page, "compare")
 
     sweep_id = sweep.json()["id"]
@@ -290,4 +329,7 @@ def test_compare_overlays_ticked_jobs_and_a_sweep_page_plots_its_trials(
     assert scatter == "2"  # both trials' objective against the learning rate
     page.wait_for_selector("#sweep-curves #overlay-loss", timeout=WAIT_MS)
     assert page.locator("#trials tr").count() == 3  # a header and two trials
+    # The trials' curves of a chosen metric, as on a comparison.
+    page.select_option("#sweep-curves #overlay-key", "grad_norm", timeout=WAIT_MS)
+    assert_overlaid(page, "#sweep-curves #overlay-metric", "grad_norm", ["trial 0", "trial 1"])
     screenshot(page, "sweep")

@@ -115,3 +115,35 @@ def test_backlog_of_many_pages_is_replayed_complete_and_in_order(
     rest = read_events(small_page_api, job_id, last_event_id=middle.id)
     assert [e.data["id"] for e in rest.points] == [row[0] for row in stored[25:]]
     assert rest.events[-1].event == "end"
+
+
+def test_the_metric_keys_a_job_logged_are_read_from_the_ends_of_its_history(
+    stack: Stack,
+) -> None:
+    """`GET /jobs/{id}/metrics/keys` (the dashboard's metric chooser): the numeric keys of
+    the job's first and last 1,000 points of each kind, in name order."""
+    job_id = _job_with_points(stack, steps=2_500, eval_every=500)
+    stack.sql(
+        "INSERT INTO job_metrics (job_id, attempt, step, kind, epoch, values, recorded_at)"
+        """ VALUES (%s, 1, 2500, 'summary', 25.0, '{"train_runtime": 12.5, "note": "x"}', now())""",
+        uuid.UUID(job_id),
+    )
+    # A key logged once, in the middle of the training points: not read (a bounded read).
+    stack.sql(
+        """UPDATE job_metrics SET values = values || '{"middle_only": 1.0}'"""
+        " WHERE job_id = %s AND kind = 'train' AND step = 1250",
+        uuid.UUID(job_id),
+    )
+    response = stack.http.get(f"/jobs/{job_id}/metrics/keys")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "job_id": job_id,
+        "keys": ["eval_loss", "learning_rate", "loss", "train_runtime"],
+    }
+    # Each is a key of the history route.
+    series = stack.http.get(f"/jobs/{job_id}/metrics?keys=train_runtime").json()["series"]
+    assert series["train_runtime"]["points"] == [[2500, 12.5]]
+    # Another tenant's key does not see the job; an unknown job is a 404 too.
+    other = stack.headers(stack.new_key("keys-tenant"))
+    assert stack.http.get(f"/jobs/{job_id}/metrics/keys", headers=other).status_code == 404
+    assert stack.http.get(f"/jobs/{uuid.uuid4()}/metrics/keys").status_code == 404

@@ -7,7 +7,13 @@ crash or a race leaves, made directly.
 - a trial whose job ended is told once: later passes change nothing, and an ended sweep
   stays as it ended;
 - with every device free, the claim takes no more of a sweep's trials than its cap;
-- a sweep stored by a submit that died before making its study gets one, and its trials.
+- a sweep stored by a submit that died before making its study gets one, and its trials;
+- the objective told with `select: last` is the last evaluation's value;
+- no trial is asked once the time budget is spent, and the sweep ends when its last ends;
+- past TPE's startup trials, the driver asks the trial TPE proposes;
+- successive halving, through the trials' pruning callback, prunes a trial behind at its
+  rung, and the driver tells it PRUNED;
+- a cancelled sweep's `sweep.cancelled` event is written once.
 """
 
 from __future__ import annotations
@@ -221,3 +227,235 @@ def test_a_sweep_whose_submit_died_before_its_study_gets_one(database_url: str) 
     assert advance(url, sweep_id)
     assert [n for n, _, _ in trials(url, sweep_id)] == [0, 1]
     assert states(url, sweep_id) == ["RUNNING", "RUNNING"]
+
+
+def evaluated(url: str, sweep_id: uuid.UUID, number: int, losses: dict[int, float]) -> str:
+    """Trial `number`'s job logged these evaluations (step -> eval_loss); its id."""
+    job = str(
+        sql_one(
+            url, "SELECT id FROM jobs WHERE sweep_id = %s AND trial_number = %s", sweep_id, number
+        )
+    )
+    for step, loss in losses.items():
+        sql(
+            url,
+            "INSERT INTO job_metrics (job_id, step, kind, values, attempt, recorded_at)"
+            " VALUES (%s, %s, 'eval', %s, 1, now())",
+            job,
+            step,
+            psycopg.types.json.Jsonb({"eval_loss": loss}),
+        )
+    return job
+
+
+def succeed(url: str, sweep_id: uuid.UUID, number: int, losses: dict[int, float]) -> None:
+    job = evaluated(url, sweep_id, number, losses)
+    sql(url, "UPDATE jobs SET status = 'succeeded' WHERE id = %s", job)
+
+
+def test_the_objective_told_is_the_last_evaluation_when_select_is_last(
+    database_url: str,
+) -> None:
+    from db import studies
+
+    url = database_url
+    sweep_id, sweep = new_sweep(url, objective={"metric": "eval_loss", "select": "last"})
+    assert advance(url, sweep_id)
+    succeed(url, sweep_id, 0, {2: 3.0, 4: 2.5, 6: 2.75})
+    assert advance(url, sweep_id)
+    told = studies.load(sweep_id, sweep, url).get_trials()[0]
+    assert told.state.name == "COMPLETE"
+    assert told.value == 2.75  # not the best, 2.5 (the default `select`: see the first test)
+
+
+def test_no_trial_is_asked_after_the_time_budget_and_the_sweep_ends(database_url: str) -> None:
+    url = database_url
+    sweep_id, _ = new_sweep(url, max_trials=5, time_budget_seconds=3600)
+    budget = sql_one(
+        url,
+        "SELECT extract(epoch FROM deadline_at - created_at) FROM sweeps WHERE id = %s",
+        sweep_id,
+    )
+    assert abs(float(budget) - 3600) < 5  # type: ignore[arg-type]
+    assert advance(url, sweep_id)
+    assert [n for n, _, _ in trials(url, sweep_id)] == [0, 1]
+    # Trial 0 ends within the budget: trial 2 is asked in its place.
+    succeed(url, sweep_id, 0, {2: 3.0})
+    assert advance(url, sweep_id)
+    assert [n for n, _, _ in trials(url, sweep_id)] == [0, 1, 2]
+
+    # The budget is spent (its deadline passed): trials end, none is asked any more.
+    sql(url, "UPDATE sweeps SET deadline_at = now() - interval '1 second' WHERE id = %s", sweep_id)
+    succeed(url, sweep_id, 1, {2: 2.0})
+    assert advance(url, sweep_id)
+    assert [n for n, _, _ in trials(url, sweep_id)] == [0, 1, 2]
+    assert states(url, sweep_id) == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert sql_one(url, "SELECT status FROM sweeps WHERE id = %s", sweep_id) == "running"
+    # The last one running ends: the sweep ends with 3 of its 5 trials.
+    succeed(url, sweep_id, 2, {2: 2.5})
+    assert advance(url, sweep_id)
+    assert states(url, sweep_id) == ["COMPLETE"] * 3
+    assert sql_one(url, "SELECT status FROM sweeps WHERE id = %s", sweep_id) == "succeeded"
+    assert not advance(url, sweep_id)
+    assert len(trials(url, sweep_id)) == 3
+
+
+def test_a_tpe_sweep_asks_its_trials_from_tpe(database_url: str) -> None:
+    """Past TPE's 10 startup trials (random draws), the driver's next trial is the one
+    TPE proposes from the completed trials, not a random draw."""
+    import math
+
+    import optuna
+
+    from db import studies
+
+    url = database_url
+    space = {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
+    sweep_id, sweep = new_sweep(
+        url,
+        sampler="tpe",
+        seed=3,
+        max_trials=11,
+        search_space={"training_args.learning_rate": space},
+    )
+    # Ten trials completed (told as the driver tells them), best near 1e-3.
+    distribution = distributions(sweep)["training_args.learning_rate"]
+    done = [
+        optuna.trial.create_trial(
+            params={"training_args.learning_rate": lr},
+            distributions={"training_args.learning_rate": distribution},
+            value=(math.log10(lr) + 3) ** 2,
+        )
+        for lr in (1e-5, 3e-5, 1e-4, 3e-4, 8e-4, 2e-3, 5e-3, 1e-2, 3e-2, 1e-1)
+    ]
+    studies.load(sweep_id, sweep, url, asking=False).add_trials(done)
+
+    assert advance(url, sweep_id)
+    rows = trials(url, sweep_id)
+    assert [n for n, _, _ in rows] == [10]  # the last of the 11
+    asked = rows[0][2]["training_args"]["learning_rate"]  # type: ignore[index]
+    assert states(url, sweep_id) == ["COMPLETE"] * 10 + ["RUNNING"]
+
+    def proposal(sampler: optuna.samplers.BaseSampler) -> object:
+        """What `sampler` asks of the same ten trials, in memory."""
+        copy = optuna.create_study(sampler=sampler, direction="minimize")
+        copy.add_trials(done)
+        return copy.ask(distributions(sweep)).params["training_args.learning_rate"]
+
+    seed = sweep.seed + 10  # the driver's seed for the 11th ask
+    assert asked == proposal(optuna.samplers.TPESampler(seed=seed, constant_liar=True))
+    assert asked != proposal(optuna.samplers.RandomSampler(seed=seed))
+
+
+def test_successive_halving_prunes_a_trial_behind_at_its_rung(database_url: str) -> None:
+    """The pruning callback of the trials' children (worker/pruning.py), run here against
+    the sweep's study: trial 0 completes; trial 1, first at its rung, goes on; trial 2,
+    behind trial 1 at the first rung, stops there, and the driver tells it PRUNED."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from db import studies
+    from worker.pruning import for_job
+
+    url = database_url
+    sweep_id, sweep = new_sweep(url, pruner="successive_halving", max_trials=3)
+    assert advance(url, sweep_id)
+
+    def train(number: int, losses: dict[int, float]) -> tuple[int | None, dict[str, object]]:
+        """Trial `number`'s evaluations, each through the callback until it stops the
+        training; the step it stopped at (None: never) and the job's error if pruned."""
+        job = str(
+            sql_one(
+                url,
+                "SELECT id FROM jobs WHERE sweep_id = %s AND trial_number = %s",
+                sweep_id,
+                number,
+            )
+        )
+        callback = for_job(uuid.UUID(job))
+        assert callback is not None
+        args = TrainingArguments(output_dir="unused", report_to=[])
+        for step, loss in losses.items():
+            control = TrainerControl()
+            evaluated(url, sweep_id, number, {step: loss})
+            callback.on_evaluate(
+                args, TrainerState(global_step=step), control, metrics={"eval_loss": loss}
+            )
+            if control.should_training_stop:
+                assert not control.should_save
+                error = callback.error()
+                sql(
+                    url,
+                    "UPDATE jobs SET status = 'cancelled', error = %s WHERE id = %s",
+                    psycopg.types.json.Jsonb(error),
+                    job,
+                )
+                return step, error
+        sql(url, "UPDATE jobs SET status = 'succeeded' WHERE id = %s", job)
+        return None, {}
+
+    assert train(0, {2: 3.0, 4: 2.4}) == (None, {})
+    assert advance(url, sweep_id)
+    assert train(1, {2: 2.0, 4: 1.4}) == (None, {})  # first at each rung
+    assert advance(url, sweep_id)
+    step, error = train(2, {2: 5.0, 4: 4.0})
+    assert step == 2 and error["reason"] == "pruned" and error["step"] == 2
+    assert "successive_halving" in str(error["message"])
+    assert advance(url, sweep_id)
+    assert states(url, sweep_id) == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert sql_one(url, "SELECT status FROM sweeps WHERE id = %s", sweep_id) == "succeeded"
+    # The rungs successive halving recorded: trial 1 promoted past steps 1 and 4 (the
+    # minimum resource is 1: trial 0's last step, 4, over 100), trial 2 stopped at the first.
+    rungs = [
+        {k: v for k, v in t.system_attrs.items() if k.startswith("completed_rung_")}
+        for t in studies.load(sweep_id, sweep, url, asking=False).get_trials()
+    ]
+    assert rungs == [
+        {},
+        {"completed_rung_0": 2.0, "completed_rung_1": 1.4},
+        {"completed_rung_0": 5.0},
+    ]
+
+
+def test_cancelling_a_sweep_emits_sweep_cancelled_once(database_url: str) -> None:
+    from db import sweeps
+    from db.session import session_scope
+
+    url = database_url
+    sweep_id, _ = new_sweep(url)
+    sql(
+        url,
+        "INSERT INTO webhooks (id, tenant, url, events, secret)"
+        " VALUES (gen_random_uuid(), 't', 'http://127.0.0.1:9/hook', %s, 'whsec_x')",
+        ["sweep.cancelled", "sweep.succeeded"],
+    )
+    assert advance(url, sweep_id)
+    assert [s for _, s, _ in trials(url, sweep_id)] == ["queued", "queued"]
+    sql(
+        url, "UPDATE jobs SET status = 'running' WHERE sweep_id = %s AND trial_number = 0", sweep_id
+    )
+
+    def cancelled_events() -> list[tuple[object, ...]]:
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "SELECT e.type, e.data -> 'sweep' ->> 'status', count(d.id)"
+                " FROM webhook_events e JOIN webhook_deliveries d ON d.event_id = e.id"
+                " WHERE e.data -> 'sweep' ->> 'id' = %s GROUP BY e.id ORDER BY e.id",
+                (str(sweep_id),),
+            ).fetchall()
+
+    with session_scope(url) as session:
+        assert sweeps.request_cancel(session=session, sweep_id=sweep_id, by=None)
+    assert advance(url, sweep_id)  # the queued trial, cancelled at once, is told
+    assert states(url, sweep_id) == ["RUNNING", "FAIL"]  # trial 0 still stopping
+    assert cancelled_events() == []
+    assert sql_one(url, "SELECT status FROM sweeps WHERE id = %s", sweep_id) == "cancelling"
+    # The running trial stops: the sweep ends `cancelled`, told once.
+    sql(url, "UPDATE jobs SET status = 'cancelled' WHERE sweep_id = %s", sweep_id)
+    assert advance(url, sweep_id)
+    assert cancelled_events() == [("sweep.cancelled", "cancelled", 1)]
+    assert not advance(url, sweep_id)
+    with session_scope(url) as session:
+        assert sweeps.request_cancel(session=session, sweep_id=sweep_id, by=None) == []
+    assert not advance(url, sweep_id)
+    assert cancelled_events() == [("sweep.cancelled", "cancelled", 1)]
+    assert sql_one(url, "SELECT status FROM sweeps WHERE id = %s", sweep_id) == "cancelled"

@@ -6,13 +6,15 @@ stack's PostgreSQL (schema `optuna`).
   categorical of mixed types, `max_concurrent_trials` over the tenant's running quota, a
   value at an end of the space that the spec rules refuse;
 - with 2 slots and `max_concurrent_trials` 2, two trials run at once and never three (a
-  third waits queued: the claim holds the cap); cancelling the sweep leaves no trial queued
-  or running and none RUNNING in the study;
+  third waits queued: the claim holds the cap), shown in Prometheus' `/metrics` like any
+  job; cancelling the sweep leaves no trial queued or running and none RUNNING in the study;
 - the median pruner stops the bad trials at the evaluation that decided it (nothing saved
   after it, `cancelled` with reason `pruned`, partial TrainOutput kept); the best trial's
-  model downloads from the sweep; "retrain with best params" is one call;
+  model downloads from the sweep; "retrain with best params" is one call; with
+  `load_best_model_at_end` that model holds the best checkpoint's weights, not the last;
 - a worker SIGKILLed mid-sweep, twice, loses no trial: the study's trials equal the jobs,
-  none stays RUNNING, and the sweep ends.
+  none stays RUNNING, the sweep ends, and a resumed trial's losses equal those of its spec
+  run uninterrupted.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+import torch
 
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import cli
+from tests.integration.test_prometheus import scrape, value
 from tests.integration.test_webhooks import Receiver, wait_for
 from tests.specs import tiny_spec
 
@@ -199,6 +203,31 @@ def test_two_trials_run_at_once_never_three_and_cancel_stops_them_all(slots2: St
         most = max(most, statuses.count("running"))
         time.sleep(0.1)
     assert most == 2 and statuses.count("queued") == 1
+    # Trials show in Prometheus like any job: the running ones, by id, name and queue.
+    running = {
+        str(job_id): name
+        for job_id, name in stack.sql(
+            "SELECT id, name FROM jobs WHERE sweep_id = %s AND status = 'running'",
+            uuid.UUID(sweep_id),
+        )
+    }
+    assert len(running) == 2
+    deadline = time.monotonic() + 60
+    while True:
+        samples = scrape(stack.http)
+        steps = {
+            s.labels["job_id"]: s.labels
+            for s in samples
+            if s.name == "traindepot_job_global_step" and s.labels["job_id"] in running
+        }
+        if len(steps) == 2:
+            break
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.5)
+    for job_id, labels in steps.items():
+        assert labels["name"] == running[job_id] and labels["queue"] == QUEUE
+    assert value(samples, "traindepot_jobs", queue=QUEUE, status="running") == 2
+    assert value(samples, "traindepot_jobs", queue=QUEUE, status="queued") == 1
 
     response = stack.http.post(f"/sweeps/{sweep_id}/cancel")
     assert response.status_code == 200, response.text
@@ -322,6 +351,53 @@ def pruned_sweep_and_its_best_model(stack: Stack, receiver: Receiver) -> None:
     assert states == {0: "complete", 1: "complete", 2: "pruned", 3: "pruned"}
 
 
+def test_the_best_model_is_the_best_checkpoints_with_load_best_model_at_end(
+    slots2: Stack,
+) -> None:
+    """`load_best_model_at_end` in the base spec: the sweep's model.tar holds the weights of
+    its best trial's best checkpoint, not its last ones. "Best" is the *highest* eval loss
+    here, so that the best checkpoint is the first (the loss falls as a fresh model trains)."""
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import load_file
+
+    stack = slots2
+    base = base_spec(
+        save_strategy="steps",
+        save_steps=2,
+        learning_rate=3e-3,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+    )
+    sweep = submit(
+        stack,
+        sweep_body(
+            base=base,
+            search_space={"training_args.seed": {"type": "categorical", "choices": [5]}},
+            sampler="grid",
+            max_trials=1,
+            max_concurrent_trials=1,
+        ),
+    )
+    doc = wait_sweep(stack, sweep["id"])
+    assert doc["status"] == "succeeded" and doc["best"] is not None
+    job_id = doc["best"]["job_id"]
+    listing = stack.http.get(f"/jobs/{job_id}/artifacts").json()
+    assert listing["best_checkpoint"].endswith("checkpoint-2")
+    tar = stack.http.get(f"/sweeps/{sweep['id']}/model.tar")
+    assert tar.status_code == 200, tar.text
+    with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
+        member = archive.extractfile("model/model.safetensors")
+        assert member is not None
+        served = load_safetensors(member.read())
+    output = stack.job_dir(job_id) / "output"
+    best = load_file(str(output / "checkpoint-2" / "model.safetensors"))
+    last = load_file(str(output / "checkpoint-8" / "model.safetensors"))
+    assert served.keys() == best.keys()
+    assert all(torch.equal(served[k], best[k]) for k in best)
+    assert not all(torch.equal(served[k], last[k]) for k in last)
+
+
 def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     """Each worker is killed while a trial of its trains; the next one is already up (it
     cannot take the trial waiting ahead: the cap is 1) and takes the reaped trial."""
@@ -358,15 +434,28 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
             os.kill(killed.pid, signal.SIGKILL)
             killed.wait()
         doc = wait_sweep(stack, sweep_id, timeout=300)
-    assert doc["status"] == "succeeded"
-    statuses = trial_statuses(stack, sweep_id)
-    states = study_states(stack, sweep_id)
-    assert len(states) == len(statuses) == 2
-    assert "RUNNING" not in states
-    assert set(statuses) == {"succeeded"} and set(states) == {"COMPLETE"}
-    resumed = stack.sql(
-        "SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
-        " WHERE j.sweep_id = %s AND a.resumed_from_step IS NOT NULL",
-        uuid.UUID(sweep_id),
-    )
-    assert resumed[0][0] >= 1
+        assert doc["status"] == "succeeded"
+        statuses = trial_statuses(stack, sweep_id)
+        states = study_states(stack, sweep_id)
+        assert len(states) == len(statuses) == 2
+        assert "RUNNING" not in states
+        assert set(statuses) == {"succeeded"} and set(states) == {"COMPLETE"}
+        resumed = stack.sql(
+            "SELECT DISTINCT j.id, j.spec FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE j.sweep_id = %s AND a.resumed_from_step IS NOT NULL",
+            uuid.UUID(sweep_id),
+        )
+        assert len(resumed) >= 1
+        # Each resumed trial logged the losses of its spec run uninterrupted, bit for bit:
+        # the same spec (its parameters) submitted again as a plain job, no worker killed.
+        references = {}
+        for trial_id, spec in resumed:
+            tags = {k: v for k, v in spec["tags"].items() if k not in ("sweep", "trial")}
+            references[str(trial_id)] = stack.submit(
+                {**spec, "name": "uninterrupted", "tags": tags}
+            )
+        for trial_id, reference in references.items():
+            assert stack.wait(reference["id"], timeout=180)["status"] == "succeeded"
+            losses = stack.train_losses(trial_id)
+            assert [step for step, _ in losses] == [4, 8, 12]
+            assert losses == stack.train_losses(reference["id"])
