@@ -592,3 +592,18 @@ def question_answering(
         training_args=training_args,
         compute_metrics=compute_metrics,
     )
+
+
+def run_named(options: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """`options["function"]` of this module, called with the rest of `options` (JSON
+    values: paths as strings): how a test runs a plain script in a fresh process."""
+    kwargs = dict(options)
+    function = {
+        "token_classification_on_rows": token_classification_on_rows,
+        "question_answering_on_rows": question_answering_on_rows,
+    }[kwargs.pop("function")]
+    rows = kwargs.pop("rows")
+    for name in ("output_dir", "adapter_dir"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = Path(kwargs[name])
+    return function(rows, **kwargs)

@@ -7,6 +7,10 @@ tests/integration/test_tagging_and_qa.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import torch
 from transformers import EvalPrediction
 
 from tests.generated_tasks import TAGS, qa_rows, tagged_sentences
+from tests.integration import plain_scripts
 from tests.specs import TINY_BERT, tiny_spec
 from traindepot.recipes.registry import recipe_for, validate_spec
 from worker.data import Datasets
@@ -261,27 +266,39 @@ def lora_spec(task: str) -> dict[str, Any]:
     return spec
 
 
-def plain_run(task: str, spec: dict[str, Any], output_dir: Path, **adapter: Any) -> Any:
-    """The plain script of `task` on the spec's data and model: trained with `lora`, or
-    (`adapter_dir`, `train=False`) the base with a saved adapter, evaluated."""
-    from tests.integration import plain_scripts
-
-    common = {
+def plain_options(task: str, spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """The arguments of `task`'s plain script (tests/integration/plain_scripts.py's
+    `run_named`) for the spec's data and model."""
+    options: dict[str, Any] = {
+        "rows": spec["dataset"]["rows"],
         "eval_fraction": 0.25,
         "split_seed": 42,
         "max_length": spec["preprocessing"]["max_length"],
         "model_config": TAGGING_BERT,
         "training_args": LORA_ARGS,
-        "output_dir": output_dir,
-        **adapter,
+        "output_dir": str(output_dir),
     }
     if task == "token-classification":
-        return plain_scripts.token_classification_on_rows(
-            spec["dataset"]["rows"], label_list=TAGS, **common
-        )
-    return plain_scripts.question_answering_on_rows(
-        spec["dataset"]["rows"], stride=24, n_best=20, max_answer_length=30, **common
-    )
+        return {**options, "function": "token_classification_on_rows", "label_list": TAGS}
+    return {
+        **options,
+        "function": "question_answering_on_rows",
+        "stride": 24,
+        "n_best": 20,
+        "max_answer_length": 30,
+    }
+
+
+#: Run by a fresh process: the plain script's evaluation of the base with the exported
+#: adapter loaded by peft; prints the evaluation as one JSON line. Imports nothing of the
+#: service (tests/integration/plain_scripts.py only).
+REEVALUATE = (
+    "import json, sys\n"
+    "from tests.integration.plain_scripts import run_named\n"
+    "options = json.loads(sys.argv[1])\n"
+    "_, [evaluation] = run_named(options)\n"
+    "print(json.dumps(evaluation))\n"
+)
 
 
 @pytest.mark.parametrize("task", ["token-classification", "question-answering"])
@@ -289,7 +306,8 @@ def test_lora_job_equals_plain_peft_and_its_adapter_reevaluates(task: str, tmp_p
     """A job with `adapter` (peft task TOKEN_CLS or QUESTION_ANS) trains the adapter and
     the task's head only, logs a plain peft script's losses and evaluation bit for bit,
     and its exported adapter, loaded with `PeftModel.from_pretrained` on the base the
-    plain script builds, evaluates to the job's eval_loss and metrics."""
+    plain script builds (from the config and seed) in a fresh process that imports nothing
+    of the service, evaluates to the job's eval_loss and F1."""
     from peft import PeftModel
 
     from worker.builders import build_trainer
@@ -307,7 +325,8 @@ def test_lora_job_equals_plain_peft_and_its_adapter_reevaluates(task: str, tmp_p
     job_evals = [h for h in history if "eval_loss" in h]
     assert len(job_evals) == 1
 
-    _, plain = plain_run(task, spec, tmp_path / "plain", lora=LORA)
+    options = plain_options(task, spec, tmp_path / "plain")
+    _, plain = plain_scripts.run_named({**options, "lora": LORA})
     assert [h["loss"] for h in history if "loss" in h] == [h["loss"] for h in plain if "loss" in h]
     plain_evals = [h for h in plain if "eval_loss" in h]
 
@@ -320,7 +339,18 @@ def test_lora_job_equals_plain_peft_and_its_adapter_reevaluates(task: str, tmp_p
     model = save_final_model(trainer, validate_spec(spec), tmp_path / "job", "job", 1, {})
     assert model is not None
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in model.iterdir()}
-    _, [again] = plain_run(task, spec, tmp_path / "again", train=False, adapter_dir=model)
-    assert again["eval_loss"] == job_evals[-1]["eval_loss"]
-    key = "eval_f1"
-    assert again[key] == job_evals[-1][key]
+    again = {**options, "output_dir": str(tmp_path / "again"), "train": False,
+             "adapter_dir": str(model)}  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(
+        [sys.executable, "-c", REEVALUATE, json.dumps(again)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads(done.stdout.strip().splitlines()[-1])
+    assert evaluation["eval_loss"] == job_evals[-1]["eval_loss"]
+    assert evaluation["eval_f1"] == job_evals[-1]["eval_f1"]
