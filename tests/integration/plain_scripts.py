@@ -259,6 +259,21 @@ def pair_classification_on_parquet(
     )
 
 
+def with_adapter(
+    model: Any, task_type: str, lora: dict[str, Any] | None, adapter_dir: Path | None
+) -> Any:
+    """peft's quicktour: `get_peft_model` with a `LoraConfig` of `task_type` (peft keeps
+    the task's head trainable and saves it with the adapter); or a saved adapter loaded on
+    the base with `PeftModel.from_pretrained`; or `model` as it is."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if lora is not None:
+        return get_peft_model(model, LoraConfig(task_type=task_type, **lora))
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    return model
+
+
 # --- LoRA (peft's quicktour: `LoraConfig`, `get_peft_model`, then the Trainer as usual) ---
 def lora_causal_lm_from_config(
     texts: list[str],
@@ -374,11 +389,15 @@ def token_classification_on_rows(
     training_args: dict[str, Any],
     output_dir: Path,
     train: bool = True,
+    lora: dict[str, Any] | None = None,
+    adapter_dir: Path | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """The token classification guide: words tokenised with `is_split_into_words`, each
     word's tag on its first sub-word (-100 elsewhere), `DataCollatorForTokenClassification`,
     seqeval's entity precision, recall and F1 and accuracy (seqeval itself: `evaluate`
-    loads its metrics from the Hub). `train=False`: the untrained model's evaluation."""
+    loads its metrics from the Hub). `train=False`: the untrained model's evaluation.
+    `lora`: a LoRA adapter put on the model (peft's quicktour); `adapter_dir` (with
+    `train=False`): the evaluation of the base with that saved adapter loaded on it."""
     from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
     from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
@@ -435,6 +454,7 @@ def token_classification_on_rows(
         id2label=dict(enumerate(label_list)),
         label2id=label2id,
     )
+    model = with_adapter(model, "TOKEN_CLS", lora, adapter_dir)
     if not train:
         trainer = Trainer(
             model=model,
@@ -458,8 +478,27 @@ def token_classification_on_rows(
 
 
 def question_answering_on_files(
-    train_file: Path,
-    validation_file: Path,
+    train_file: Path, validation_file: Path, **options: Any
+) -> tuple[Any, list[dict[str, Any]]]:
+    """`question_answering` on a train and a validation jsonl file."""
+    set_seed(options["training_args"]["seed"])
+    raw = load_dataset(
+        "json", data_files={"train": str(train_file), "validation": str(validation_file)}
+    )
+    return question_answering(raw, **options)
+
+
+def question_answering_on_rows(
+    rows: list[dict[str, Any]], *, eval_fraction: float, split_seed: int, **options: Any
+) -> tuple[Any, list[dict[str, Any]]]:
+    """`question_answering` on in-memory rows, part of them held out."""
+    set_seed(options["training_args"]["seed"])
+    splits = Dataset.from_list(rows).train_test_split(test_size=eval_fraction, seed=split_seed)
+    return question_answering({"train": splits["train"], "validation": splits["test"]}, **options)
+
+
+def question_answering(
+    raw: Any,
     *,
     max_length: int,
     stride: int,
@@ -469,19 +508,19 @@ def question_answering_on_files(
     training_args: dict[str, Any],
     output_dir: Path,
     train: bool = True,
+    lora: dict[str, Any] | None = None,
+    adapter_dir: Path | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """The question answering guide: windows with a stride, answers outside a window at
-    position 0, n-best post-processing, SQuAD exact match and F1 (torchmetrics' SQuAD:
-    `evaluate.load("squad")` needs the Hub). The validation windows keep their answer
-    positions too, so that evaluation reports a loss. `train=False`: the untrained model."""
+    """The question answering guide on `raw`'s `train` and `validation` splits: windows
+    with a stride, answers outside a window at position 0, n-best post-processing, SQuAD
+    exact match and F1 (torchmetrics' SQuAD: `evaluate.load("squad")` needs the Hub). The
+    validation windows keep their answer positions too, so that evaluation reports a loss.
+    `train=False`: the untrained model. `lora` and `adapter_dir`: as in
+    `token_classification_on_rows`."""
     from torchmetrics.functional.text import squad
     from transformers import AutoModelForQuestionAnswering, DefaultDataCollator
 
-    set_seed(training_args["seed"])
     tokenizer = byte_tokenizer()
-    raw = load_dataset(
-        "json", data_files={"train": str(train_file), "validation": str(validation_file)}
-    )
 
     def preprocess_training_examples(examples: dict[str, list[Any]]) -> dict[str, Any]:
         inputs = qa_windows(tokenizer, examples, max_length, stride)
@@ -532,6 +571,7 @@ def question_answering_on_files(
         return {"exact_match": float(scores["exact_match"]), "f1": float(scores["f1"])}
 
     model = model_from_config(AutoModelForQuestionAnswering, model_config, tokenizer)
+    model = with_adapter(model, "QUESTION_ANS", lora, adapter_dir)
     if not train:
         trainer = Trainer(
             model=model,
@@ -552,3 +592,18 @@ def question_answering_on_files(
         training_args=training_args,
         compute_metrics=compute_metrics,
     )
+
+
+def run_named(options: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """`options["function"]` of this module, called with the rest of `options` (JSON
+    values: paths as strings): how a test runs a plain script in a fresh process."""
+    kwargs = dict(options)
+    function = {
+        "token_classification_on_rows": token_classification_on_rows,
+        "question_answering_on_rows": question_answering_on_rows,
+    }[kwargs.pop("function")]
+    rows = kwargs.pop("rows")
+    for name in ("output_dir", "adapter_dir"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = Path(kwargs[name])
+    return function(rows, **kwargs)

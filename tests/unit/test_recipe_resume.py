@@ -1,7 +1,8 @@
 """Killed and resumed equals uninterrupted, for the recipes whose service path is tested
 without a kill (token-classification, question-answering, seq2seq): a trainer built again
 by the worker's builders, as a resumed attempt builds it, and resumed from the run's
-checkpoint logs the losses and evaluations of the uninterrupted run after that step.
+checkpoint logs the losses and evaluations of the uninterrupted run after that step
+(token-classification and question-answering with a LoRA adapter too).
 (Through the stack, a SIGKILL and resume: causal-lm, sequence-classification, sft, image-
 classification; dpo at this level in tests/unit/test_chat_training.py.)"""
 
@@ -70,14 +71,32 @@ def after_step(history: list[dict[str, Any]], step: int) -> list[dict[str, Any]]
     ]
 
 
-@pytest.mark.parametrize("task", ["token-classification", "question-answering", "seq2seq"])
-def test_resumed_from_a_checkpoint_equals_uninterrupted(task: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("task", "adapter"),
+    [
+        ("token-classification", None),
+        ("question-answering", None),
+        ("seq2seq", None),
+        ("token-classification", {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}),
+        ("question-answering", {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}),
+    ],
+    ids=["token-classification", "question-answering", "seq2seq", "tagging-lora", "qa-lora"],
+)
+def test_resumed_from_a_checkpoint_equals_uninterrupted(
+    task: str, adapter: dict[str, Any] | None, tmp_path: Path
+) -> None:
+    """With a LoRA adapter too: the checkpoint holds the adapter and the task's head."""
     from worker.builders import build_trainer
 
-    spec = validate_spec(spec_of(task))
-    whole = build_trainer(spec, tmp_path / "whole")
+    def spec_with_adapter() -> Any:
+        spec = spec_of(task)
+        if adapter is not None:
+            spec["adapter"] = adapter
+        return validate_spec(spec)
+
+    whole = build_trainer(spec_with_adapter(), tmp_path / "whole")
     whole.train()
-    resumed = build_trainer(validate_spec(spec_of(task)), tmp_path / "resumed")
+    resumed = build_trainer(spec_with_adapter(), tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
     expected = after_step(whole.state.log_history, 2)
     assert any("eval_loss" in e for e in expected) and any("loss" in e for e in expected)

@@ -1,10 +1,17 @@
 """Unit level of the token-classification and question-answering recipes: tag alignment,
-entity metrics, the checks at submit, answer positions in windows, the n-best reduction
-and the SQuAD scores against known values (the full service path:
-tests/integration/test_tagging_and_qa.py)."""
+entity metrics (seqeval's default reading, strict IOB2 and IOB1), the checks at submit,
+answer positions in windows, the n-best reduction, the SQuAD scores against known values,
+and a LoRA adapter on each (losses equal a plain peft script's; the exported adapter,
+loaded by peft on the base, re-evaluates to the job's eval_loss). The full service path:
+tests/integration/test_tagging_and_qa.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +20,8 @@ import torch
 from transformers import EvalPrediction
 
 from tests.generated_tasks import TAGS, qa_rows, tagged_sentences
-from tests.specs import tiny_spec
+from tests.integration import plain_scripts
+from tests.specs import TINY_BERT, tiny_spec
 from traindepot.recipes.registry import recipe_for, validate_spec
 from worker.data import Datasets
 from worker.question_answering import n_best_logits, squad_metrics
@@ -40,6 +48,44 @@ def test_entity_metrics_are_seqevals_over_labelled_positions() -> None:
     strict = entity_metrics(TAGS, scheme="IOB2")(EvalPrediction(predicted, labels))
     assert lenient == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "accuracy": 0.8}
     assert strict["f1"] == pytest.approx(2 / 3) and strict["recall"] == 0.5
+
+
+def test_a_spec_with_iob1_scores_entities_as_seqevals_strict_iob1() -> None:
+    """IOB1: an entity starts with I-, and B- only splits two adjacent entities of one type
+    (the second begins with B-). The recipe's metrics for a spec that names IOB1 are
+    seqeval's strict IOB1 scores, which differ here from its lenient default."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB1
+
+    gold = [["I-PER", "I-PER", "O", "I-LOC"], ["I-PER", "B-PER", "O"]]
+    guess = [["I-PER", "I-PER", "O", "B-LOC"], ["I-PER", "I-PER", "O"]]
+    ids = {name: i for i, name in enumerate(TAGS)}
+    labels = np.array([[ids[t] for t in row] + [IGNORED] * (4 - len(row)) for row in gold])
+    predicted = np.array([[ids[t] for t in row] + [0] * (4 - len(row)) for row in guess])
+
+    def scores(scheme: str | None) -> dict[str, float]:
+        entities = {} if scheme is None else {"scheme": scheme}
+        rows = tagged_sentences(4, seed=1)
+        spec = validate_spec(
+            tiny_spec(task="token-classification", dataset={"rows": rows}, entities=entities)
+        )
+        data = Datasets(train=None, eval=None, label_names=TAGS)
+        compute = recipe_for(spec).compute_metrics(spec, data)
+        assert compute is not None
+        return compute(EvalPrediction(predicted, labels))
+
+    iob1 = scores("IOB1")
+    # Gold: PER, LOC; PER, PER. Guessed: PER (a B- after O starts nothing in IOB1); one PER
+    # over both words. One right of two guessed, of four: P 1/2, R 1/4, F1 1/3.
+    assert iob1 == pytest.approx(
+        {"precision": 1 / 2, "recall": 1 / 4, "f1": 1 / 3, "accuracy": 5 / 7}, rel=1e-12
+    )
+    strict = {"mode": "strict", "scheme": IOB1}
+    assert iob1["precision"] == precision_score(gold, guess, **strict)
+    assert iob1["recall"] == recall_score(gold, guess, **strict)
+    assert iob1["f1"] == f1_score(gold, guess, **strict)
+    # The lenient default counts the B-LOC as a LOC: 2 of 3 guessed right.
+    assert scores(None)["f1"] == pytest.approx(4 / 7, rel=1e-12)
 
 
 def test_submit_refuses_tags_not_one_per_token() -> None:
@@ -179,3 +225,132 @@ def test_squad_scores_match_the_official_script(
     )
     assert float(scores["exact_match"]) == exact
     assert float(scores["f1"]) == pytest.approx(f1, rel=1e-6)
+
+
+LORA_ARGS: dict[str, Any] = {
+    "max_steps": 4,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "logging_steps": 1,
+    "learning_rate": 5e-3,
+    "eval_strategy": "steps",
+    "eval_steps": 4,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "seed": 3,
+    "dataloader_num_workers": 0,
+}
+#: The spec's adapter and the same `LoraConfig` arguments for peft.
+ADAPTER = {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
+TAGGING_BERT = {**TINY_BERT, "max_position_embeddings": 128}
+
+
+def lora_spec(task: str) -> dict[str, Any]:
+    if task == "token-classification":
+        dataset = {"rows": tagged_sentences(24, seed=1), "label_names": TAGS, "eval_fraction": 0.25}
+        preprocessing: dict[str, Any] = {"max_length": 96, "padding": "longest"}
+    else:
+        dataset = {"rows": qa_rows(24, seed=1), "eval_fraction": 0.25}
+        preprocessing = {"max_length": 64, "stride": 24}
+    spec = tiny_spec(
+        task=task,
+        name=f"lora-{task}",
+        model={"from_config": dict(TAGGING_BERT)},
+        dataset=dataset,
+        preprocessing=preprocessing,
+        adapter=ADAPTER,
+        training_args=LORA_ARGS,
+    )
+    spec["dataset"].pop("text_column")
+    return spec
+
+
+def plain_options(task: str, spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """The arguments of `task`'s plain script (tests/integration/plain_scripts.py's
+    `run_named`) for the spec's data and model."""
+    options: dict[str, Any] = {
+        "rows": spec["dataset"]["rows"],
+        "eval_fraction": 0.25,
+        "split_seed": 42,
+        "max_length": spec["preprocessing"]["max_length"],
+        "model_config": TAGGING_BERT,
+        "training_args": LORA_ARGS,
+        "output_dir": str(output_dir),
+    }
+    if task == "token-classification":
+        return {**options, "function": "token_classification_on_rows", "label_list": TAGS}
+    return {
+        **options,
+        "function": "question_answering_on_rows",
+        "stride": 24,
+        "n_best": 20,
+        "max_answer_length": 30,
+    }
+
+
+#: Run by a fresh process: the plain script's evaluation of the base with the exported
+#: adapter loaded by peft; prints the evaluation as one JSON line. Imports nothing of the
+#: service (tests/integration/plain_scripts.py only).
+REEVALUATE = (
+    "import json, sys\n"
+    "from tests.integration.plain_scripts import run_named\n"
+    "options = json.loads(sys.argv[1])\n"
+    "_, [evaluation] = run_named(options)\n"
+    "print(json.dumps(evaluation))\n"
+)
+
+
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_lora_job_equals_plain_peft_and_its_adapter_reevaluates(task: str, tmp_path: Path) -> None:
+    """A job with `adapter` (peft task TOKEN_CLS or QUESTION_ANS) trains the adapter and
+    the task's head only, logs a plain peft script's losses and evaluation bit for bit,
+    and its exported adapter, loaded with `PeftModel.from_pretrained` on the base the
+    plain script builds (from the config and seed) in a fresh process that imports nothing
+    of the service, evaluates to the job's eval_loss and F1."""
+    from peft import PeftModel
+
+    from worker.builders import build_trainer
+    from worker.export import save_final_model
+
+    spec = lora_spec(task)
+    trainer = build_trainer(validate_spec(spec), tmp_path / "output")
+    assert isinstance(trainer.model, PeftModel)
+    head = "classifier" if task == "token-classification" else "qa_outputs"
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or f"{head}." in n for n in trainable)
+    assert any(f"{head}." in n for n in trainable)
+    trainer.train()
+    history = trainer.state.log_history
+    job_evals = [h for h in history if "eval_loss" in h]
+    assert len(job_evals) == 1
+
+    options = plain_options(task, spec, tmp_path / "plain")
+    _, plain = plain_scripts.run_named({**options, "lora": LORA})
+    assert [h["loss"] for h in history if "loss" in h] == [h["loss"] for h in plain if "loss" in h]
+    plain_evals = [h for h in plain if "eval_loss" in h]
+
+    def metrics(entry: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entry.items() if not k.endswith(("_runtime", "_per_second"))}
+
+    assert [metrics(h) for h in job_evals] == [metrics(h) for h in plain_evals]
+
+    (tmp_path / "job").mkdir()
+    model = save_final_model(trainer, validate_spec(spec), tmp_path / "job", "job", 1, {})
+    assert model is not None
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in model.iterdir()}
+    again = {**options, "output_dir": str(tmp_path / "again"), "train": False,
+             "adapter_dir": str(model)}  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(
+        [sys.executable, "-c", REEVALUATE, json.dumps(again)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads(done.stdout.strip().splitlines()[-1])
+    assert evaluation["eval_loss"] == job_evals[-1]["eval_loss"]
+    assert evaluation["eval_f1"] == job_evals[-1]["eval_f1"]
