@@ -181,7 +181,10 @@ def test_a_hub_job_without_a_token_never_calls_the_hub(
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    started = time.monotonic()
     pusher.finish(model)
+    assert time.monotonic() - started < 1  # no retry: without a token none can succeed
     assert down_hub.requests == []
+    assert sum(1 for p in sink.progress if p["hub"]["status"] == "failed") == 1
     final = sink.progress[-1]["hub"]
     assert final["status"] == "failed" and "hf_token" in final["last_error"]
