@@ -67,21 +67,28 @@ def _whole(path: Path) -> bool:
 def safetensors_whole(path: Path) -> bool:
     """A safetensors file is an 8-byte header length, a JSON header giving each tensor's
     byte range, then the data: whole when its size is exactly what the header says."""
+    size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
             return False
         header_len: int = struct.unpack("<Q", head)[0]
+        if header_len > size - 8:  # garbage, or cut short: never read past the file
+            return False
         try:
             header = json.loads(f.read(header_len))
         except ValueError:
             return False
     if not isinstance(header, dict):
         return False
-    end = max(
-        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
-    )
-    return path.stat().st_size == 8 + header_len + end
+    try:
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+    return size == 8 + header_len + end
 
 
 def last_complete(output_dir: Path, ranks: int = 1) -> Path | None:

@@ -13,7 +13,7 @@ checkpoint and the newest waiting one wins.
 A push that fails never fails the training. Its outcome is on the job, in
 `progress.hub`: `status` (`pending`, `pushed` or `failed`), `last_error` (the endpoint
 named, the token never), `last_commit`. A failed push is retried at the next save, and the
-final push is tried `FINAL_TRIES` times before the job ends.
+final push is tried `FINAL_TRIES` times before the job ends (once without a token).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class HubPusher(TrainerCallback):
 
     def finish(self, model_dir: Path | None) -> None:
         """The final push (every strategy): the exported model, after any push in flight,
-        tried `FINAL_TRIES` times."""
+        tried `FINAL_TRIES` times (once when the job has no token)."""
         with self._lock:
             self._closed = True
             if self._waiting is not None:  # superseded by the final model
@@ -99,7 +99,8 @@ class HubPusher(TrainerCallback):
             for attempt in range(FINAL_TRIES):
                 if attempt:
                     time.sleep(2 ** (attempt - 1))  # 1 s, then 2 s
-                if self._push(model_dir, "", "Final model", ignore=["manifest.json"]):
+                pushed = self._push(model_dir, "", "Final model", ignore=["manifest.json"])
+                if pushed or self.token is None:  # without a token a retry cannot help
                     break
         shutil.rmtree(self.staging, ignore_errors=True)
 

@@ -86,7 +86,9 @@ def restore(
         output.mkdir(parents=True, exist_ok=True)
         try:
             for attempt_call in Retrying(
-                retry=retry_if_exception_type((OSError, StoreError)),
+                # Any failure: a store that does not answer raises the client library's
+                # own errors (botocore's EndpointConnectionError is no OSError).
+                retry=retry_if_exception_type(Exception),
                 wait=wait_exponential(multiplier=0.5, max=5),
                 stop=stop_after_delay(patience_seconds),
                 reraise=True,

@@ -79,9 +79,14 @@ class AttemptStore:
         what could not be uploaded before `artifacts_upload_deadline_seconds`."""
         if self.publisher is not None:
             self.publisher.stop()
-        deadline = time.monotonic() + self.settings.artifacts_upload_deadline_seconds
-        if not self.uploader.drain(self.settings.artifacts_upload_deadline_seconds):
-            return f"checkpoints not uploaded ({self.uploader.last_error})"
+        seconds = self.settings.artifacts_upload_deadline_seconds
+        deadline = time.monotonic() + seconds
+        if not self.uploader.drain(seconds):
+            return (
+                f"checkpoints not uploaded to the artifact store within {seconds:g} s"
+                " (artifacts_upload_deadline_seconds): "
+                + (self.uploader.last_error or "the store did not answer")
+            )
         model = artifacts.model_dir(self.job_dir)
         problem = self._until(
             deadline,
@@ -113,7 +118,9 @@ class AttemptStore:
             except Exception as exc:
                 if time.monotonic() + wait > deadline:
                     return (
-                        f"{what} not uploaded to the artifact store ({type(exc).__name__}: {exc})"
+                        f"{what} not uploaded to the artifact store within"
+                        f" {self.settings.artifacts_upload_deadline_seconds:g} s"
+                        f" (artifacts_upload_deadline_seconds): {type(exc).__name__}: {exc}"
                     )
                 log.warning("job %s: %s not uploaded yet (%s)", self.job_id, what, exc)
                 time.sleep(wait)

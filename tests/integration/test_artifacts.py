@@ -296,6 +296,26 @@ def test_paths_out_of_the_artifacts_are_refused(
     assert set(response.json()) == {"error", "detail"}
 
 
+def test_a_presigned_url_without_an_artifact_store_is_a_422_naming_the_problem(
+    stack: Stack, lm_job: dict[str, Any]
+) -> None:
+    """The session stack has no store (files in the shared home): `?redirect=true` cannot
+    be served, and says why, while the same file without it downloads."""
+    path = f"/jobs/{lm_job['id']}/artifacts/model/config.json"
+    response = stack.http.get(path, params={"redirect": "true"}, follow_redirects=False)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request", body
+    assert body["detail"] == [
+        {
+            "loc": ["redirect"],
+            "msg": "no artifact store is configured to sign URLs",
+            "type": "no_store",
+        }
+    ]
+    assert stack.http.get(path).status_code == 200
+
+
 def test_a_symlink_out_of_the_job_is_not_followed(stack: Stack, lm_job: dict[str, Any]) -> None:
     job_dir = stack.job_dir(lm_job["id"])
     link = job_dir / "output" / "checkpoint-4" / "leak"

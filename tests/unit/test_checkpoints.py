@@ -92,6 +92,26 @@ def test_safetensors_garbage_header(tmp_path: Path) -> None:
     assert not safetensors_whole(path)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff" * 8 + b"{}",  # a header length past any file: read, it overflowed (OverflowError)
+        (1 << 40).to_bytes(8, "little") + b"{}",  # one that would read 1 TiB (MemoryError)
+        (2).to_bytes(8, "little") + b"[]",  # a header that is no object
+        (23).to_bytes(8, "little") + b'{"w": {"dtype": "F32"}}',  # no data_offsets
+    ],
+    ids=["overflow", "huge", "list", "no-offsets"],
+)
+def test_a_random_weights_file_is_not_whole_and_raises_nothing(tmp_path: Path, data: bytes) -> None:
+    """Random bytes in model.safetensors (a disk fault, a copy cut short) make the
+    checkpoint incomplete: the resume takes the one before, never crashes on it."""
+    older = make_checkpoint(tmp_path, 2)
+    newest = make_checkpoint(tmp_path, 4)
+    (newest / "model.safetensors").write_bytes(data)
+    assert not safetensors_whole(newest / "model.safetensors")
+    assert last_complete(tmp_path) == older
+
+
 def test_a_checkpoint_of_two_ranks_needs_the_rng_state_of_both(tmp_path: Path) -> None:
     """Rank 1 writes its RNG state beside rank 0's trainer state, without waiting: a worker
     killed between them leaves a checkpoint that one rank could not resume from."""
