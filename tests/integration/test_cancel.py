@@ -132,7 +132,8 @@ def test_a_job_that_ends_by_itself_after_a_cancel_keeps_its_cancel(stack: Stack)
         assert attempts.finish(
             session=session, job_id=job_id, attempt=1, status=JobStatus.SUCCEEDED, result={}
         )
-    job = stack.http.get(f"/jobs/{job_id}").json()
+    # The API serves the change once PostgreSQL's notice of it reaches its job cache.
+    job = stack.wait(str(job_id), timeout=60)
     assert job["status"] == "succeeded"
     assert job["cancel_requested_at"] == asked_at
     assert job["cancelled_by"] == cancel.json()["cancelled_by"]

@@ -28,7 +28,13 @@ def warm_processes(stack: Stack) -> list[psutil.Process]:
     """The session worker's template and prepared processes (`python -m worker.zygote`)."""
     found = []
     for worker in stack.workers:
-        for process in psutil.Process(worker.pid).children(recursive=True):
+        if worker.poll() is not None:
+            continue  # a worker an earlier test stopped or killed
+        try:
+            children = psutil.Process(worker.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for process in children:
             try:
                 if "worker.zygote" in process.cmdline():
                     found.append(process)

@@ -1,7 +1,7 @@
-"""The plain reference scripts (tests/integration/plain_*.py) import nothing of the project:
-they load the byte-level tokenizer from files, tests/data/byte-level-tokenizer. Those files
-must be the service's built-in tokenizer, or the scripts' losses would differ for a reason
-that is not the service's."""
+"""The plain reference scripts (the plain_ modules of tests/integration/) import nothing of
+the project: they load the byte-level tokenizer from files, tests/data/byte-level-tokenizer.
+Those files must be the service's built-in tokenizer, or the scripts' losses would differ
+for a reason that is not the service's."""
 
 from __future__ import annotations
 
