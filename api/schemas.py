@@ -63,6 +63,14 @@ class JobErrorOut(BaseModel):
     )
 
 
+class NodeOut(BaseModel):
+    """One node of an attempt of a job of several nodes."""
+
+    node: int = Field(description="Its node rank: its ranks are node x devices + local rank.")
+    worker: str = Field(description="The worker that ran it (`hostname:pid`).")
+    devices: int = Field(description="The devices it ran on (`resources.gpus`).")
+
+
 class AttemptOut(BaseModel):
     """One attempt of a job: the claim that started it, and how it ended."""
 
@@ -83,6 +91,12 @@ class AttemptOut(BaseModel):
         description="How its training process started: `warm` (forked from the worker's "
         "prepared process, which had imported the training libraries: no import time) or "
         "`cold` (a fresh Python; the job's log says why); null before it started.",
+    )
+
+    nodes: list[NodeOut] = Field(
+        default_factory=list,
+        description="A job of several nodes (`resources.nodes`): the workers of this attempt,"
+        " node 0 first (its rank 0 reports); empty for a job of one worker.",
     )
 
     @classmethod
