@@ -81,6 +81,12 @@ def look(url: str, who: scheduling.Claimant, *, hold: float = 60.0) -> gangs.Dec
         )
 
 
+def beat(session: Any, job: uuid.UUID, attempt: int, node: int) -> str | None:
+    return gangs.heartbeat(
+        session=session, job_id=job, attempt=attempt, node=node, lease_seconds=LEASE
+    )
+
+
 def status(url: str, job_id: uuid.UUID) -> tuple[str, int, str | None]:
     row = sql(url, "SELECT status, attempt, lease_owner FROM jobs WHERE id = %s", job_id)[0]
     return str(row[0]), int(row[1]), row[2]
@@ -125,10 +131,9 @@ def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
     look(url, claimant("a", [queue], free=1, total=1))
     look(url, claimant("b", [queue], free=1, total=1))
     assert status(url, job)[:2] == ("running", 1)
-    beat = {"session": None, "job_id": job, "attempt": 1, "lease_seconds": LEASE}
     with session_scope(url) as session:
-        assert gangs.heartbeat(**{**beat, "session": session, "node": 0}) == "running"
-        assert gangs.heartbeat(**{**beat, "session": session, "node": 1}) == "running"
+        assert beat(session, job, 1, 0) == "running"
+        assert beat(session, job, 1, 1) == "running"
     # Node 1's worker is SIGKILLed: its seat is renewed no more and expires.
     sql(
         url,
@@ -137,7 +142,7 @@ def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
         job,
     )
     with session_scope(url) as session:
-        assert gangs.heartbeat(**{**beat, "session": session, "node": 0}) is None
+        assert beat(session, job, 1, 0) is None
         ends = gangs.node_ends(session=session, job_id=job, attempt=1)
     assert [(e.rank, e.alive) for e in ends] == [(0, True), (1, False)]
     # No node renews the job's lease: it expires and the reaper requeues the job.
@@ -149,10 +154,8 @@ def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
     started = look(url, claimant("c", [queue], free=1, total=1))
     assert started.started and status(url, job) == ("running", 2, "b")
     with session_scope(url) as session:
-        assert gangs.heartbeat(**{**beat, "session": session, "node": 0}) is None
-        assert gangs.heartbeat(**{**beat, "session": session, "attempt": 2, "node": 1}) == (
-            "running"
-        )
+        assert beat(session, job, 1, 0) is None
+        assert beat(session, job, 2, 1) == ("running")
 
 
 def test_one_forming_gang_per_queue_and_oldest_first_across_queues(url: str) -> None:
