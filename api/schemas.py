@@ -38,6 +38,11 @@ class Progress(BaseModel):
     learning_rate: float | None = None
     grad_norm: float | None = None
     samples_per_second: float | None = None
+    samples_per_step: int | None = Field(
+        default=None,
+        description="The global batch: per-device batch x accumulation x every rank (of every"
+        " node).",
+    )
     steps_per_second: float | None = None
     eta_seconds: float | None = None
     updated_at: datetime | None = None
