@@ -66,6 +66,14 @@ class JobErrorOut(BaseModel):
     rank: int | None = Field(
         default=None, description="A job of several ranks: the rank that raised first."
     )
+    node: int | None = Field(
+        default=None,
+        description="A job of several nodes: the node of that rank (its global rank is"
+        " node x devices + `local_rank`).",
+    )
+    local_rank: int | None = Field(
+        default=None, description="A job of several nodes: that rank's index on its node."
+    )
 
 
 class NodeOut(BaseModel):
