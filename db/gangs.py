@@ -34,7 +34,7 @@ about):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,7 +43,10 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db import attempts, scheduling
-from db.models import Gang, GangSeat, Job, JobStatus
+from db.models import ACTIVE_STATUSES, Gang, GangSeat, Job, JobStatus
+
+# The live workers of a queue that own at least so many devices (None: unknown).
+LiveWorkers = Callable[[str, int], Collection[str] | None]
 
 # The advisory lock that serialises seat taking (any number that no other lock uses).
 GANG_LOCK = 0x7467616E67  # "tgang"
@@ -89,10 +92,14 @@ def take_seat(
     address: str,
     port: int,
     hold_seconds: float,
+    live_workers: LiveWorkers | None = None,
 ) -> Decision:
     """The claimant's look at the gangs (module docstring): join the oldest forming gang it
     is eligible for if it has the devices free, else tell it whether to drain; with no
-    such gang, form one for the most urgent queued multi-node job of its queues."""
+    such gang, form one for the most urgent queued multi-node job of its queues.
+    `live_workers(queue, devices)` names the live workers of a queue that own that many
+    devices (the registry; None: unknown): a gang that cannot complete now, because too
+    few of them are not running another gang's nodes, holds no seat and drains nothing."""
     session.execute(select(func.pg_advisory_xact_lock(GANG_LOCK)))
     _drop_stale(session)
     for gang, job in _forming(session, claimant.queues):
@@ -101,14 +108,46 @@ def take_seat(
         seats = _seats(session, job.id)
         if any(seat.worker == claimant.worker for seat in seats):
             return Decision()  # seated: its other free devices run small jobs
+        if not _may_complete(session, job, seats, claimant.worker, live_workers):
+            return Decision()
         if job.gpus > claimant.free_gpus:
             held = session.scalar(select(func.extract("epoch", func.now() - gang.formed_at)))
             return Decision(drain=float(held or 0) >= hold_seconds)
         return _sit(session, claimant, job, len(seats), address, port)
     formed = _form(session, claimant)
-    if formed is None or formed.gpus > claimant.free_gpus:
-        return Decision(drain=formed is not None and hold_seconds <= 0)
+    if formed is None or not _may_complete(session, formed, [], claimant.worker, live_workers):
+        return Decision()
+    session.execute(insert(Gang).values(queue=formed.queue, job_id=formed.id))
+    if formed.gpus > claimant.free_gpus:
+        return Decision(drain=hold_seconds <= 0)
     return _sit(session, claimant, formed, 0, address, port)
+
+
+def _may_complete(
+    session: Session,
+    job: Job,
+    seats: Sequence[GangSeat],
+    worker: str,
+    live_workers: LiveWorkers | None,
+) -> bool:
+    """Enough workers could sit in the gang now: live eligible ones that run no node of a
+    started gang, the seated ones and the claimant (unknown live workers: yes)."""
+    live = None if live_workers is None else live_workers(job.queue, job.gpus)
+    if live is None:
+        return True
+    busy = set(
+        session.scalars(
+            select(GangSeat.worker)
+            .join(Job, Job.id == GangSeat.job_id)
+            .where(
+                GangSeat.attempt == Job.attempt,
+                GangSeat.ended_at.is_(None),
+                Job.status.in_(list(ACTIVE_STATUSES)),
+            )
+        )
+    )
+    candidates = (set(live) - busy) | {seat.worker for seat in seats} | {worker}
+    return len(candidates) >= job.nodes
 
 
 def _drop_stale(session: Session) -> None:
@@ -146,7 +185,7 @@ def _seats(session: Session, job_id: uuid.UUID) -> list[GangSeat]:
 
 
 def _form(session: Session, claimant: scheduling.Claimant) -> Job | None:
-    """A new gang for the most urgent queued multi-node job of a queue of the claimant that
+    """The job of a new gang: the most urgent queued multi-node job of a queue of the claimant that
     has none, that it is eligible for and whose tenant may start another job."""
     taken = select(Gang.queue)
     job = session.scalars(
@@ -162,9 +201,6 @@ def _form(session: Session, claimant: scheduling.Claimant) -> Job | None:
         .order_by(Job.effective_queued_at, Job.id)
         .limit(1)
     ).first()
-    if job is None:
-        return None
-    session.execute(insert(Gang).values(queue=job.queue, job_id=job.id))
     return job
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from db import gangs, scheduling
 from db.retry import TRANSIENT
 from db.session import session_scope
+from traindepot import dispatch
 from traindepot.settings import Settings
 from traindepot.store import ArtifactStore
 from worker import restore as restore_module
@@ -45,7 +46,16 @@ def look(settings: Settings, claimant: scheduling.Claimant) -> gangs.Decision:
             address=settings.advertise_address,
             port=free_port(settings.advertise_address),
             hold_seconds=settings.gang_hold_seconds,
+            live_workers=lambda queue, devices: _live(settings, queue, devices),
         )
+
+
+def _live(settings: Settings, queue: str, devices: int) -> list[str] | None:
+    """The live workers of `queue` with `devices` or more (the registry), None: unknown."""
+    if not settings.redis_url:
+        return None
+    found = dispatch.live_workers(redis_url=settings.redis_url, queue=queue)
+    return None if found is None else [w.worker for w in found if w.devices >= devices]
 
 
 def free_port(address: str) -> int:

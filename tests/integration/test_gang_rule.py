@@ -70,7 +70,13 @@ def claimant(worker: str, queues: list[str], free: int, total: int = 2) -> sched
     )
 
 
-def look(url: str, who: scheduling.Claimant, *, hold: float = 60.0) -> gangs.Decision:
+def look(
+    url: str,
+    who: scheduling.Claimant,
+    *,
+    hold: float = 60.0,
+    live: list[str] | None = None,
+) -> gangs.Decision:
     with session_scope(url) as session:
         return gangs.take_seat(
             session=session,
@@ -78,6 +84,7 @@ def look(url: str, who: scheduling.Claimant, *, hold: float = 60.0) -> gangs.Dec
             address=f"10.0.0.{len(who.worker)}",
             port=29400,
             hold_seconds=hold,
+            live_workers=None if live is None else (lambda queue, devices: live),
         )
 
 
@@ -225,3 +232,37 @@ def test_a_seat_ends_with_its_job_or_its_lease(url: str, queue: str) -> None:
         assert gangs.wait_turn(session=session, seat_id=stale.id, lease_seconds=LEASE) is None
     assert look(url, claimant("c", [queue], free=1, total=1)).started
     assert status(url, job2)[:2] == ("running", 1)
+
+
+def test_a_gang_that_cannot_complete_now_holds_no_devices(url: str, queue: str) -> None:
+    """Three workers; the first gang runs on two of them: the second gang cannot complete
+    until it ends, so the third worker holds no seat for it and keeps taking small jobs
+    (no drain); once the first gang's nodes end, the second gang forms and starts."""
+    a, b, c = (f"{queue}-{name}" for name in "abc")  # workers of this test alone
+    live = [a, b, c]
+    first = submit(url, queue, nodes=2, gpus=2)
+    look(url, claimant(a, [queue], free=2), live=live)
+    assert look(url, claimant(b, [queue], free=2), live=live).started
+    second = submit(url, queue, nodes=2, gpus=2)
+    small = submit(url, queue)
+    assert look(url, claimant(c, [queue], free=2), hold=0, live=live) == gangs.Decision()
+    with session_scope(url) as session:
+        claimed = scheduling.claim_next(session=session, claimant=claimant(c, [queue], 2))
+    assert claimed is not None and claimed.job_id == small
+    assert sql(url, "SELECT count(*) FROM gang_seats WHERE job_id = %s", second) == [(0,)]
+    # The first gang's nodes end and its job with them: the second gang can complete.
+    for node in (0, 1):
+        with session_scope(url) as session:
+            gangs.end_node(
+                session=session,
+                job_id=first,
+                attempt=1,
+                node=node,
+                exit_code=0,
+                error=None,
+                stop_reason=None,
+            )
+    assert look(url, claimant(a, [queue], free=2), live=live).seat is not None
+    assert look(url, claimant(c, [queue], free=1), hold=0, live=live).drain
+    assert look(url, claimant(b, [queue], free=2), live=live).started
+    assert status(url, second)[:2] == ("running", 1)

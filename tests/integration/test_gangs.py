@@ -52,10 +52,10 @@ class Gang:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> subprocess.Popen[bytes]:
-        home = self.root / f"home-{len(self.procs)}"
+        home = self.root / f"home-{len(self.homes)}"
         home.mkdir(parents=True)
         proc = self.stack.start_worker(
-            f"gang-{len(self.procs)}",
+            f"gang-{len(self.homes)}",
             queues=QUEUE,
             args=("--slots", "2"),
             settings={
