@@ -150,10 +150,17 @@ def end_of_node(supervisor: Supervisor, returncode: int) -> Ends | None:
         if supervisor.store is not None:
             supervisor.store.lost()
         return None
+    return merge(ends)
+
+
+def merge(ends: list[gangs.NodeEnd]) -> Ends:
+    """Every node's end as one: the earliest rank error of any node (the others' are its
+    echo: their collectives lost a peer), and the first stop reason recorded, node 0's
+    first."""
     errors = [
         (float(end.error["at"]), dict(end.error["error"])) for end in ends if end.error is not None
     ]
-    reasons = [end.stop_reason for end in ends if end.stop_reason is not None]
+    reasons = [end.stop_reason for end in sorted(ends, key=lambda e: e.rank) if end.stop_reason]
     first = min(errors, key=lambda pair: pair[0])[1] if errors else None
     return Ends(first_error=first, stop_reason=reasons[0] if reasons else None)
 
