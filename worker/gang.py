@@ -168,7 +168,9 @@ def merge(ends: list[gangs.NodeEnd]) -> Ends:
 def _await_nodes(supervisor: Supervisor) -> list[gangs.NodeEnd] | None:
     """Every node's end once all have ended; None once one is found dead (its seat's lease
     expired unended) or this attempt's lease is lost."""
-    deadline = time.monotonic() + 3 * supervisor.settings.lease_seconds
+    # A node stopping at the same step ends within the grace period (then it is killed).
+    settings = supervisor.settings
+    deadline = time.monotonic() + settings.cancel_grace_seconds + 3 * settings.lease_seconds
     while time.monotonic() < deadline and not supervisor.lease.lost.is_set():
         try:
             with session_scope() as session:

@@ -136,11 +136,12 @@ class Supervisor:
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        events.publish(
-            self.settings,
-            self.job_id,
-            {"type": "status", "status": "running", "attempt": self.attempt},
-        )
+        if self.node is None or self.node.rank == 0:  # one job, one voice: node 0's
+            events.publish(
+                self.settings,
+                self.job_id,
+                {"type": "status", "status": "running", "attempt": self.attempt},
+            )
         log_path = self.job_dir / "train.log"
         self.lease.start()
         watcher = control(self.settings)
