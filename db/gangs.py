@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db import attempts, scheduling
@@ -100,6 +100,8 @@ def take_seat(
     `live_workers(queue, devices)` names the live workers of a queue that own that many
     devices (the registry; None: unknown): a gang that cannot complete now, because too
     few of them are not running another gang's nodes, holds no seat and drains nothing."""
+    if not _any_gang(session, claimant.queues):
+        return Decision()  # the common case, without the lock
     session.execute(select(func.pg_advisory_xact_lock(GANG_LOCK)))
     _drop_stale(session)
     for gang, job in _forming(session, claimant.queues):
@@ -148,6 +150,15 @@ def _may_complete(
     )
     candidates = (set(live) - busy) | {seat.worker for seat in seats} | {worker}
     return len(candidates) >= job.nodes
+
+
+def _any_gang(session: Session, queues: Sequence[str]) -> bool:
+    """A multi-node job queued in `queues`, or a seat of a forming gang anywhere."""
+    waiting = exists().where(
+        Job.status == JobStatus.QUEUED, Job.nodes > 1, Job.queue.in_(list(queues))
+    )
+    seated = exists().where(GangSeat.attempt.is_(None))
+    return bool(session.scalar(select(waiting | seated)))
 
 
 def _drop_stale(session: Session) -> None:
