@@ -15,6 +15,8 @@ Redis and an artifact store (a directory standing for a bucket), nothing else.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -41,21 +43,59 @@ QUEUE = "gangs"
 HOLD_SECONDS = 3.0
 
 
+class Veth:
+    """Two veth pairs, each end with an address of 10.77.N.0/24 (root and `ip` only): each
+    worker advertises one end's address and its ranks' gloo binds to that interface, so the
+    rendezvous and the process group's traffic use interface addresses, not loopback. The
+    workers stay on the host (PostgreSQL and Redis listen on 127.0.0.1 only)."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:4]
+        self.subnet = f"10.77.{int(tag, 16) % 250 + 1}"
+        self.pairs = [(f"tdg{tag}a{n}", f"tdg{tag}b{n}") for n in range(2)]
+        self.ends = [name for pair in self.pairs for name in pair]
+
+    @staticmethod
+    def available() -> bool:
+        return os.geteuid() == 0 and shutil.which("ip") is not None
+
+    def up(self) -> None:
+        for a, b in self.pairs:
+            subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+        for n, end in enumerate(self.ends, start=1):
+            subprocess.run(["ip", "addr", "add", f"{self.subnet}.{n}/24", "dev", end], check=True)
+            subprocess.run(["ip", "link", "set", end, "up"], check=True)
+
+    def down(self) -> None:
+        for a, _ in self.pairs:
+            subprocess.run(["ip", "link", "del", a], check=False)
+
+    def settings(self, n: int) -> dict[str, str]:
+        return {
+            "TRAINDEPOT_ADVERTISE_ADDRESS": f"{self.subnet}.{n + 1}",
+            "GLOO_SOCKET_IFNAME": self.ends[n],
+            "TRAINDEPOT_CHILD_ENV_ALLOW": "GLOO_SOCKET_IFNAME",
+        }
+
+
 @dataclass
 class Gang:
-    """The gang test's workers: each started with a home of its own."""
+    """The gang test's workers: each started with a home of its own (and, as root, an
+    address of its own on a veth interface)."""
 
     stack: Stack
     root: Path
     store: Path
+    veth: Veth | None = None
     homes: dict[int, Path] = field(default_factory=dict)  # worker pid -> its home
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> subprocess.Popen[bytes]:
-        home = self.root / f"home-{len(self.homes)}"
+        n = len(self.homes)
+        home = self.root / f"home-{n}"
         home.mkdir(parents=True)
         proc = self.stack.start_worker(
-            f"gang-{len(self.homes)}",
+            f"gang-{n}",
             queues=QUEUE,
             args=("--slots", "2"),
             settings={
@@ -63,6 +103,7 @@ class Gang:
                 "TRAINDEPOT_ARTIFACTS_URL": str(self.store),
                 "TRAINDEPOT_GANG_HOLD_SECONDS": str(HOLD_SECONDS),
                 "TRAINDEPOT_TENANT_BUSY_RETRY_SECONDS": "1",
+                **({} if self.veth is None else self.veth.settings(n)),
             },
         )
         self.homes[proc.pid] = home
@@ -107,7 +148,10 @@ def spec(name: str, *, nodes: int = 2, gpus: int = 2, **training_args: Any) -> d
 @pytest.fixture(scope="module")
 def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gang]:
     root = tmp_path_factory.mktemp("gangs")
-    g = Gang(stack, root, root / "store")
+    veth = Veth() if Veth.available() else None
+    if veth is not None:
+        veth.up()
+    g = Gang(stack, root, root / "store", veth)
     try:
         for _ in range(3):
             g.start()
@@ -118,6 +162,8 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
             if proc in stack.workers:
                 stop_process(proc, timeout=60)
                 stack.workers.remove(proc)
+        if veth is not None:
+            veth.down()
 
 
 def running(stack: Stack, job_id: str) -> bool:
@@ -224,6 +270,18 @@ def test_cancel_stops_every_rank_of_every_node_at_one_step(gang: Gang) -> None:
     workers = gang.nodes(job_id, 1)
     launchers = [p for w in workers for p in launchers_of(gang.proc_of(w).pid)]
     assert len(launchers) == 2
+    if gang.veth is not None:
+        # The ranks' process group connects the nodes' veth addresses, not loopback.
+        addresses = {
+            a
+            for (a,) in stack.sql(
+                "SELECT address FROM gang_seats WHERE job_id = %s", uuid.UUID(job_id)
+            )
+        }
+        assert all(a.startswith(gang.veth.subnet + ".") for a in addresses), addresses
+        rank_1 = rank_processes(gang.proc_of(workers[1]).pid)[0]
+        remote = {c.raddr.ip for c in rank_1.net_connections("tcp") if c.raddr}
+        assert remote & addresses, (remote, addresses)
     assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
     done = stack.wait(job_id, timeout=120)
     assert done["status"] == "cancelled", done["error"]
