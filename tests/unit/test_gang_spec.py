@@ -45,3 +45,22 @@ def test_a_gang_wider_than_any_worker_is_refused_once() -> None:
     spec = JobSpec.model_validate(tiny_spec(resources={"nodes": 2, "gpus": 4}))
     found = check_devices(spec, workers(2, 2), queue="gangs")
     assert [p.loc for p in found] == [("resources", "gpus")]
+
+
+def test_a_sweep_s_trials_are_jobs_of_one_worker() -> None:
+    from traindepot.sweeps import SweepSpec, space_problems
+
+    def sweep(resources: dict[str, int]) -> SweepSpec:
+        return SweepSpec.model_validate(
+            {
+                "name": "s",
+                "base": tiny_spec(resources=resources),
+                "search_space": {
+                    "training_args.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}
+                },
+            }
+        )
+
+    found = space_problems(sweep({"nodes": 2, "gpus": 1}))
+    assert [p.loc for p in found] == [("base", "resources", "nodes")]
+    assert space_problems(sweep({"nodes": 1, "gpus": 2})) == []
