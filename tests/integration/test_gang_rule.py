@@ -266,3 +266,15 @@ def test_a_gang_that_cannot_complete_now_holds_no_devices(url: str, queue: str) 
     assert look(url, claimant(c, [queue], free=1), hold=0, live=live).drain
     assert look(url, claimant(b, [queue], free=2), live=live).started
     assert status(url, second)[:2] == ("running", 1)
+
+
+def test_prometheus_shows_the_devices_held_by_gangs_still_forming(url: str, queue: str) -> None:
+    from api.telemetry import exposition
+    from db import stats
+
+    submit(url, queue, nodes=3, gpus=2)
+    look(url, claimant("a", [queue], free=2))
+    look(url, claimant("b", [queue], free=2))
+    with session_scope(url) as session:
+        body = exposition(stats.snapshot(session), None).decode()
+    assert f'traindepot_gang_held_devices{{queue="{queue}"}} 4.0' in body
