@@ -168,7 +168,7 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
 
 def running(stack: Stack, job_id: str) -> bool:
     job = stack.get(job_id)
-    assert job["status"] in ("queued", "running"), job
+    assert job["status"] in ("queued", "running"), (job, stack.attempts(job_id))
     return True
 
 
@@ -298,6 +298,40 @@ def test_cancel_stops_every_rank_of_every_node_at_one_step(gang: Gang) -> None:
     ]
     assert (node1 / "node-1" / "output" / f"checkpoint-{step}").is_dir()
     wait_for("both launchers to exit", lambda: all(map(process_gone, launchers)), 30)
+
+
+def test_a_node_s_warm_shutdown_stops_every_node_at_one_step_and_hands_the_job_back(
+    gang: Gang,
+) -> None:
+    stack = gang.stack
+    job = stack.submit(spec("gang-shutdown", gpus=1, max_steps=100_000))
+    job_id = job["id"]
+    wait_for("training", lambda: len(stack.train_steps(job_id)) >= 2, 240)
+    first, second = gang.nodes(job_id, 1)
+    leaving = gang.proc_of(second)
+    leaving.send_signal(signal.SIGTERM)  # node 1's worker shuts down (warm)
+    stopped = wait_for(
+        "attempt 1 released",
+        lambda: (
+            running(stack, job_id)
+            and [a for a in stack.attempts(job_id) if a["outcome"] == "released"]
+        ),
+        120,
+    )
+    assert stopped[0]["attempt"] == 1
+    leaving.wait(60)
+    stack.workers.remove(leaving)
+    gang.procs.remove(leaving)
+    step = max(stack.train_steps(job_id, 1))
+    # Every rank stopped at that step and saved it together: node 0 has the checkpoint.
+    node0 = gang.home_of(first) / "jobs" / job_id / "output" / f"checkpoint-{step}"
+    assert is_complete(node0), sorted(p.name for p in node0.parent.iterdir())
+    gang.start()
+    # The next attempt resumes from it on two of the workers left, then is cancelled.
+    wait_for("attempt 2 training", lambda: stack.train_steps(job_id, 2), 240)
+    assert stack.attempts(job_id)[1]["resumed_from_step"] == step
+    assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+    assert stack.wait(job_id, timeout=120)["status"] == "cancelled"
 
 
 def test_an_exception_on_node_1_names_the_node_and_the_rank(gang: Gang) -> None:
