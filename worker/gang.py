@@ -100,7 +100,9 @@ def restore(
     store: ArtifactStore, settings: Settings, job_id: uuid.UUID, attempt: int, ranks: int
 ) -> None:
     """Node k > 0: the job's checkpoints to resume from, from the store, as node 0 gets
-    them (the ranks then agree on the newest one every node has: worker/ranks.py)."""
+    them (the ranks then agree on the newest one every node has: worker/ranks.py). The
+    job's directory is held (never evicted from the cache) until `release`."""
+    restore_module.hold(job_id, settings.job_dir(job_id).resolve())
     if attempt > 1:
         restore_module.restore(
             store,
@@ -110,6 +112,10 @@ def restore(
             resume_from_checkpoint=None,
             ranks=ranks,
         )
+
+
+def release(job_id: uuid.UUID) -> None:
+    restore_module.release(job_id)
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,8 @@ class Supervisor:
         finally:
             watcher.forget(self.job_id)
             self.lease.stop()
+            if self.restore_from is not None:
+                gang.release(self.job_id)
 
     def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
         """A fresh Python: `python -m worker.runner JOB ATTEMPT`, or for several ranks
