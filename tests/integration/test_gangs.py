@@ -44,7 +44,7 @@ HOLD_SECONDS = 3.0
 
 
 class Veth:
-    """Two veth pairs, each end with an address of 10.77.N.0/24 (root and `ip` only): each
+    """Three veth pairs, each end with an address of 10.77.N.0/24 (root and `ip` only): each
     worker advertises one end's address and its ranks' gloo binds to that interface, so the
     rendezvous and the process group's traffic use interface addresses, not loopback. The
     workers stay on the host (PostgreSQL and Redis listen on 127.0.0.1 only)."""
@@ -52,7 +52,8 @@ class Veth:
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:4]
         self.subnet = f"10.77.{int(tag, 16) % 250 + 1}"
-        self.pairs = [(f"tdg{tag}a{n}", f"tdg{tag}b{n}") for n in range(2)]
+        # Six ends: the module's three workers and the three that replace one.
+        self.pairs = [(f"tdg{tag}a{n}", f"tdg{tag}b{n}") for n in range(3)]
         self.ends = [name for pair in self.pairs for name in pair]
 
     @staticmethod
