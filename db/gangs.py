@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db import attempts, scheduling
+from db import attempts, scheduling, tenants
 from db.models import ACTIVE_STATUSES, Gang, GangSeat, Job, JobStatus
 
 # The live workers of a queue that own at least so many devices (None: unknown).
@@ -111,6 +111,13 @@ def take_seat(
         if any(seat.worker == claimant.worker for seat in seats):
             return Decision()  # seated: its other free devices run small jobs
         if not _may_complete(session, job, seats, claimant.worker, live_workers):
+            return Decision()
+        last = len(seats) + 1 == job.nodes
+        if last and not tenants.may_start_another(
+            session=session, tenant=job.tenant, default=claimant.default_quota
+        ):
+            # The seat that would start it waits while its tenant runs its limit (checked
+            # under the tenant's lock, as the normal claim does).
             return Decision()
         if job.gpus > claimant.free_gpus:
             held = session.scalar(select(func.extract("epoch", func.now() - gang.formed_at)))

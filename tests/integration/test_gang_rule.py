@@ -278,3 +278,31 @@ def test_prometheus_shows_the_devices_held_by_gangs_still_forming(url: str, queu
     with session_scope(url) as session:
         body = exposition(stats.snapshot(session), None).decode()
     assert f'traindepot_gang_held_devices{{queue="{queue}"}} 4.0' in body
+
+
+def test_the_seat_that_would_start_a_gang_waits_for_its_tenant_s_limit(
+    url: str, queue: str
+) -> None:
+    tenant = f"t-{queue}"
+    busy = submit(url, queue, tenant=tenant)
+    gang_job = submit(url, queue, nodes=2, gpus=1, tenant=tenant)
+
+    def limited(worker: str) -> scheduling.Claimant:
+        return scheduling.Claimant(
+            queues=[queue],
+            worker=worker,
+            lease_seconds=LEASE,
+            free_gpus=1,
+            total_gpus=1,
+            default_quota=tenants.Quota(100, 1),
+        )
+
+    assert look(url, limited(f"{queue}-a")).seat is not None  # a first seat holds
+    with session_scope(url) as session:
+        claimed = scheduling.claim_next(session=session, claimant=limited(f"{queue}-x"))
+    assert claimed is not None and claimed.job_id == busy  # the tenant's one running job
+    assert look(url, limited(f"{queue}-b")) == gangs.Decision()  # the last seat waits
+    assert status(url, gang_job)[0] == "queued"
+    sql(url, "UPDATE jobs SET status = 'succeeded' WHERE id = %s", busy)
+    assert look(url, limited(f"{queue}-b")).started
+    assert status(url, gang_job)[:2] == ("running", 1)
