@@ -38,6 +38,11 @@ class Progress(BaseModel):
     learning_rate: float | None = None
     grad_norm: float | None = None
     samples_per_second: float | None = None
+    samples_per_step: int | None = Field(
+        default=None,
+        description="The global batch: per-device batch x accumulation x every rank (of every"
+        " node).",
+    )
     steps_per_second: float | None = None
     eta_seconds: float | None = None
     updated_at: datetime | None = None
@@ -61,6 +66,22 @@ class JobErrorOut(BaseModel):
     rank: int | None = Field(
         default=None, description="A job of several ranks: the rank that raised first."
     )
+    node: int | None = Field(
+        default=None,
+        description="A job of several nodes: the node of that rank (its global rank is"
+        " node x devices + `local_rank`).",
+    )
+    local_rank: int | None = Field(
+        default=None, description="A job of several nodes: that rank's index on its node."
+    )
+
+
+class NodeOut(BaseModel):
+    """One node of an attempt of a job of several nodes."""
+
+    node: int = Field(description="Its node rank: its ranks are node x devices + local rank.")
+    worker: str = Field(description="The worker that ran it (`hostname:pid`).")
+    devices: int = Field(description="The devices it ran on (`resources.gpus`).")
 
 
 class AttemptOut(BaseModel):
@@ -83,6 +104,12 @@ class AttemptOut(BaseModel):
         description="How its training process started: `warm` (forked from the worker's "
         "prepared process, which had imported the training libraries: no import time) or "
         "`cold` (a fresh Python; the job's log says why); null before it started.",
+    )
+
+    nodes: list[NodeOut] = Field(
+        default_factory=list,
+        description="A job of several nodes (`resources.nodes`): the workers of this attempt,"
+        " node 0 first (its rank 0 reports); empty for a job of one worker.",
     )
 
     @classmethod

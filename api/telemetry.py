@@ -126,6 +126,14 @@ class _Scraped(Collector):
             oldest.add_metric([queue], age)
         yield depth
         yield oldest
+        held = GaugeMetricFamily(
+            "traindepot_gang_held_devices",
+            "Devices held by seats of gangs still forming (jobs of several nodes)",
+            labels=["queue"],
+        )
+        for queue, devices in sorted(s.gang_held.items()):
+            held.add_metric([queue], devices)
+        yield held
         wait = HistogramMetricFamily(
             "traindepot_job_queue_seconds",
             "Time from submission to the first claim, of the jobs that started",

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
-from db.models import Job, JobAttempt
+from db.models import GangSeat, Job, JobAttempt
 from db.scheduling import position_of
 
 __all__ = ["JOB_JSON", "job_json_args"]
@@ -40,6 +40,25 @@ def _unless_empty(column: Any) -> ColumnElement[Any]:
     return func.nullif(column, literal_column("'{}'::jsonb"))
 
 
+_NODE = {
+    "node": GangSeat.node_rank,
+    "worker": GangSeat.worker,
+    "devices": GangSeat.devices,
+}
+
+# The nodes of an attempt of a job of several (db/gangs.py); empty for one node.
+_NODES = (
+    select(
+        func.coalesce(
+            func.json_agg(aggregate_order_by(_object(_NODE), GangSeat.node_rank)),
+            literal_column("'[]'::json"),
+        )
+    )
+    .where(GangSeat.job_id == JobAttempt.job_id, GangSeat.attempt == JobAttempt.attempt)
+    .correlate(JobAttempt)
+    .scalar_subquery()
+)
+
 _ATTEMPT = {
     "attempt": JobAttempt.attempt,
     "worker": JobAttempt.worker,
@@ -48,6 +67,7 @@ _ATTEMPT = {
     "outcome": JobAttempt.outcome,
     "resumed_from_step": JobAttempt.resumed_from_step,
     "start": JobAttempt.start,
+    "nodes": _NODES,
 }
 
 _ATTEMPTS = (

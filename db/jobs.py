@@ -43,6 +43,7 @@ def create(
         queued_at=func.now(),
         effective_queued_at=effective_queued_at(func.now(), priority, aging_seconds),
         gpus=(spec.get("resources") or {}).get("gpus", 1),
+        nodes=(spec.get("resources") or {}).get("nodes", 1),
         attempt=0,
         max_restarts=spec.get("limits", {}).get("max_restarts", 3),
     )

@@ -76,6 +76,8 @@ class Job(Base):
     )
     # The devices it needs (`resources.gpus` of its spec; slots on a CPU-only worker).
     gpus: Mapped[int] = mapped_column(Integer, server_default="1")
+    # The workers it spans (`resources.nodes`): `gpus` devices on each, a gang (db/gangs.py).
+    nodes: Mapped[int] = mapped_column(Integer, server_default="1")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -198,6 +200,74 @@ class JobAttempt(Base):
     # How its training child started: `warm` (forked from the worker's prepared process,
     # worker/warm.py) or `cold` (a fresh Python); None until it started.
     start: Mapped[str | None] = mapped_column(String(8))
+
+
+class Gang(Base):
+    """The gang that forms for a queued multi-node job (db/gangs.py): at most one per queue,
+    from the first time an eligible worker looked until the job starts or leaves the queue.
+    `formed_at` starts the hold (`gang_hold_seconds`) and orders gangs: a worker seats only
+    in the oldest forming gang it is eligible for."""
+
+    __tablename__ = "gangs"
+
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    formed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class GangSeat(Base):
+    """A worker's seat in the gang of a job of several nodes (db/gangs.py).
+
+    While the job is queued, a seat (`attempt` null) holds `devices` of its worker for the
+    gang that forms, with a lease its worker renews; an expired one is dropped. When the
+    last seat is taken the job is claimed in the same transaction: every seat gets the
+    attempt and its node rank, and the seat of node 0 gives the rendezvous endpoint
+    (`address`:`port`). A started seat's lease is its node's heartbeat: the attempt is
+    lost on every node once one of its seats expires. Each node records its end on its
+    seat (exit code, its first rank error, why it stopped), which node 0 reads.
+    """
+
+    __tablename__ = "gang_seats"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    queue: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str] = mapped_column(String(200))
+    devices: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    lease_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    node_rank: Mapped[int | None] = mapped_column(Integer)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[dict[str, Any] | None]
+    stop_reason: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        # One seat per worker in a forming gang; one per node rank in a started attempt.
+        Index(
+            "ix_gang_seats_forming",
+            "job_id",
+            "worker",
+            unique=True,
+            postgresql_where="attempt IS NULL",
+        ),
+        Index(
+            "ix_gang_seats_node",
+            "job_id",
+            "attempt",
+            "node_rank",
+            unique=True,
+            postgresql_where="attempt IS NOT NULL",
+        ),
+        Index("ix_gang_seats_queue", "queue", postgresql_where="attempt IS NULL"),
+    )
 
 
 class ApiKey(Base):

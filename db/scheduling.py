@@ -48,7 +48,7 @@ def effective_queued_at(queued_at: Any, priority: Any, aging_seconds: float) -> 
     return queued_at - func.make_interval(0, 0, 0, 0, 0, 0, priority * aging_seconds)
 
 
-def _tenants_at_limit(default_running_limit: int) -> ColumnElement[bool]:
+def tenants_at_limit(default_running_limit: int) -> ColumnElement[bool]:
     """Tenants whose running (or cancelling) jobs fill their `max_running_jobs`."""
     running = aliased(Job)
     limit = func.coalesce(
@@ -116,7 +116,8 @@ def _claim(session: Session, claimant: Claimant, *, skip_locked: bool) -> Claime
                 Job.status == JobStatus.QUEUED,
                 Job.queue.in_(list(queues)),
                 Job.gpus <= total_gpus,
-                ~_tenants_at_limit(default_quota.max_running_jobs),
+                Job.nodes == 1,  # a job of several nodes starts as a gang (db/gangs.py)
+                ~tenants_at_limit(default_quota.max_running_jobs),
                 # A trial waits while its sweep runs `max_concurrent_trials` (db/sweep_caps.py).
                 Job.sweep_id.is_(None) | ~sweep_caps.sweeps_at_limit(),
             )

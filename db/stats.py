@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db import gangs
 from traindepot.statuses import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 
 # Seconds: from a second to a day, for queue waits and training runs alike.
@@ -51,6 +52,7 @@ class JobStats:
     duration: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # by queue, status
     running: list[RunningJob] = field(default_factory=list)
     points_written: int = 0
+    gang_held: dict[str, int] = field(default_factory=dict)  # queue -> devices (db/gangs.py)
 
 
 def _histograms(session: Session, seconds: str, where: str, by: Sequence[str]) -> list[Any]:
@@ -79,6 +81,7 @@ def _histogram(row: Sequence[Any], skip: int) -> Histogram:
 
 def snapshot(session: Session) -> JobStats:
     stats = JobStats()
+    stats.gang_held = gangs.held_devices(session=session)
     stats.by_status = [
         (str(t), str(q), str(s), int(n))
         for t, q, s, n in session.execute(

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # or CPU slots (`--slots`); neither: every GPU its probe sees, or one slot.
     worker_gpus: Annotated[list[str], NoDecode] = Field(default_factory=list)
     worker_slots: int | None = Field(default=None, gt=0, le=256)
+    # Gangs (db/gangs.py, worker/gang.py): the address this worker advertises to the other
+    # nodes of a multi-node job (node 0's hosts the rendezvous on it, on a port chosen per
+    # attempt); and how long seats of an incomplete gang are held while small jobs still
+    # take the other free devices, after which the gang's eligible workers take no new
+    # small job until it starts (the drain).
+    advertise_address: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    gang_hold_seconds: float = Field(default=60.0, ge=0)
 
     # Bounds on inline data.
     max_inline_rows: int = Field(default=10_000, gt=0)

@@ -288,7 +288,16 @@ class Resources(_Strict):
         description="Devices the job needs at once: GPUs, or slots of a CPU-only worker. It"
         " goes only to a worker with this many free (their ids in `CUDA_VISIBLE_DEVICES`)."
         " 2 or more: one rank per device, started with `torch.distributed.run` (DDP, or FSDP"
-        " or DeepSpeed when `training_args` ask; gloo on CPU slots); rank 0 reports.",
+        " or DeepSpeed when `training_args` ask; gloo on CPU slots); rank 0 reports."
+        " With `nodes` > 1: this many devices on each node.",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Workers the job spans: `gpus` devices on each of `nodes` workers, started"
+        " together (a gang) or not at all. `training_args` describe one rank: the global batch"
+        " is nodes x gpus x per-device batch x accumulation. Rank 0 of node 0 reports.",
     )
 
 

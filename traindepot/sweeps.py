@@ -107,6 +107,17 @@ def _kind(value: Scalar) -> str:
 def space_problems(sweep: SweepSpec) -> list[Problem]:
     """The rules of the space itself (the spec validator checks its values afterwards)."""
     problems: list[Problem] = []
+    resources = sweep.base.get("resources")
+    if isinstance(resources, dict) and resources.get("nodes", 1) not in (1, None):
+        # A trial is claimed under its sweep's cap by the normal claim, which takes jobs of
+        # one worker only; a gang (db/gangs.py) knows no sweep cap.
+        problems.append(
+            Problem(
+                ("base", "resources", "nodes"),
+                "a sweep's trials run on one worker each: `resources.nodes` must be 1",
+                "not_searchable",
+            )
+        )
     for path, param in sweep.search_space.items():
         loc: tuple[str, ...] = ("search_space", path)
         parts = path.split(".")

@@ -203,6 +203,17 @@ def check_devices(
                 "device_unavailable",
             )
         )
+    able = sum(1 for d in devices if d.devices >= spec.resources.gpus)
+    if spec.resources.nodes > 1 and spec.resources.gpus <= largest and able < spec.resources.nodes:
+        problems.append(
+            Problem(
+                ("resources", "nodes"),
+                f"needs {spec.resources.nodes} workers with {spec.resources.gpus} devices each"
+                f" at once, but queue {queue!r} has {able} such live workers: its gang could"
+                " never form",
+                "device_unavailable",
+            )
+        )
     if spec.quantization is not None and not any(d.cuda for d in devices):
         problems.append(
             Problem(

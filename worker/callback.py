@@ -119,6 +119,10 @@ class TraindepotCallback(TrainerCallback):
         stop, fenced = self.stop_requested.is_set(), self.flusher.fenced
         if self.agree is not None:  # one small all-reduce per step (worker/ranks.py)
             stop, fenced = self.agree((stop, fenced), args.device)
+            if stop:
+                # Another rank's stop (another node's shutdown) is this rank's too: its
+                # outcome says `stopped`, not `succeeded`.
+                self.stop_requested.set()
         if stop or fenced:
             control.should_training_stop = True
             # Without this no checkpoint is written at the stop step (docs/architecture.md,

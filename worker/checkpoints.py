@@ -102,6 +102,17 @@ def last_complete(output_dir: Path, ranks: int = 1) -> Path | None:
     return next((p for p in candidates if is_complete(p, ranks)), None)
 
 
+def complete_steps(output_dir: Path, ranks: int = 1) -> list[int]:
+    """The steps of every whole checkpoint in `output_dir`, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in output_dir.iterdir()
+        if _CHECKPOINT.match(p.name) and is_complete(p, ranks)
+    )
+
+
 def complete_for(ranks: int) -> Callable[[Path], Path | None]:
     """`last_complete` for a job of `ranks` ranks."""
     return lambda output_dir: last_complete(output_dir, ranks)

@@ -15,7 +15,7 @@ import uuid
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from db import attempts
+from db import attempts, gangs
 from db.models import JobStatus
 from db.session import session_scope
 from traindepot.settings import Settings
@@ -24,9 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class Lease:
-    def __init__(self, *, job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
+    def __init__(
+        self, *, job_id: uuid.UUID, attempt: int, settings: Settings, node: int | None = None
+    ) -> None:
         self.job_id = job_id
         self.attempt = attempt
+        # A node of a job of several (db/gangs.py): its seat is renewed with the job, and
+        # the lease is lost for every node once one of them stops renewing.
+        self.node = node
         self.settings = settings
         # Monotonic time taken *before* the last successful renewal was sent: the database
         # set `lease_expires_at = now() + lease_seconds` with a `now()` no earlier than this,
@@ -63,11 +68,21 @@ class Lease:
             sent_at = time.monotonic()
             try:
                 with session_scope() as session:
-                    status = attempts.heartbeat(
-                        session=session,
-                        job_id=self.job_id,
-                        attempt=self.attempt,
-                        lease_seconds=self.settings.lease_seconds,
+                    status = (
+                        attempts.heartbeat(
+                            session=session,
+                            job_id=self.job_id,
+                            attempt=self.attempt,
+                            lease_seconds=self.settings.lease_seconds,
+                        )
+                        if self.node is None
+                        else gangs.heartbeat(
+                            session=session,
+                            job_id=self.job_id,
+                            attempt=self.attempt,
+                            node=self.node,
+                            lease_seconds=self.settings.lease_seconds,
+                        )
                     )
             except (OperationalError, DBAPIError) as exc:
                 log.warning("job %s: heartbeat failed (%s)", self.job_id, exc)

@@ -44,6 +44,12 @@ def first_rank_error(job_dir: Path, attempt: int) -> dict[str, Any] | None:
     """The error of the rank that failed first, or None. When one rank raises, the others
     fail after it (their collectives lose a peer, or the launcher stops them): the earliest
     is the cause."""
+    first = first_rank_error_at(job_dir, attempt)
+    return None if first is None else first[1]
+
+
+def first_rank_error_at(job_dir: Path, attempt: int) -> tuple[float, dict[str, Any]] | None:
+    """`first_rank_error` with when it was caught (a node's, compared with other nodes')."""
     found = []
     for path in job_dir.glob(f"attempt-{attempt}.rank-*.error.json"):
         try:
@@ -51,7 +57,7 @@ def first_rank_error(job_dir: Path, attempt: int) -> dict[str, Any] | None:
             found.append((float(data["at"]), dict(data["error"])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return min(found, key=lambda pair: pair[0])[1] if found else None
+    return min(found, key=lambda pair: pair[0]) if found else None
 
 
 def with_rank_errors(outcome: dict[str, Any], first_error: dict[str, Any] | None) -> dict[str, Any]:

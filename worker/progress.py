@@ -51,6 +51,8 @@ class Progress:
                 "global_step": step,
                 "max_steps": state.max_steps,
                 "epoch": state.epoch,
+                # The global batch: per-device batch x accumulation x every rank of every node.
+                "samples_per_step": self._samples_per_step,
             }
             done, elapsed = step - self._start_step, time.monotonic() - self._started
             if done > 0 and elapsed > 0:

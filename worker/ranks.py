@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,16 @@ from traindepot import lifetime
 LAUNCHER_PID_ENV = "TRAINDEPOT_LAUNCHER_PID"
 
 
+# Set by worker/launcher.py for the ranks of node k of a job of several nodes.
+NODE_ENV = "TRAINDEPOT_NODE"
+
+
 @dataclass(frozen=True)
 class Rank:
-    index: int
-    size: int
+    index: int  # the global rank
+    size: int  # the world size, every node's ranks
+    node: int = 0  # the node (worker) it runs on, of a job of several nodes
+    local_size: int = 0  # the ranks of its node (0: all of them, one node)
 
     @property
     def several(self) -> bool:
@@ -43,13 +50,35 @@ class Rank:
 
     @property
     def reports(self) -> bool:
-        """Rank 0 alone writes points, progress and the outcome."""
+        """Rank 0 (of node 0) alone writes points, progress and the outcome."""
         return self.index == 0
+
+    @property
+    def node_count(self) -> int:
+        """The nodes of the job (every node runs as many ranks)."""
+        return self.size // self.on_node if self.several else 1
+
+    @property
+    def on_node(self) -> int:
+        """The ranks of this node: the ones whose RNG states its checkpoints hold."""
+        return self.local_size or self.size
 
 
 def current() -> Rank:
     """This process's rank, from the launcher's environment (a single process: 0 of 1)."""
-    return Rank(index=int(os.environ.get("RANK", "0")), size=int(os.environ.get("WORLD_SIZE", "1")))
+    return Rank(
+        index=int(os.environ.get("RANK", "0")),
+        size=int(os.environ.get("WORLD_SIZE", "1")),
+        node=int(os.environ.get(NODE_ENV, "0")),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "0")),
+    )
+
+
+def node_output(job_dir: Path, node: int) -> Path:
+    """Where node `node`'s ranks write their checkpoints: node 0's are the job's
+    (`output`, the ones every node resumes from); another node's write only their RNG
+    states, beside the job's files under its own `TRAINDEPOT_HOME`."""
+    return job_dir / "output" if node == 0 else job_dir / f"node-{node}" / "output"
 
 
 def die_with_launcher() -> None:
@@ -96,6 +125,28 @@ def agree(flags: tuple[bool, bool], device: Any) -> tuple[bool, bool]:
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     stop, fenced = (bool(value) for value in tensor.tolist())
     return stop, fenced
+
+
+def common_to_all(on_node: int) -> Callable[[Path], Path | None]:
+    """`last_complete` agreed by every rank of every node: the newest checkpoint step whole
+    on all of them (each node looks in its own directory, which may lack the newest: a
+    store's upload behind, a node that died while saving), gathered over the process
+    group. Every rank calls it at the same point (the resume decision)."""
+
+    def agreed(output_dir: Path) -> Path | None:
+        import torch.distributed as dist
+
+        from worker import checkpoints
+
+        whole = checkpoints.complete_steps(output_dir, on_node)
+        gathered: list[list[int] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, whole)
+        common = set(whole).intersection(*(set(steps or []) for steps in gathered))
+        if not common:
+            return None
+        return output_dir / f"checkpoint-{max(common)}"
+
+    return agreed
 
 
 class SilentSink:

@@ -117,7 +117,9 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     stop: threading.Event = stop_requested
     if rank.several:
         stop = ranks.StopFlag(ranks.stop_path(job_dir, attempt), signalled=stop_requested)
-    output_dir = job_dir / "output"
+    # Node k > 0 of a job of several nodes writes its ranks' RNG states beside the job's
+    # files; every node resumes from the job's own checkpoints (worker/ranks.py).
+    output_dir = ranks.node_output(job_dir, rank.node)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # Heavy imports only here, in the child.
@@ -146,7 +148,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     trial = pruning.for_job(job_id) if not rank.several else None
     callbacks: list[Any] = [callback] if trial is None else [callback, trial]
     if settings.artifacts_url:  # checkpoints go on to the store (worker/uploads.py)
-        callbacks.append(HandoffCallback(job_dir, rank.size))
+        callbacks.append(HandoffCallback(job_dir, rank.on_node))
     hub: HubPusher | None = None
     if spec.hub is not None and rank.reports:  # worker/hub.py
         from worker.hub import HubPusher
@@ -183,9 +185,13 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
                     "FSDP asked, but accelerate shards on accelerators only: these CPU ranks"
                     " train with DDP (each holds the whole model)"
                 )
-        last_complete = checkpoints.complete_for(rank.size)
-        resume_from = resume_checkpoint(spec, attempt, output_dir, last_complete)
-        if resume_from is not None and resume_from.parent == output_dir and rank.reports:
+        last_complete = checkpoints.complete_for(rank.on_node)
+        if rank.node_count > 1:
+            # Every node resumes from the same step: the newest one whole on all of them.
+            last_complete = ranks.common_to_all(rank.on_node)
+        job_output = ranks.node_output(job_dir, 0)
+        resume_from = resume_checkpoint(spec, attempt, job_output, last_complete)
+        if resume_from is not None and resume_from.parent == job_output and rank.reports:
             _record_resume(job_id, attempt, resume_from)
         phase = "internal"
         log.info("attempt %s: training (resume from %s)", attempt, resume_from)
@@ -217,6 +223,12 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
             # Written at once, before anything else can fail: the supervisor takes the
             # earliest rank error as the job's (the others' are usually its echo).
             outcome["error"]["rank"] = rank.index
+            if rank.node_count > 1:  # which node, and which of its ranks
+                outcome["error"]["node"] = rank.node
+                outcome["error"]["local_rank"] = int(os.environ.get("LOCAL_RANK", "0"))
+                outcome["error"]["message"] = (
+                    f"node {rank.node}, rank {rank.index}: {outcome['error'].get('message', '')}"
+                )
             write_rank_error(job_dir, attempt, rank.index, outcome["error"])
     finally:
         if not flusher.close():

@@ -34,7 +34,7 @@ from traindepot import artifacts, events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
 from traindepot.store import open_store
-from worker import budget, launcher, ranks, warm
+from worker import budget, gang, launcher, ranks, warm
 from worker.child_env import training_environment
 from worker.control import control
 from worker.lease import Lease
@@ -69,8 +69,12 @@ class Supervisor:
         ranks: int = 1,
         resume_from_checkpoint: object = None,
         secrets_env: dict[str, str] | None = None,
+        node: launcher.NodeOf | None = None,
     ) -> None:
         self.job_id = job_id
+        # Node k of a job of several nodes (worker/gang.py): its ranks join the other
+        # nodes' at node 0's rendezvous; node 0 alone writes the job's status.
+        self.node = node
         # The job's devices (`CUDA_VISIBLE_DEVICES`, worker/devices.py).
         self.devices_env = devices_env or {}
         # The tenant's secrets this job uses (`HF_TOKEN`, worker/hub_token.py): in the
@@ -78,6 +82,7 @@ class Supervisor:
         self.secrets_env = secrets_env or {}
         # One process per device when the job has several (worker/launcher.py).
         self.ranks = ranks
+        self.multirank = ranks > 1 or node is not None
         self.attempt = attempt
         self.settings = settings
         self.job_dir = settings.job_dir(job_id).resolve()
@@ -92,13 +97,21 @@ class Supervisor:
             if max_runtime_seconds is None or started_at is None
             else started_at.timestamp() + max_runtime_seconds
         )
-        self.lease = Lease(job_id=job_id, attempt=attempt, settings=settings)
+        self.lease = Lease(
+            job_id=job_id,
+            attempt=attempt,
+            settings=settings,
+            node=None if node is None else node.rank,
+        )
         self._child: warm.TrainingChild | None = None  # once started
         self._stop_lock = threading.Lock()  # the watch loop and the control thread stop it
         # With an artifact store: restores before the child, uploads during and after it.
         store = open_store(settings)
         self.store: AttemptStore | None = None
-        if store is not None:
+        # Node k > 0 only brings in the checkpoint to resume from: node 0 uploads the
+        # job's files (its checkpoints, model and log).
+        self.restore_from = store if node is not None and node.rank > 0 else None
+        if store is not None and self.restore_from is None:
             self.store = AttemptStore(
                 store,
                 settings,
@@ -123,11 +136,12 @@ class Supervisor:
 
     def run(self) -> None:
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        events.publish(
-            self.settings,
-            self.job_id,
-            {"type": "status", "status": "running", "attempt": self.attempt},
-        )
+        if self.node is None or self.node.rank == 0:  # one job, one voice: node 0's
+            events.publish(
+                self.settings,
+                self.job_id,
+                {"type": "status", "status": "running", "attempt": self.attempt},
+            )
         log_path = self.job_dir / "train.log"
         self.lease.start()
         watcher = control(self.settings)
@@ -137,11 +151,17 @@ class Supervisor:
         try:
             if self.store is not None:
                 self.store.before_child(log_path)
+            if self.restore_from is not None:
+                gang.restore(
+                    self.restore_from, self.settings, self.job_id, self.attempt, self.ranks
+                )
             with log_path.open("ab") as log_file:
                 env = self._child_env()
-                if self.ranks > 1:
+                if self.multirank:
                     # The prepared process is a single training process: ranks start cold.
                     prepared, how = None, f"{self.ranks} ranks, cold start: torch's launcher"
+                    if self.node is not None:
+                        how += f", node {self.node.rank} of {self.node.nodes}"
                 else:
                     prepared, how = warm.starter.take(self.settings, env)
                 header = f"--- attempt {self.attempt} started {_now()} ({how}) ---\n"
@@ -177,13 +197,15 @@ class Supervisor:
         finally:
             watcher.forget(self.job_id)
             self.lease.stop()
+            if self.restore_from is not None:
+                gang.release(self.job_id)
 
     def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
         """A fresh Python: `python -m worker.runner JOB ATTEMPT`, or for several ranks
         `python -m worker.launcher N JOB ATTEMPT`."""
         argv = (
-            launcher.command(self.ranks, str(self.job_id), self.attempt)
-            if self.ranks > 1
+            launcher.command(self.ranks, str(self.job_id), self.attempt, self.node)
+            if self.multirank
             else [sys.executable, "-m", "worker.runner", str(self.job_id), str(self.attempt)]
         )
         return subprocess.Popen(
@@ -290,8 +312,9 @@ class Supervisor:
             self.stop_reason = reason
         self._kill_at = time.monotonic() + self.settings.cancel_grace_seconds
         log.info("job %s: stopping training (%s)", self.job_id, reason)
-        if self.ranks > 1:
+        if self.multirank:
             # The launcher would die of SIGUSR1; its ranks watch this file (worker/ranks.py).
+            # Every node's ranks agree on it at each step, so one node's stop stops all.
             ranks.stop_path(self.job_dir, self.attempt).touch()
             return
         with contextlib.suppress(ProcessLookupError):
@@ -300,7 +323,16 @@ class Supervisor:
     # --- after the child exited -----------------------------------------------------------
     def _finish(self, returncode: int, log_path: Path) -> None:
         outcome = read_outcome(self.job_dir, self.attempt)
-        if self.ranks > 1:
+        if self.node is not None:
+            # One job, one fate (worker/gang.py): every node records its end; node 0 waits
+            # for the others' and decides for all of them.
+            ends = gang.end_of_node(self, returncode)
+            if ends is None:
+                return  # another node's, or the attempt was lost with a node
+            outcome = with_rank_errors(outcome, ends.first_error)
+            if self.stop_reason is None:
+                self.stop_reason = ends.stop_reason
+        elif self.ranks > 1:
             outcome = with_rank_errors(outcome, first_rank_error(self.job_dir, self.attempt))
         ended = verdict(
             outcome,

@@ -13,19 +13,21 @@ message consumed sends at most one, so wake-ups never multiply.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 from kombu.exceptions import OperationalError as BrokerError
 
-from db import jobs, scheduling, tenants
+from db import gangs, jobs, scheduling, tenants
 from db.retry import retry_db
 from db.session import session_scope
 from traindepot.dispatch import TASK_NAME, enqueue, worker_id
 from traindepot.settings import Settings, get_settings
-from worker import devices, hub_token, reaper, warm
+from worker import devices, gang, hub_token, reaper, warm
 from worker.celery_app import app
 from worker.child_env import training_environment
+from worker.launcher import NodeOf
 from worker.supervisor import Supervisor, shutting_down
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,20 @@ def run_job(self: Any, job_id: str) -> None:
     ran = 0
     while not shutting_down.is_set():
         with pool.claiming():
-            claimed = _claim(settings, queues, pool)
+            # A gang first (db/gangs.py): a seat holds devices for a job of several nodes;
+            # a drain takes no new small job, so that a gang waiting past its hold starts.
+            decision = _look(settings, queues, pool)
+            seat = decision.seat
+            held = [] if seat is None else pool.take(seat.devices)
+            claimed = None if seat is not None or decision.drain else _claim(settings, queues, pool)
             taken = [] if claimed is None else pool.take(claimed.gpus)
+        if seat is not None:
+            ran += 1
+            try:
+                _run_node(settings, queues, seat, decision.started, held, pool)
+            finally:
+                pool.give_back(held)
+            continue
         if claimed is None:
             break
         ran += 1
@@ -61,6 +75,60 @@ def run_job(self: Any, job_id: str) -> None:
         _wake_later(settings, queues)
 
 
+def _claimant(
+    settings: Settings, queues: list[str], pool: devices.DevicePool
+) -> scheduling.Claimant:
+    return scheduling.Claimant(
+        queues=queues,
+        worker=worker_id(),
+        lease_seconds=settings.lease_seconds,
+        free_gpus=pool.free,
+        total_gpus=pool.total,
+        default_quota=tenants.Quota(
+            settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
+        ),
+    )
+
+
+@retry_db(give_up_after_seconds=120)
+def _look(settings: Settings, queues: list[str], pool: devices.DevicePool) -> gangs.Decision:
+    return gang.look(settings, _claimant(settings, queues, pool))
+
+
+def _run_node(
+    settings: Settings,
+    queues: list[str],
+    seat: gangs.Seat,
+    started: bool,
+    held: list[str],
+    pool: devices.DevicePool,
+) -> None:
+    """Hold `seat` until its gang starts, then run this worker's node of the job."""
+    log.info("job %s: seat %s taken on %s", seat.job_id, seat.id, ",".join(held))
+    if not started:
+        # Another worker may have the devices for the next seat: wake one now.
+        _wake_now(settings, queues, seat.job_id)
+    node = gang.wait(settings, seat, shutting_down)
+    if node is None:
+        log.info("job %s: seat %s given up", seat.job_id, seat.id)
+        return
+    log.info(
+        "job %s attempt %s: node %s of %s, rendezvous %s:%s",
+        node.job_id,
+        node.attempt,
+        node.rank,
+        node.nodes,
+        *node.endpoint,
+    )
+    _supervise(
+        settings,
+        scheduling.Claimed(job_id=node.job_id, attempt=node.attempt, gpus=node.devices),
+        pool.child_env(held),
+        ranks=len(held),
+        node=gang.node_of(settings, node),
+    )
+
+
 def _queues(task: Any) -> list[str]:
     """The queues this worker consumes (a wake-up on any of them serves all of them)."""
     consumed = sorted(task.app.amqp.queues.consume_from or ())
@@ -78,21 +146,16 @@ def _claim(
     settings: Settings, queues: list[str], pool: devices.DevicePool
 ) -> scheduling.Claimed | None:
     with session_scope() as session:
-        claimant = scheduling.Claimant(
-            queues=queues,
-            worker=worker_id(),
-            lease_seconds=settings.lease_seconds,
-            free_gpus=pool.free,
-            total_gpus=pool.total,
-            default_quota=tenants.Quota(
-                settings.max_active_jobs_per_tenant, settings.max_running_jobs_per_tenant
-            ),
-        )
-        return scheduling.claim_next(session=session, claimant=claimant)
+        return scheduling.claim_next(session=session, claimant=_claimant(settings, queues, pool))
 
 
 def _supervise(
-    settings: Settings, claimed: scheduling.Claimed, devices_env: dict[str, str], *, ranks: int
+    settings: Settings,
+    claimed: scheduling.Claimed,
+    devices_env: dict[str, str],
+    *,
+    ranks: int,
+    node: NodeOf | None = None,
 ) -> None:
     with session_scope() as session:
         job = jobs.get(session=session, job_id=claimed.job_id)
@@ -115,11 +178,25 @@ def _supervise(
         ranks=ranks,
         resume_from_checkpoint=resume,
         secrets_env=secrets_env,
+        node=node,
     ).run()
     if sweep_id is not None:
         # A trial ended (or was given back): tell the study and ask the next trials before
         # this worker claims again, so that it can take one of them (db/sweeps.py).
         reaper.drive_sweep(settings, sweep_id)
+
+
+def _wake_now(settings: Settings, queues: list[str], job_id: uuid.UUID) -> None:
+    """A wake-up for the queue of the gang this worker just sat in."""
+    with session_scope() as session:
+        hint = scheduling.waiting(session=session, queues=queues)
+    if hint is None:
+        return
+    _, queue, priority = hint
+    try:
+        enqueue(job_id=job_id, queue=queue, priority=priority)
+    except BrokerError as exc:
+        log.warning("queue %s: wake-up not sent (%s); the reaper re-sends", queue, exc)
 
 
 def _wake_later(settings: Settings, queues: list[str]) -> None:

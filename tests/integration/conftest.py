@@ -60,7 +60,9 @@ TEST_SETTINGS = {
     # test_sweeps.py: a worker of 2 CPU slots of its own, and the fault test's workers
     "sweeps,sweeps-kill,"
     # test_store.py: workers with homes of their own and the artifact store
-    "store-a,store-b",
+    "store-a,store-b,"
+    # test_gangs.py: three workers of 2 CPU slots, each with a home of its own
+    "gangs",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",
