@@ -93,7 +93,7 @@ def job_worker(stack: Stack, job_dir: Path) -> tuple[Any, psutil.Process]:
                     continue
         return None
 
-    found: tuple[Any, psutil.Process] = wait_for("the job's training child", find, timeout=60)
+    found: tuple[Any, psutil.Process] = wait_for("the job's training child", find, timeout=240)
     return found
 
 
@@ -146,8 +146,10 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
     request.addfinalizer(one_worker_left)
     job_id = stack.submit(spec)["id"]
     # Killed with its worker once past the checkpoint of step 4; the other worker resumes it.
-    wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
+    # The worker is found first: the kill then follows step 5 at once (a search after it
+    # let a loaded machine reach the last step before the kill).
     worker, child = job_worker(stack, stack.job_dir(job_id))
+    wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
     wait_for("the training child to die", lambda: process_gone(child), 30)

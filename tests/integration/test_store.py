@@ -223,9 +223,10 @@ def test_killed_on_one_worker_resumes_on_another_from_the_bucket_and_serves_the_
     lm_files: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    max_steps = 48
-    # Wide enough that a step takes tens of milliseconds: the job is still training when the
-    # test has seen two checkpoints in the bucket and kills its worker.
+    max_steps = 96
+    # Wide enough that a step takes tens of milliseconds, and long enough that the job is
+    # still training when two checkpoints are whole in the bucket (on an idle machine a
+    # 48-step job outran its uploads) and the test kills its worker.
     spec = store_spec(lm_files, "store-a", max_steps, width=160)
     worker_a, home_a = workers.start("a", "store-a")
     reference = stack.wait(stack.submit({**spec, "name": "uninterrupted"})["id"])

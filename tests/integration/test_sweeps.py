@@ -405,7 +405,7 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
         stack,
         sweep_body(
             base=base_spec(
-                max_steps=12, save_strategy="steps", save_steps=4, eval_steps=8, logging_steps=4
+                max_steps=48, save_strategy="steps", save_steps=4, eval_steps=24, logging_steps=4
             ),
             queue=KILL_QUEUE,
             max_trials=2,
@@ -416,12 +416,14 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     with ExitStack() as workers:
         worker = workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))
         for kill in range(2):
-            # A trial of this worker has logged in this attempt (at a checkpoint's step).
+            # A trial of this worker has logged twice in this attempt: its step-8 point is
+            # logged after checkpoint-4 was saved (the Trainer logs, then saves), so the
+            # kill lands with a checkpoint to resume from, and 40 steps still to go.
             deadline = time.monotonic() + 180
             while not stack.sql(
                 "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
                 " AND j.lease_owner LIKE %s AND (SELECT count(*) FROM job_metrics m"
-                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 1",
+                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
                 uuid.UUID(sweep_id),
                 f"%:{worker.pid}",
             ):
@@ -457,5 +459,5 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
         for trial_id, reference in references.items():
             assert stack.wait(reference["id"], timeout=180)["status"] == "succeeded"
             losses = stack.train_losses(trial_id)
-            assert [step for step, _ in losses] == [4, 8, 12]
+            assert [step for step, _ in losses] == list(range(4, 49, 4))
             assert losses == stack.train_losses(reference["id"])
