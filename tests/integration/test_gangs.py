@@ -35,6 +35,7 @@ from tests.integration.conftest import Stack, process_gone
 from tests.integration.test_multirank import NO_DROPOUT, rank_processes, wait_for
 from tests.specs import TINY_GPT2, tiny_spec
 from traindepot.stack import stop_process
+from traindepot.store import store_at
 from worker.checkpoints import is_complete, last_complete
 
 pytestmark = pytest.mark.integration
@@ -219,7 +220,13 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
     assert len(stored) == 1 and "[rank 0]" in stored[0], stored
 
 
-def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(gang: Gang) -> None:
+@pytest.mark.parametrize("dead", [1, 0], ids=["node-1-dies", "node-0-dies"])
+def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
+    gang: Gang, dead: int
+) -> None:
+    """Node 1's worker, or node 0's (the rendezvous host, whose rank 0 reports and uploads
+    the checkpoints), is SIGKILLed mid-run: every rank stops, and the job resumes on two
+    workers without it, from a checkpoint in the store."""
     stack = gang.stack
     max_steps = 150
     job = stack.submit(
@@ -236,8 +243,19 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(gang: 
     job_id = job["id"]
     first, second = wait_for("the gang", lambda: gang.nodes(job_id, 1), 240)
     output = gang.home_of(first) / "jobs" / job_id / "output"
-    wait_for("a checkpoint", lambda: running(stack, job_id) and last_complete(output), 240)
+    # A checkpoint whole in the store too: a new node 0 resumes from there (node 0's own
+    # uploads die with its worker).
+    store = store_at(str(gang.store))
+    wait_for(
+        "a checkpoint in the store",
+        lambda: (
+            running(stack, job_id) and last_complete(output) and store.complete_checkpoints(job_id)
+        ),
+        240,
+    )
     survivor, victim = gang.proc_of(first), gang.proc_of(second)
+    if dead == 0:
+        survivor, victim = victim, survivor
     ranks = rank_processes(survivor.pid) + rank_processes(victim.pid)
     assert len(ranks) == 2
     assert max(stack.train_steps(job_id)) < max_steps  # mid-run
@@ -259,7 +277,7 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(gang: 
     resumed = attempts[1]["resumed_from_step"]
     assert resumed is not None and 0 < resumed <= killed_at
     second_nodes = gang.nodes(job_id, 2)
-    assert second not in second_nodes and len(set(second_nodes)) == 2
+    assert (first, second)[dead] not in second_nodes and len(set(second_nodes)) == 2
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
 
 
