@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from tests.integration.conftest import Stack, process_gone
 from tests.integration.test_artifacts import gc, plain_eval, write_jsonl
 from tests.integration.test_faults import wait_for
+from tests.moto_server import Moto
 from tests.specs import SENTENCES, TINY_GPT2, tiny_spec
 from traindepot.embedded import free_port
 from traindepot.stack import stop_process
@@ -34,25 +35,6 @@ pytestmark = pytest.mark.integration
 BUCKET = "traindepot-tests"
 CLOSED_HUB = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 BLOCK = 64
-
-
-class Moto:
-    """moto's S3 server on a fixed loopback port; stopped and started again on the same port
-    (its buckets live in this process, so they survive a restart)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: Any = None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,32 +16,14 @@ from typing import Any
 
 import pytest
 
+from tests.moto_server import Moto
 from tests.unit.test_checkpoints import make_checkpoint
 from traindepot import artifacts
-from traindepot.embedded import free_port
 from traindepot.settings import Settings
 from traindepot.store import ArtifactStore, StoreError, store_at
 from worker import restore
 from worker.store_sync import AttemptStore, store_error
 from worker.uploads import hand_off
-
-
-class Moto:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: Any = None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture
@@ -81,6 +63,19 @@ def fake_checkpoint(output: Path, step: int) -> Path:
     return checkpoint
 
 
+def first_attempt(store: ArtifactStore, settings: Settings, job_id: uuid.UUID) -> AttemptStore:
+    """Attempt 1 of a one-rank job, started from scratch, syncing `store`."""
+    return AttemptStore(
+        store,
+        settings,
+        job_id=job_id,
+        attempt=1,
+        job_dir=settings.job_dir(job_id),
+        ranks=1,
+        resume_from_checkpoint=None,
+    )
+
+
 def test_a_store_down_past_the_upload_deadline_fails_the_attempt_with_that_reason(
     moto: Moto, tmp_path: Path
 ) -> None:
@@ -88,15 +83,7 @@ def test_a_store_down_past_the_upload_deadline_fails_the_attempt_with_that_reaso
     store = s3_store(settings)
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
-    attempt = AttemptStore(
-        store,
-        settings,
-        job_id=job_id,
-        attempt=1,
-        job_dir=job_dir,
-        ranks=1,
-        resume_from_checkpoint=None,
-    )
+    attempt = first_attempt(store, settings, job_id)
     log_path = job_dir / "train.log"
     attempt.before_child(log_path)
     try:
@@ -132,15 +119,7 @@ def test_the_model_not_uploaded_by_the_deadline_is_the_reason_too(
     store = s3_store(settings)
     job_id = uuid.uuid4()
     job_dir = settings.job_dir(job_id)
-    attempt = AttemptStore(
-        store,
-        settings,
-        job_id=job_id,
-        attempt=1,
-        job_dir=job_dir,
-        ranks=1,
-        resume_from_checkpoint=None,
-    )
+    attempt = first_attempt(store, settings, job_id)
     attempt.before_child(job_dir / "train.log")
     try:
         model = artifacts.model_dir(job_dir)
