@@ -72,7 +72,7 @@ def run_job(self: Any, job_id: str) -> None:
     if ran == 0:
         log.info("woken by job %s; nothing for this worker to claim", job_id)
     if not shutting_down.is_set():
-        _wake_later(settings, queues)
+        _wake(settings, queues, later=True)
 
 
 def _claimant(
@@ -107,7 +107,7 @@ def _run_node(
     log.info("job %s: seat %s taken on %s", seat.job_id, seat.id, ",".join(held))
     if not started:
         # Another worker may have the devices for the next seat: wake one now.
-        _wake_now(settings, queues, seat.job_id)
+        _wake(settings, queues, job_id=seat.job_id, later=False)
     node = gang.wait(settings, seat, shutting_down)
     if node is None:
         log.info("job %s: seat %s given up", seat.job_id, seat.id)
@@ -186,34 +186,24 @@ def _supervise(
         reaper.drive_sweep(settings, sweep_id)
 
 
-def _wake_now(settings: Settings, queues: list[str], job_id: uuid.UUID) -> None:
-    """A wake-up for the queue of the gang this worker just sat in."""
+def _wake(
+    settings: Settings, queues: list[str], *, job_id: uuid.UUID | None = None, later: bool
+) -> None:
+    """One wake-up for the most urgent job still waiting in `queues`: for `job_id` (the gang
+    this worker just sat in) at once, or, `later`, for a job this worker could not take, in
+    `tenant_busy_retry_seconds`. One message, whatever the number of queues, so that
+    wake-ups never multiply (the reaper re-sends one that is lost)."""
     with session_scope() as session:
         hint = scheduling.waiting(session=session, queues=queues)
     if hint is None:
         return
-    _, queue, priority = hint
-    try:
-        enqueue(job_id=job_id, queue=queue, priority=priority)
-    except BrokerError as exc:
-        log.warning("queue %s: wake-up not sent (%s); the reaper re-sends", queue, exc)
-
-
-def _wake_later(settings: Settings, queues: list[str]) -> None:
-    """Jobs still wait in `queues` that this worker could not take: wake a worker of the
-    most urgent one's queue in `tenant_busy_retry_seconds`. One message, whatever the number
-    of queues, so that wake-ups never multiply (the reaper re-sends if this one is lost)."""
-    with session_scope() as session:
-        hint = scheduling.waiting(session=session, queues=queues)
-    if hint is None:
-        return
-    job_id, queue, priority = hint
+    waiting_id, queue, priority = hint
     try:
         enqueue(
-            job_id=job_id,
+            job_id=job_id or waiting_id,
             queue=queue,
             priority=priority,
-            countdown=settings.tenant_busy_retry_seconds,
+            countdown=settings.tenant_busy_retry_seconds if later else None,
         )
     except BrokerError as exc:
         log.warning("queue %s: wake-up not sent (%s); the reaper re-sends", queue, exc)
