@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -113,7 +114,8 @@ class AttemptOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, attempt: JobAttempt) -> AttemptOut:
+    def of(cls, attempt: JobAttempt, nodes: list[dict[str, Any]] | None = None) -> AttemptOut:
+        """`nodes`: the attempt's nodes as `db.gangs.nodes_json` gives them (none: one node)."""
         return cls(
             attempt=attempt.attempt,
             worker=attempt.worker,
@@ -122,6 +124,7 @@ class AttemptOut(BaseModel):
             outcome=attempt.outcome,
             resumed_from_step=attempt.resumed_from_step,
             start=attempt.start,
+            nodes=[NodeOut.model_validate(node) for node in nodes or []],
         )
 
 
@@ -201,12 +204,14 @@ class JobOut(JobSummary):
         job: Job,
         attempts: list[JobAttempt] | None = None,
         queue_position: int | None = None,
+        nodes: Mapping[int, list[dict[str, Any]]] | None = None,
     ) -> JobOut:
+        """`nodes`: each attempt's nodes by attempt number (a job of several nodes)."""
         return cls(
             **cls.fields_of(job),
             spec=job.spec,
             disk_bytes=job.disk_bytes,
-            attempts=[AttemptOut.of(a) for a in attempts or []],
+            attempts=[AttemptOut.of(a, (nodes or {}).get(a.attempt)) for a in attempts or []],
             queued_at=job.queued_at,
             queue_position=queue_position,
         )

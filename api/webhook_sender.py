@@ -49,11 +49,14 @@ def job_as_read(snapshot: dict[str, Any]) -> dict[str, Any]:
     its attempts (taken by the trigger when the event happened)."""
     row = snapshot["job"]
     job = Job(**{column.key: row.get(column.name) for column in Job.__table__.columns})
+    taken = snapshot.get("attempts", [])
     attempts = [
         JobAttempt(**{column.key: a.get(column.name) for column in JobAttempt.__table__.columns})
-        for a in snapshot.get("attempts", [])
+        for a in taken
     ]
-    return JobOut.of(job, attempts=attempts).model_dump(mode="json")
+    # Each attempt's nodes (a job of several nodes; snapshots before migration 0015 have none).
+    nodes = {int(a["attempt"]): list(a.get("nodes") or []) for a in taken}
+    return JobOut.of(job, attempts=attempts, nodes=nodes).model_dump(mode="json")
 
 
 def render(claimed: webhooks.Claimed) -> bytes:

@@ -229,12 +229,15 @@ class Stack:
         cwd: Path | None = None,
         settings: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
         """Another worker on this stack; `settings` override the stack's for it, `args` are
-        more options of `traindepot worker` (`--slots 2`)."""
+        more options of `traindepot worker` (`--slots 2`), `prefix` a command that runs it
+        (`ip netns exec NAME`: it must exec the worker, whose pid the test then holds)."""
         log = (self.home / "logs" / f"worker-{name}-{len(self.workers)}.log").open("ab")
+        command = [sys.executable, "-m", "traindepot.cli", "worker", "--queues", queues, *args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "traindepot.cli", "worker", "--queues", queues, *args],
+            [*prefix, *command],
             cwd=cwd,
             env={**self.env, **(settings or {})},
             stdout=log,

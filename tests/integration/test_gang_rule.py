@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from db import gangs, jobs, reaping, scheduling, tenants
+from api.webhook_sender import job_as_read
+from db import gangs, jobs, reaping, scheduling, tenants, webhooks
 from db.migrate import upgrade
 from db.session import session_scope
 from tests.integration.conftest import _fresh_database
@@ -134,7 +135,15 @@ def test_all_or_none_then_fenced_nodes_with_node_0_as_rendezvous(url: str, queue
 def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
     url: str, queue: str
 ) -> None:
-    job = submit(url, queue, nodes=2, gpus=1)
+    tenant = f"hooked-{queue}"
+    with session_scope(url) as session:  # its webhook events name each attempt's nodes
+        webhooks.subscribe(
+            session=session,
+            tenant=tenant,
+            url="https://hooks.example/h",
+            events=["job.running", "job.requeued"],
+        )
+    job = submit(url, queue, nodes=2, gpus=1, tenant=tenant)
     look(url, claimant("a", [queue], free=1, total=1))
     look(url, claimant("b", [queue], free=1, total=1))
     assert status(url, job)[:2] == ("running", 1)
@@ -163,6 +172,17 @@ def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
     with session_scope(url) as session:
         assert beat(session, job, 1, 0) is None
         assert beat(session, job, 2, 1) == ("running")
+    # Each event's body (api/webhook_sender.py, from the snapshot the trigger took at its
+    # commit) lists the nodes of the attempts as they were then.
+    events = sql(url, "SELECT type, data FROM webhook_events WHERE job_id = %s ORDER BY id", job)
+    bodies = [(kind, job_as_read(data)["attempts"]) for kind, data in events]
+    first = [{"node": 0, "worker": "a", "devices": 1}, {"node": 1, "worker": "b", "devices": 1}]
+    second = [{"node": 0, "worker": "b", "devices": 1}, {"node": 1, "worker": "c", "devices": 1}]
+    assert [(kind, [a["nodes"] for a in attempts]) for kind, attempts in bodies] == [
+        ("job.running", [first]),
+        ("job.requeued", [first]),
+        ("job.running", [first, second]),
+    ]
 
 
 def test_one_forming_gang_per_queue_and_oldest_first_across_queues(url: str) -> None:

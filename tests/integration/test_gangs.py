@@ -1,6 +1,9 @@
 """Issue 28: a job bigger than one machine, on real workers: three worker processes of two
-CPU slots each (gloo), each with a `TRAINDEPOT_HOME` of its own; they share PostgreSQL,
-Redis and an artifact store (a directory standing for a bucket), nothing else.
+CPU slots each (gloo), each with a `TRAINDEPOT_HOME` of its own and, as root, a network
+namespace of its own (tests/netns.py: a bridge, a veth pair per worker); they share
+PostgreSQL and Redis (through forwarders on the bridge's address) and an artifact store (a
+directory standing for a bucket), nothing else. The rendezvous and the ranks' gloo traffic
+cross the bridge between namespaces.
 
 - a 2-node x 2-slot job trains to the same losses as one process with the same global
   batch (the tolerance test_multirank.py justified), 4x the samples per step of one rank;
@@ -15,8 +18,6 @@ Redis and an artifact store (a directory standing for a bucket), nothing else.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -33,6 +34,7 @@ import pytest
 
 from tests.integration.conftest import Stack, process_gone
 from tests.integration.test_multirank import NO_DROPOUT, rank_processes, wait_for
+from tests.netns import Forwarder, Netns, remote_addresses
 from tests.specs import TINY_GPT2, tiny_spec
 from traindepot.stack import stop_process
 from traindepot.store import store_at
@@ -44,51 +46,18 @@ QUEUE = "gangs"
 HOLD_SECONDS = 3.0
 
 
-class Veth:
-    """Three veth pairs, each end with an address of 10.77.N.0/24 (root and `ip` only): each
-    worker advertises one end's address and its ranks' gloo binds to that interface, so the
-    rendezvous and the process group's traffic use interface addresses, not loopback. The
-    workers stay on the host (PostgreSQL and Redis listen on 127.0.0.1 only)."""
-
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:4]
-        self.subnet = f"10.77.{int(tag, 16) % 250 + 1}"
-        # Six ends: the module's three workers and the three that replace one.
-        self.pairs = [(f"tdg{tag}a{n}", f"tdg{tag}b{n}") for n in range(3)]
-        self.ends = [name for pair in self.pairs for name in pair]
-
-    @staticmethod
-    def available() -> bool:
-        return os.geteuid() == 0 and shutil.which("ip") is not None
-
-    def up(self) -> None:
-        for a, b in self.pairs:
-            subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-        for n, end in enumerate(self.ends, start=1):
-            subprocess.run(["ip", "addr", "add", f"{self.subnet}.{n}/24", "dev", end], check=True)
-            subprocess.run(["ip", "link", "set", end, "up"], check=True)
-
-    def down(self) -> None:
-        for a, _ in self.pairs:
-            subprocess.run(["ip", "link", "del", a], check=False)
-
-    def settings(self, n: int) -> dict[str, str]:
-        return {
-            "TRAINDEPOT_ADVERTISE_ADDRESS": f"{self.subnet}.{n + 1}",
-            "GLOO_SOCKET_IFNAME": self.ends[n],
-            "TRAINDEPOT_CHILD_ENV_ALLOW": "GLOO_SOCKET_IFNAME",
-        }
-
-
 @dataclass
 class Gang:
-    """The gang test's workers: each started with a home of its own (and, as root, an
-    address of its own on a veth interface)."""
+    """The gang test's workers: each started with a home of its own and, as root, in a network
+    namespace of its own (tests/netns.py), which reaches PostgreSQL and Redis through
+    forwarders on the bridge's address and the other workers at their own addresses: the
+    rendezvous and the ranks' gloo traffic cross the bridge, never loopback."""
 
     stack: Stack
     root: Path
     store: Path
-    veth: Veth | None = None
+    netns: Netns | None = None
+    forwarders: dict[int, Forwarder] = field(default_factory=dict)
     homes: dict[int, Path] = field(default_factory=dict)  # worker pid -> its home
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -96,17 +65,30 @@ class Gang:
         n = len(self.homes)
         home = self.root / f"home-{n}"
         home.mkdir(parents=True)
+        settings = {
+            "TRAINDEPOT_HOME": str(home),
+            "TRAINDEPOT_ARTIFACTS_URL": str(self.store),
+            "TRAINDEPOT_GANG_HOLD_SECONDS": str(HOLD_SECONDS),
+            "TRAINDEPOT_TENANT_BUSY_RETRY_SECONDS": "1",
+        }
+        prefix: tuple[str, ...] = ()
+        if self.netns is not None:
+            ns = self.netns.add()
+            prefix = self.netns.prefix(ns)
+            env = self.stack.env
+            settings |= {
+                "TRAINDEPOT_DATABASE_URL": self.netns.through(
+                    env["TRAINDEPOT_DATABASE_URL"], self.forwarders
+                ),
+                "TRAINDEPOT_REDIS_URL": self.netns.through(
+                    env["TRAINDEPOT_REDIS_URL"], self.forwarders
+                ),
+                "TRAINDEPOT_ADVERTISE_ADDRESS": self.netns.address(ns),
+                "GLOO_SOCKET_IFNAME": self.netns.ifname(ns),
+                "TRAINDEPOT_CHILD_ENV_ALLOW": "GLOO_SOCKET_IFNAME",
+            }
         proc = self.stack.start_worker(
-            f"gang-{n}",
-            queues=QUEUE,
-            args=("--slots", "2"),
-            settings={
-                "TRAINDEPOT_HOME": str(home),
-                "TRAINDEPOT_ARTIFACTS_URL": str(self.store),
-                "TRAINDEPOT_GANG_HOLD_SECONDS": str(HOLD_SECONDS),
-                "TRAINDEPOT_TENANT_BUSY_RETRY_SECONDS": "1",
-                **({} if self.veth is None else self.veth.settings(n)),
-            },
+            f"gang-{n}", queues=QUEUE, args=("--slots", "2"), settings=settings, prefix=prefix
         )
         self.homes[proc.pid] = home
         self.procs.append(proc)
@@ -150,10 +132,10 @@ def spec(name: str, *, nodes: int = 2, gpus: int = 2, **training_args: Any) -> d
 @pytest.fixture(scope="module")
 def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gang]:
     root = tmp_path_factory.mktemp("gangs")
-    veth = Veth() if Veth.available() else None
-    if veth is not None:
-        veth.up()
-    g = Gang(stack, root, root / "store", veth)
+    netns = Netns() if Netns.available() else None
+    if netns is not None:
+        netns.up()
+    g = Gang(stack, root, root / "store", netns)
     try:
         for _ in range(3):
             g.start()
@@ -164,8 +146,10 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
             if proc in stack.workers:
                 stop_process(proc, timeout=60)
                 stack.workers.remove(proc)
-        if veth is not None:
-            veth.down()
+        for forwarder in g.forwarders.values():
+            forwarder.stop()
+        if netns is not None:
+            netns.down()
 
 
 def running(stack: Stack, job_id: str) -> bool:
@@ -289,18 +273,19 @@ def test_cancel_stops_every_rank_of_every_node_at_one_step(gang: Gang) -> None:
     workers = gang.nodes(job_id, 1)
     launchers = [p for w in workers for p in launchers_of(gang.proc_of(w).pid)]
     assert len(launchers) == 2
-    if gang.veth is not None:
-        # The ranks' process group connects the nodes' veth addresses, not loopback.
+    if gang.netns is not None:
+        # The ranks' process group connects the nodes' namespace addresses.
         addresses = {
             a
             for (a,) in stack.sql(
                 "SELECT address FROM gang_seats WHERE job_id = %s", uuid.UUID(job_id)
             )
         }
-        assert all(a.startswith(gang.veth.subnet + ".") for a in addresses), addresses
+        assert all(a.startswith(gang.netns.subnet + ".") for a in addresses), addresses
+        assert len(addresses) == 2
         rank_1 = rank_processes(gang.proc_of(workers[1]).pid)[0]
-        remote = {c.raddr.ip for c in rank_1.net_connections("tcp") if c.raddr}
-        assert remote & addresses, (remote, addresses)
+        remote = remote_addresses(rank_1.pid)
+        assert remote & addresses - {gang.netns.host_address}, (remote, addresses)
     assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
     done = stack.wait(job_id, timeout=120)
     assert done["status"] == "cancelled", done["error"]

@@ -134,12 +134,14 @@ def test_aging_runs_a_low_priority_job_before_an_endless_stream(aging_stack: Sta
     with busy_worker(stack, "aging-blocker"):
         low = stack.submit(quick_spec("aging-low", 0))
         stream = [stack.submit(quick_spec("aging-high-0", 5))]
-    # Priority-5 jobs keep coming, one a second, for as long as the low one waits.
+    # Priority-5 jobs keep coming for as long as the low one waits, four a second: faster than
+    # the worker runs them (a quiet machine runs a 1-step job in about half a second; at one a
+    # second it emptied the queue and ran the low job before it had aged past the stream).
     deadline = time.monotonic() + 300
     while stack.get(low["id"])["status"] == "queued":
         assert time.monotonic() < deadline, "the priority-0 job starved"
         stream.append(stack.submit(quick_spec(f"aging-high-{len(stream)}", 5)))
-        time.sleep(1)
+        time.sleep(0.25)
     stack.wait(low["id"])
     for job in stream:
         stack.http.post(f"/jobs/{job['id']}/cancel")  # those still queued: not needed
