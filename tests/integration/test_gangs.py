@@ -265,9 +265,17 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
 
 
-def test_cancel_stops_every_rank_of_every_node_at_one_step(gang: Gang) -> None:
+# Long enough for a loaded machine to start both nodes' ranks and train two steps.
+TIME_LIMIT = 40
+
+
+@pytest.mark.parametrize("stop", ["cancel", "time-limit"])
+def test_a_cancel_or_the_time_limit_stops_every_rank_of_every_node_at_one_step(
+    gang: Gang, stop: str
+) -> None:
     stack = gang.stack
-    job = stack.submit(spec("gang-cancelled", gpus=1, max_steps=100_000))
+    limits = {"max_runtime_seconds": TIME_LIMIT if stop == "time-limit" else None}
+    job = stack.submit(spec(f"gang-{stop}", gpus=1, max_steps=100_000) | {"limits": limits})
     job_id = job["id"]
     wait_for("training", lambda: len(stack.train_steps(job_id)) >= 2, 240)
     workers = gang.nodes(job_id, 1)
@@ -286,9 +294,19 @@ def test_cancel_stops_every_rank_of_every_node_at_one_step(gang: Gang) -> None:
         rank_1 = rank_processes(gang.proc_of(workers[1]).pid)[0]
         remote = remote_addresses(rank_1.pid)
         assert remote & addresses - {gang.netns.host_address}, (remote, addresses)
-    assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
-    done = stack.wait(job_id, timeout=120)
-    assert done["status"] == "cancelled", done["error"]
+    if stop == "cancel":
+        assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+        done = stack.wait(job_id, timeout=120)
+        assert done["status"] == "cancelled", done["error"]
+    else:
+        # Every node's supervisor has the job's deadline; the first to reach it stops all.
+        done = stack.wait(job_id, timeout=TIME_LIMIT + 120)
+        assert done["status"] == "failed"
+        assert (done["error"]["reason"], done["error"]["type"]) == ("timeout", "TimeoutError")
+        assert f"max_runtime_seconds={TIME_LIMIT}" in done["error"]["message"]
+        attempt = stack.attempts(job_id)[0]
+        ran = (attempt["ended_at"] - attempt["started_at"]).total_seconds()
+        assert TIME_LIMIT - 1 <= ran <= TIME_LIMIT + 60, ran  # stopped at its limit, not killed
     step = done["result"]["global_step"]
     assert 2 <= step < 100_000
     # One checkpoint, of the stop step, by both ranks: node 0's has the weights and rank
