@@ -212,3 +212,33 @@ class HandoffCallback(TrainerCallback):
             save_total_limit=args.save_total_limit,
             best=state.best_model_checkpoint,
         )
+
+
+class GatherRngStates(TrainerCallback):
+    """A job of several nodes: every rank's RNG state, which the Trainer writes into its own
+    node's checkpoint (`rng_state_<rank>.pth`), is gathered into node 0's copy by global
+    rank 0, so that the checkpoint node 0 keeps and uploads resumes every rank exactly, on
+    any workers (a new node k finds its ranks' states in it, as the Trainer looks for
+    them). Runs before `HandoffCallback`: the hand-off links a checkpoint that holds them."""
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        import torch.distributed as dist
+
+        checkpoint = Path(args.output_dir or "") / f"checkpoint-{state.global_step}"
+        # Written by this rank before its `on_save` (`Trainer._save_checkpoint`); none with
+        # `save_only_model`.
+        own = checkpoint / f"rng_state_{args.process_index}.pth"
+        blob = own.read_bytes() if own.is_file() else None
+        gathered: list[bytes | None] | None = (
+            [None] * dist.get_world_size() if args.process_index == 0 else None
+        )
+        dist.gather_object(blob, gathered, dst=0)  # every rank saves at the same step
+        for index, data in enumerate(gathered or []):
+            path = checkpoint / f"rng_state_{index}.pth"
+            if data is None or path.exists():  # node 0's own ranks wrote theirs here
+                continue
+            staging = path.with_name(f".{path.name}.part")
+            staging.write_bytes(data)
+            staging.rename(path)

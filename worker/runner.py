@@ -118,7 +118,8 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     if rank.several:
         stop = ranks.StopFlag(ranks.stop_path(job_dir, attempt), signalled=stop_requested)
     # Node k > 0 of a job of several nodes writes its ranks' RNG states beside the job's
-    # files; every node resumes from the job's own checkpoints (worker/ranks.py).
+    # files (rank 0 gathers them into node 0's checkpoints too); every node resumes from
+    # the job's own checkpoints (worker/ranks.py).
     output_dir = ranks.node_output(job_dir, rank.node)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -128,7 +129,7 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
 
     from traindepot.gc_freeze import freeze_imports
     from worker import builders, checkpoints, data_cache, pruning
-    from worker.callback import HandoffCallback, TraindepotCallback
+    from worker.callback import GatherRngStates, HandoffCallback, TraindepotCallback
 
     freeze_imports()  # a cold child's imports too (a warm one's template froze its own)
 
@@ -147,6 +148,8 @@ def run(job_id: uuid.UUID, attempt: int) -> dict[str, Any]:
     # ranks of a multi-rank one would have to agree on the stop; they run unpruned).
     trial = pruning.for_job(job_id) if not rank.several else None
     callbacks: list[Any] = [callback] if trial is None else [callback, trial]
+    if rank.node_count > 1:  # node 0's checkpoints hold every node's RNG states
+        callbacks.append(GatherRngStates())
     if settings.artifacts_url:  # checkpoints go on to the store (worker/uploads.py)
         callbacks.append(HandoffCallback(job_dir, rank.on_node))
     hub: HubPusher | None = None

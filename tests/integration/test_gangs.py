@@ -210,7 +210,9 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
 ) -> None:
     """Node 1's worker, or node 0's (the rendezvous host, whose rank 0 reports and uploads
     the checkpoints), is SIGKILLed mid-run: every rank stops, and the job resumes on two
-    workers without it, from a checkpoint in the store."""
+    workers without it, from a checkpoint in the store, exactly: the model has dropout, so
+    the steps trained twice (after the checkpoint, before the kill) have the same losses
+    only if every rank's RNG state came back, node 1's too, on another worker."""
     stack = gang.stack
     max_steps = 150
     job = stack.submit(
@@ -222,7 +224,10 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
             save_steps=10,
             save_total_limit=3,
         )
-        | {"limits": {"max_restarts": 3, "max_runtime_seconds": None}}
+        | {
+            "limits": {"max_restarts": 3, "max_runtime_seconds": None},
+            "model": {"from_config": TINY_GPT2},  # GPT-2's dropout, 0.1
+        }
     )
     job_id = job["id"]
     first, second = wait_for("the gang", lambda: gang.nodes(job_id, 1), 240)
@@ -251,6 +256,9 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
     # lease_seconds later): every rank stops.
     wait_for("every rank to stop", lambda: all(map(process_gone, ranks)), 60)
     killed_at = max(stack.train_steps(job_id, 1))
+    # Attempt 1's losses, read before attempt 2 resumes (which drops its points past the
+    # checkpoint: the job keeps one axis), at least a lease later.
+    before = dict(stack.train_losses(job_id))
     gang.start()  # the new worker; the third one of the module is still there
 
     done = stack.wait(job_id, timeout=300)
@@ -263,6 +271,10 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
     second_nodes = gang.nodes(job_id, 2)
     assert (first, second)[dead] not in second_nodes and len(set(second_nodes)) == 2
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
+    after = dict(stack.train_losses(job_id))
+    again = [step for step in before if step > resumed]
+    assert again, (resumed, killed_at)  # some steps were trained twice
+    assert [after[step] for step in again] == [before[step] for step in again]
 
 
 # Long enough for a loaded machine to start both nodes' ranks and train two steps.
