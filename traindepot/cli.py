@@ -401,8 +401,21 @@ def line_buffered_output() -> None:
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    from traindepot.settings import Settings, SettingsError, describe_invalid
+
     line_buffered_output()
-    app()
+    try:
+        app()
+    except SettingsError as exc:  # a setting the command needs: a message, not a trace
+        print(f"traindepot: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        print(f"traindepot: {describe_invalid(exc)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,9 @@ def worker(
     settings = get_settings()
     settings.require_database_url()
     settings.require_redis_url()
-    from worker import devices
+    from worker import devices, network
+
+    network.advertised(settings)  # a bad interface stops the worker here, not a gang later
     from worker.celery_app import app as celery_app
 
     pool = devices.configured(gpu_ids or settings.worker_gpus, slots or settings.worker_slots)

@@ -7,10 +7,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from traindepot.queues import check_queue_name
+
+
+class SettingsError(RuntimeError):
+    """A setting a command needs is missing or unusable: the CLI prints its message and
+    exits 2 (traindepot/cli.py)."""
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """`Settings()`'s validation error as the environment names it: one line per setting,
+    `TRAINDEPOT_NAME='value': what is wrong`."""
+    lines = []
+    for error in exc.errors():
+        name = "TRAINDEPOT_" + "_".join(str(part) for part in error["loc"]).upper()
+        value = error.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        lines.append(f"{name}{shown}: {error['msg']}")
+    return "invalid settings: " + "; ".join(lines)
 
 
 class Settings(BaseSettings):
@@ -77,6 +94,10 @@ class Settings(BaseSettings):
     # take the other free devices, after which the gang's eligible workers take no new
     # small job until it starts (the drain).
     advertise_address: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    # Or the network interface whose IPv4 address it advertises instead (worker/network.py),
+    # which is then also the one its ranks' collectives use (gloo's and NCCL's socket
+    # interface): one setting for a worker with several networks.
+    advertise_interface: str | None = Field(default=None, min_length=1, max_length=64)
     gang_hold_seconds: float = Field(default=60.0, ge=0)
 
     # Bounds on inline data.
@@ -277,7 +298,7 @@ class Settings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise RuntimeError(
+            raise SettingsError(
                 "TRAINDEPOT_DATABASE_URL is not set"
                 " (use `traindepot serve` to run embedded servers)"
             )
@@ -285,7 +306,7 @@ class Settings(BaseSettings):
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise RuntimeError(
+            raise SettingsError(
                 "TRAINDEPOT_REDIS_URL is not set (use `traindepot serve` to run embedded servers)"
             )
         return self.redis_url

@@ -26,6 +26,7 @@ from db.session import session_scope
 from traindepot import dispatch
 from traindepot.settings import Settings
 from traindepot.store import ArtifactStore
+from worker import network
 from worker import restore as restore_module
 from worker.launcher import NodeOf
 from worker.outcome import first_rank_error_at
@@ -39,12 +40,13 @@ log = logging.getLogger(__name__)
 def look(settings: Settings, claimant: scheduling.Claimant) -> gangs.Decision:
     """The claimant's look at the gangs (db/gangs.py `take_seat`). The port a seat offers
     is free on this machine now: node 0's hosts the attempt's rendezvous."""
+    address = network.advertised(settings)
     with session_scope() as session:
         return gangs.take_seat(
             session=session,
             claimant=claimant,
-            address=settings.advertise_address,
-            port=free_port(settings.advertise_address),
+            address=address,
+            port=free_port(address),
             hold_seconds=settings.gang_hold_seconds,
             live_workers=lambda queue, devices: _live(settings, queue, devices),
         )
@@ -92,7 +94,7 @@ def node_of(settings: Settings, node: gangs.Node) -> NodeOf:
         rank=node.rank,
         nodes=node.nodes,
         endpoint=node.endpoint,
-        local=settings.advertise_address,
+        local=network.advertised(settings),
     )
 
 

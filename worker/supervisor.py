@@ -34,7 +34,7 @@ from traindepot import artifacts, events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
 from traindepot.store import open_store
-from worker import budget, gang, launcher, ranks, warm
+from worker import budget, gang, launcher, network, ranks, warm
 from worker.child_env import training_environment
 from worker.control import control
 from worker.lease import Lease
@@ -258,8 +258,10 @@ class Supervisor:
 
     def _child_env(self) -> dict[str, str]:
         """The training child's environment (worker/child_env.py) with this job's devices
-        (`CUDA_VISIBLE_DEVICES`, worker/devices.py)."""
-        return {**training_environment(self.settings), **self.devices_env}
+        (`CUDA_VISIBLE_DEVICES`, worker/devices.py); a node of a job of several nodes puts
+        its ranks' collectives on the advertised interface (worker/network.py)."""
+        nodes = network.collective_env(self.settings) if self.node is not None else {}
+        return {**training_environment(self.settings), **self.devices_env, **nodes}
 
     # --- while the child runs -------------------------------------------------------------
     def _watch(self, child: warm.TrainingChild) -> None:

@@ -83,9 +83,8 @@ class Gang:
                 "TRAINDEPOT_REDIS_URL": self.netns.through(
                     env["TRAINDEPOT_REDIS_URL"], self.forwarders
                 ),
-                "TRAINDEPOT_ADVERTISE_ADDRESS": self.netns.address(ns),
-                "GLOO_SOCKET_IFNAME": self.netns.ifname(ns),
-                "TRAINDEPOT_CHILD_ENV_ALLOW": "GLOO_SOCKET_IFNAME",
+                # Its address, and its ranks' gloo traffic, on that interface.
+                "TRAINDEPOT_ADVERTISE_INTERFACE": self.netns.ifname(ns),
             }
         proc = self.stack.start_worker(
             f"gang-{n}", queues=QUEUE, args=("--slots", "2"), settings=settings, prefix=prefix

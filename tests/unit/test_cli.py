@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,44 @@ def test_an_invalid_spec_names_each_field(capsys: pytest.CaptureFixture[str]) ->
     }
     _print_api_error(422, body)
     assert "training_args.learning_rat: unknown field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"TRAINDEPOT_DATABASE_URL": ""}, "traindepot: TRAINDEPOT_DATABASE_URL is not set"),
+        (
+            {"TRAINDEPOT_LEASE_SECONDS": "abc"},
+            "traindepot: invalid settings: TRAINDEPOT_LEASE_SECONDS='abc': Input should be a"
+            " valid number",
+        ),
+        (
+            {"TRAINDEPOT_ADVERTISE_INTERFACE": "nosuch0"},
+            "traindepot: TRAINDEPOT_ADVERTISE_INTERFACE='nosuch0': no such network interface"
+            " on this machine (it has: ",
+        ),
+    ],
+    ids=["missing", "invalid", "no-such-interface"],
+)
+def test_a_bad_setting_stops_the_worker_with_a_message(
+    tmp_path: Path, settings: dict[str, str], message: str
+) -> None:
+    """`traindepot worker` (the console script's `main`) with a setting it cannot use: exit
+    2 and one line naming the setting, before it connects to anything."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TRAINDEPOT_")},
+        "TRAINDEPOT_HOME": str(tmp_path),
+        # Never reached: the settings are checked first.
+        "TRAINDEPOT_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+        "TRAINDEPOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        **settings,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "traindepot.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
