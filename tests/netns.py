@@ -29,7 +29,12 @@ class Netns:
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:5]
         self.tag = tag
-        self.subnet = f"10.78.{int(tag, 16) % 250 + 1}"
+        # A /24 no interface of the host has yet (two test processes build theirs at once).
+        used = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
+        ).stdout
+        free = [n for n in range(1, 251) if f" 10.78.{n}." not in used]
+        self.subnet = f"10.78.{free[int(tag, 16) % len(free)]}"
         self.bridge = f"tdn{tag}"
         self.host_address = f"{self.subnet}.1"
         self.names: list[str] = []

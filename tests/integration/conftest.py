@@ -61,8 +61,8 @@ TEST_SETTINGS = {
     "sweeps,sweeps-kill,"
     # test_store.py: workers with homes of their own and the artifact store
     "store-a,store-b,"
-    # test_gangs.py: three workers of 2 CPU slots, each with a home of its own
-    "gangs",
+    # test_gangs.py and test_gang_faults.py: three workers of 2 CPU slots each
+    "gangs,gang-faults",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",

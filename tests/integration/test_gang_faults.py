@@ -1,0 +1,139 @@
+"""Issue 28: a node of a running gang lost, on real workers in network namespaces of their
+own (tests/integration/gang_workers.py):
+
+- a node's worker SIGKILLed mid-run (node 1's, or node 0's: the rendezvous host): every rank
+  stops, the job resumes on two workers without it from the newest checkpoint every node
+  has, exactly as if uninterrupted (dropout included), and succeeds;
+- a node's warm shutdown stops every node at one step and hands the job back.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Stack, process_gone
+from tests.integration.gang_workers import Gang, gang_workers, running
+from tests.integration.test_multirank import rank_processes, wait_for
+from tests.specs import TINY_GPT2
+from traindepot.store import store_at
+from worker.checkpoints import is_complete, last_complete
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "gang-faults"
+
+
+@pytest.fixture(scope="module")
+def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gang]:
+    with gang_workers(stack, tmp_path_factory.mktemp("gang-faults"), QUEUE) as g:
+        yield g
+
+
+@pytest.mark.parametrize("dead", [1, 0], ids=["node-1-dies", "node-0-dies"])
+def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
+    gang: Gang, dead: int
+) -> None:
+    """Node 1's worker, or node 0's (the rendezvous host, whose rank 0 reports and uploads
+    the checkpoints), is SIGKILLed mid-run: every rank stops, and the job resumes on two
+    workers without it, from a checkpoint in the store, exactly: the model has dropout, so
+    the steps trained twice (after the checkpoint, before the kill) have the same losses
+    only if every rank's RNG state came back, node 1's too, on another worker."""
+    stack = gang.stack
+    max_steps = 150
+    job = stack.submit(
+        gang.spec(
+            "gang-killed",
+            gpus=1,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=10,
+            save_total_limit=3,
+        )
+        | {
+            "limits": {"max_restarts": 3, "max_runtime_seconds": None},
+            "model": {"from_config": TINY_GPT2},  # GPT-2's dropout, 0.1
+        }
+    )
+    job_id = job["id"]
+    first, second = wait_for("the gang", lambda: gang.nodes(job_id, 1), 240)
+    output = gang.home_of(first) / "jobs" / job_id / "output"
+    # A checkpoint whole in the store too: a new node 0 resumes from there (node 0's own
+    # uploads die with its worker).
+    store = store_at(str(gang.store))
+    wait_for(
+        "a checkpoint in the store",
+        lambda: (
+            running(stack, job_id) and last_complete(output) and store.complete_checkpoints(job_id)
+        ),
+        240,
+    )
+    survivor, victim = gang.proc_of(first), gang.proc_of(second)
+    if dead == 0:
+        survivor, victim = victim, survivor
+    ranks = rank_processes(survivor.pid) + rank_processes(victim.pid)
+    assert len(ranks) == 2
+    assert max(stack.train_steps(job_id)) < max_steps  # mid-run
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    stack.workers.remove(victim)
+    gang.procs.remove(victim)
+    # Node 1's rank dies with its worker; node 0's with its peer (or its lease, at most
+    # lease_seconds later): every rank stops.
+    wait_for("every rank to stop", lambda: all(map(process_gone, ranks)), 60)
+    killed_at = max(stack.train_steps(job_id, 1))
+    # Attempt 1's losses, read before attempt 2 resumes (which drops its points past the
+    # checkpoint: the job keeps one axis), at least a lease later.
+    before = dict(stack.train_losses(job_id))
+    gang.start()  # the new worker; the third one of the module is still there
+
+    done = stack.wait(job_id, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempt"] == 2 and done["result"]["global_step"] == max_steps
+    attempts = stack.attempts(job_id)
+    assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
+    resumed = attempts[1]["resumed_from_step"]
+    assert resumed is not None and 0 < resumed <= killed_at
+    second_nodes = gang.nodes(job_id, 2)
+    assert (first, second)[dead] not in second_nodes and len(set(second_nodes)) == 2
+    assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
+    after = dict(stack.train_losses(job_id))
+    again = [step for step in before if step > resumed]
+    assert again, (resumed, killed_at)  # some steps were trained twice
+    assert [after[step] for step in again] == [before[step] for step in again]
+
+
+def test_a_node_s_warm_shutdown_stops_every_node_at_one_step_and_hands_the_job_back(
+    gang: Gang,
+) -> None:
+    stack = gang.stack
+    job = stack.submit(gang.spec("gang-shutdown", gpus=1, max_steps=100_000))
+    job_id = job["id"]
+    wait_for("training", lambda: len(stack.train_steps(job_id)) >= 2, 240)
+    first, second = gang.nodes(job_id, 1)
+    leaving = gang.proc_of(second)
+    leaving.send_signal(signal.SIGTERM)  # node 1's worker shuts down (warm)
+    stopped = wait_for(
+        "attempt 1 released",
+        lambda: (
+            running(stack, job_id)
+            and [a for a in stack.attempts(job_id) if a["outcome"] == "released"]
+        ),
+        120,
+    )
+    assert stopped[0]["attempt"] == 1
+    leaving.wait(60)
+    stack.workers.remove(leaving)
+    gang.procs.remove(leaving)
+    step = max(stack.train_steps(job_id, 1))
+    # Every rank stopped at that step and saved it together: node 0 has the checkpoint.
+    node0 = gang.home_of(first) / "jobs" / job_id / "output" / f"checkpoint-{step}"
+    assert is_complete(node0), sorted(p.name for p in node0.parent.iterdir())
+    gang.start()
+    # The next attempt resumes from it on two of the workers left, then is cancelled.
+    wait_for("attempt 2 training", lambda: stack.train_steps(job_id, 2), 240)
+    assert stack.attempts(job_id)[1]["resumed_from_step"] == step
+    assert stack.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+    assert stack.wait(job_id, timeout=120)["status"] == "cancelled"
