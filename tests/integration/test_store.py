@@ -205,10 +205,11 @@ def test_killed_on_one_worker_resumes_on_another_from_the_bucket_and_serves_the_
     lm_files: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    max_steps = 96
+    max_steps = 192
     # Wide enough that a step takes tens of milliseconds, and long enough that the job is
     # still training when two checkpoints are whole in the bucket (on an idle machine a
-    # 48-step job outran its uploads) and the test kills its worker.
+    # 48-step job outran its uploads, and on a loaded one, during the gang tests, a 96-step
+    # job did) and the test kills its worker.
     spec = store_spec(lm_files, "store-a", max_steps, width=160)
     worker_a, home_a = workers.start("a", "store-a")
     reference = stack.wait(stack.submit({**spec, "name": "uninterrupted"})["id"])
