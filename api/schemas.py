@@ -115,7 +115,7 @@ class AttemptOut(BaseModel):
 
     @classmethod
     def of(cls, attempt: JobAttempt, nodes: list[dict[str, Any]] | None = None) -> AttemptOut:
-        """`nodes`: the attempt's nodes as `db.gangs.nodes_json` gives them (none: one node)."""
+        """`nodes`: the attempt's nodes, as `db.gang_nodes.nodes_json` gives them."""
         return cls(
             attempt=attempt.attempt,
             worker=attempt.worker,

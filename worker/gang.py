@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from db import gangs, scheduling
+from db import gang_nodes, gangs, scheduling
 from db.retry import TRANSIENT
 from db.session import session_scope
 from traindepot import dispatch
@@ -137,7 +137,7 @@ def end_of_node(supervisor: Supervisor, returncode: int) -> Ends | None:
     assert node is not None
     local = first_rank_error_at(supervisor.job_dir, supervisor.attempt)
     with session_scope() as session:
-        gangs.end_node(
+        gang_nodes.end_node(
             session=session,
             job_id=supervisor.job_id,
             attempt=supervisor.attempt,
@@ -161,7 +161,7 @@ def end_of_node(supervisor: Supervisor, returncode: int) -> Ends | None:
     return merge(ends)
 
 
-def merge(ends: list[gangs.NodeEnd]) -> Ends:
+def merge(ends: list[gang_nodes.NodeEnd]) -> Ends:
     """Every node's end as one: the earliest rank error of any node (the others' are its
     echo: their collectives lost a peer), and the first stop reason recorded, node 0's
     first."""
@@ -173,7 +173,7 @@ def merge(ends: list[gangs.NodeEnd]) -> Ends:
     return Ends(first_error=first, stop_reason=reasons[0] if reasons else None)
 
 
-def _await_nodes(supervisor: Supervisor) -> list[gangs.NodeEnd] | None:
+def _await_nodes(supervisor: Supervisor) -> list[gang_nodes.NodeEnd] | None:
     """Every node's end once all have ended; None once one is found dead (its seat's lease
     expired unended) or this attempt's lease is lost."""
     # A node stopping at the same step ends within the grace period (then it is killed).
@@ -182,7 +182,7 @@ def _await_nodes(supervisor: Supervisor) -> list[gangs.NodeEnd] | None:
     while time.monotonic() < deadline and not supervisor.lease.lost.is_set():
         try:
             with session_scope() as session:
-                ends = gangs.node_ends(
+                ends = gang_nodes.node_ends(
                     session=session, job_id=supervisor.job_id, attempt=supervisor.attempt
                 )
         except TRANSIENT as exc:

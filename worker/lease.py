@@ -15,7 +15,7 @@ import uuid
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from db import attempts, gangs
+from db import attempts, gang_nodes
 from db.models import JobStatus
 from db.session import session_scope
 from traindepot.settings import Settings
@@ -29,7 +29,7 @@ class Lease:
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
-        # A node of a job of several (db/gangs.py): its seat is renewed with the job, and
+        # A node of a job of several (db/gang_nodes.py): its seat is renewed with the job, and
         # the lease is lost for every node once one of them stops renewing.
         self.node = node
         self.settings = settings
@@ -76,7 +76,7 @@ class Lease:
                             lease_seconds=self.settings.lease_seconds,
                         )
                         if self.node is None
-                        else gangs.heartbeat(
+                        else gang_nodes.heartbeat(
                             session=session,
                             job_id=self.job_id,
                             attempt=self.attempt,

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from api.webhook_sender import job_as_read
-from db import gangs, jobs, reaping, scheduling, tenants, webhooks
+from db import gang_nodes, gangs, jobs, reaping, scheduling, tenants, webhooks
 from db.migrate import upgrade
 from db.session import session_scope
 from tests.integration.conftest import _fresh_database
@@ -90,7 +90,7 @@ def look(
 
 
 def beat(session: Any, job: uuid.UUID, attempt: int, node: int) -> str | None:
-    return gangs.heartbeat(
+    return gang_nodes.heartbeat(
         session=session, job_id=job, attempt=attempt, node=node, lease_seconds=LEASE
     )
 
@@ -121,7 +121,7 @@ def test_all_or_none_then_fenced_nodes_with_node_0_as_rendezvous(url: str, queue
         ]
         assert [n.rank for n in nodes if isinstance(n, gangs.Node)] == [0, 1, 2]
         assert {n.endpoint for n in nodes if isinstance(n, gangs.Node)} == {("10.0.0.1", 29400)}
-        assert gangs.nodes_json(session=session, job_id=job, attempt=1) == [
+        assert gang_nodes.nodes_json(session=session, job_id=job, attempt=1) == [
             {"node": 0, "worker": "a", "devices": 2},
             {"node": 1, "worker": "bb", "devices": 2},
             {"node": 2, "worker": "ccc", "devices": 2},
@@ -159,7 +159,7 @@ def test_one_dead_node_loses_the_attempt_on_every_node_and_the_next_is_fenced(
     )
     with session_scope(url) as session:
         assert beat(session, job, 1, 0) is None
-        ends = gangs.node_ends(session=session, job_id=job, attempt=1)
+        ends = gang_nodes.node_ends(session=session, job_id=job, attempt=1)
     assert [(e.rank, e.alive) for e in ends] == [(0, True), (1, False)]
     # No node renews the job's lease: it expires and the reaper requeues the job.
     sql(url, "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s", job)
@@ -273,7 +273,7 @@ def test_a_gang_that_cannot_complete_now_holds_no_devices(url: str, queue: str) 
     # The first gang's nodes end and its job with them: the second gang can complete.
     for node in (0, 1):
         with session_scope(url) as session:
-            gangs.end_node(
+            gang_nodes.end_node(
                 session=session,
                 job_id=first,
                 attempt=1,

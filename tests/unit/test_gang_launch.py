@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from db.gangs import NodeEnd
+from db.gang_nodes import NodeEnd
 from worker.checkpoints import complete_steps
 from worker.gang import merge
 from worker.launcher import NodeOf, command, parse_node, rendezvous_args
