@@ -1,9 +1,10 @@
 """Issue 28's workers (test_gangs.py, test_gang_faults.py): three worker processes of two
 CPU slots each (gloo), each with a `TRAINDEPOT_HOME` of its own and, as root, a network
 namespace of its own (tests/netns.py: a bridge, a veth pair per worker). They share
-PostgreSQL and Redis (reached through forwarders on the bridge's address) and an artifact
-store (a directory standing for a bucket), nothing else: the rendezvous and the ranks'
-gloo traffic cross the bridge between namespaces.
+PostgreSQL, Redis and an artifact store, a bucket of a real S3 API over HTTP (moto's
+server, tests/moto_server.py), all reached through forwarders on the bridge's address:
+nothing else. The rendezvous, the ranks' gloo traffic and every checkpoint a new node
+resumes from cross the network.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.integration.conftest import Stack
 from tests.integration.test_multirank import NO_DROPOUT
+from tests.moto_server import Moto
 from tests.netns import Forwarder, Netns
 from tests.specs import TINY_GPT2, tiny_spec
 from traindepot.stack import stop_process
+from traindepot.store import ArtifactStore, store_at
 
 HOLD_SECONDS = 3.0
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @dataclass
@@ -37,9 +46,10 @@ class Gang:
 
     stack: Stack
     root: Path
-    store: Path
     queue: str
+    moto: Moto
     netns: Netns | None = None
+    warm: bool = True
     forwarders: dict[int, Forwarder] = field(default_factory=dict)
     homes: dict[int, Path] = field(default_factory=dict)  # worker pid -> its home
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -50,9 +60,13 @@ class Gang:
         home.mkdir(parents=True)
         settings = {
             "TRAINDEPOT_HOME": str(home),
-            "TRAINDEPOT_ARTIFACTS_URL": str(self.store),
+            "TRAINDEPOT_ARTIFACTS_URL": self.store_url,
+            **S3_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.moto.url,
             "TRAINDEPOT_GANG_HOLD_SECONDS": str(HOLD_SECONDS),
             "TRAINDEPOT_TENANT_BUSY_RETRY_SECONDS": "1",
+            # A worker's prepared process serves 1-rank jobs only (ranks start cold).
+            "TRAINDEPOT_WARM_START": "true" if self.warm else "false",
         }
         prefix: tuple[str, ...] = ()
         if self.netns is not None:
@@ -66,6 +80,7 @@ class Gang:
                 "TRAINDEPOT_REDIS_URL": self.netns.through(
                     env["TRAINDEPOT_REDIS_URL"], self.forwarders
                 ),
+                "AWS_ENDPOINT_URL": self.netns.through(self.moto.url, self.forwarders),
                 # Its address, and its ranks' gloo traffic, on that interface.
                 "TRAINDEPOT_ADVERTISE_INTERFACE": self.netns.ifname(ns),
             }
@@ -75,6 +90,14 @@ class Gang:
         self.homes[proc.pid] = home
         self.procs.append(proc)
         return proc
+
+    @property
+    def store_url(self) -> str:
+        return f"s3://{self.queue}-store/depot"
+
+    def store(self) -> ArtifactStore:
+        """The bucket as this test process reads it (on loopback)."""
+        return store_at(self.store_url)
 
     def registered(self, count: int) -> None:
         """`count` workers of 2 devices are live: a job of `count` nodes validates."""
@@ -115,12 +138,19 @@ class Gang:
 
 
 @contextmanager
-def gang_workers(stack: Stack, root: Path, queue: str) -> Iterator[Gang]:
-    """Three gang workers of 2 CPU slots on `queue`, registered, for the block."""
+def gang_workers(stack: Stack, root: Path, queue: str, *, warm: bool = True) -> Iterator[Gang]:
+    """Three gang workers of 2 CPU slots on `queue`, registered, for the block; `warm`:
+    with a prepared process each (only 1-rank jobs use it)."""
     netns = Netns() if Netns.available() else None
     if netns is not None:
         netns.up()
-    g = Gang(stack, root, root / "store", queue, netns)
+    moto = Moto()
+    moto.start()
+    patch = pytest.MonkeyPatch()  # this process reads the bucket too
+    for name, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": moto.url}.items():
+        patch.setenv(name, value)
+    g = Gang(stack, root, queue, moto, netns, warm)
+    g.store().fs.mkdir(f"{queue}-store")
     try:
         for _ in range(3):
             g.start()
@@ -135,6 +165,8 @@ def gang_workers(stack: Stack, root: Path, queue: str) -> Iterator[Gang]:
             forwarder.stop()
         if netns is not None:
             netns.down()
+        moto.stop()
+        patch.undo()
 
 
 def running(stack: Stack, job_id: str) -> bool:

@@ -18,7 +18,6 @@ from tests.integration.conftest import Stack, process_gone
 from tests.integration.gang_workers import Gang, gang_workers, running
 from tests.integration.test_multirank import rank_processes, wait_for
 from tests.specs import TINY_GPT2
-from traindepot.store import store_at
 from worker.checkpoints import is_complete, last_complete
 
 pytestmark = pytest.mark.integration
@@ -28,7 +27,8 @@ QUEUE = "gang-faults"
 
 @pytest.fixture(scope="module")
 def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gang]:
-    with gang_workers(stack, tmp_path_factory.mktemp("gang-faults"), QUEUE) as g:
+    # Gangs only here: their ranks start cold, so no worker prepares a warm process.
+    with gang_workers(stack, tmp_path_factory.mktemp("gang-faults"), QUEUE, warm=False) as g:
         yield g
 
 
@@ -62,7 +62,7 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
     output = gang.home_of(first) / "jobs" / job_id / "output"
     # A checkpoint whole in the store too: a new node 0 resumes from there (node 0's own
     # uploads die with its worker).
-    store = store_at(str(gang.store))
+    store = gang.store()
     wait_for(
         "a checkpoint in the store",
         lambda: (
