@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -173,7 +172,14 @@ def test_two_gangs_and_a_stream_of_small_jobs_share_three_workers(gang: Gang) ->
     feeder = threading.Thread(target=stream)
     feeder.start()
     try:
-        time.sleep(3)  # small jobs run on every worker first
+        # Every worker's two slots busy when the gangs come: the first waits for its seats
+        # past the hold, then its workers drain (take no new small job from the stream).
+        fill = [
+            stack.submit(gang.spec(f"fill-{n}", nodes=1, gpus=1, max_steps=40))["id"]
+            for n in range(6)
+        ]
+        small.extend(fill)
+        wait_for("every slot busy", lambda: all(stack.train_steps(f) for f in fill), 240)
         bigs = [stack.submit(gang.spec(f"big-{n}", max_steps=30))["id"] for n in range(2)]
         ends = [stack.wait(big, timeout=600) for big in bigs]
     finally:
@@ -200,10 +206,15 @@ def test_two_gangs_and_a_stream_of_small_jobs_share_three_workers(gang: Gang) ->
         # The second gang's workers are free of the first gang once it ends.
         (second[1] - max(second[0], first[2])).total_seconds(),
     )
+    # Small jobs that were queued when the first gang formed and started only after it: the
+    # ones its workers' drain held back (none would wait so with a free slot).
+    held = [s for s in smalls if s[0] < first[1] <= s[1]]
     print(
-        f"gang waits {waits[0]:.1f} s, {waits[1]:.1f} s; rule's part of the bound "
-        f"{HOLD_SECONDS + longest_small:.1f} s; {len(small)} small jobs"
+        f"gang waits {waits[0]:.1f} s, {waits[1]:.1f} s; the rule's part of the bound"
+        f" {HOLD_SECONDS + longest_small:.1f} s; {len(small)} small jobs, {len(held)} held"
+        " back until the first gang started"
     )  # -rP shows it
+    assert waits[0] > 0  # it found every slot busy
     assert max(waits) <= bound, (waits, first, second, longest_small)
     # Small jobs started while each gang ran: the third worker kept taking them.
     for _, start, end in (first, second):
