@@ -42,7 +42,7 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
     the steps trained twice (after the checkpoint, before the kill) have the same losses
     only if every rank's RNG state came back, node 1's too, on another worker."""
     stack = gang.stack
-    max_steps = 150
+    max_steps = 120
     job = stack.submit(
         gang.spec(
             "gang-killed",

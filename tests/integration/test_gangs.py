@@ -75,7 +75,7 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
 
 
 # Long enough for a loaded machine to start both nodes' ranks and train two steps.
-TIME_LIMIT = 40
+TIME_LIMIT = 30
 
 
 @pytest.mark.parametrize("stop", ["cancel", "time-limit"])
@@ -167,7 +167,7 @@ def test_two_gangs_and_a_stream_of_small_jobs_share_three_workers(gang: Gang) ->
         while not stop.is_set():
             small.append(stack.submit(gang.spec(f"small-{n}", nodes=1, gpus=1, max_steps=3))["id"])
             n += 1
-            stop.wait(1.5)
+            stop.wait(3.0)
 
     feeder = threading.Thread(target=stream)
     feeder.start()
