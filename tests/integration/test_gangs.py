@@ -72,6 +72,11 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
     assert "node 1 of 2" in log1
     stored = [line for line in log0.splitlines() + log1.splitlines() if "points stored" in line]
     assert len(stored) == 1 and "[rank 0]" in stored[0], stored
+    # ... and exported the model, which node 0's worker uploaded to the bucket.
+    assert done["result"]["global_step"] == 6
+    manifest = gang.store().read_json(job["id"], "model/manifest.json")
+    assert manifest is not None, "no model in the bucket"
+    assert "model.safetensors" in {entry["path"] for entry in manifest["files"]}, manifest
 
 
 # Long enough for a loaded machine to start both nodes' ranks and train two steps.
