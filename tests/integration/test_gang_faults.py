@@ -1,9 +1,10 @@
 """Issue 28: a node of a running gang lost, on real workers in network namespaces of their
 own (tests/integration/gang_workers.py):
 
-- a node's worker SIGKILLed mid-run (node 1's, or node 0's: the rendezvous host): every rank
-  stops, the job resumes on two workers without it from the newest checkpoint every node
-  has, exactly as if uninterrupted (dropout included), and succeeds;
+- a node's worker SIGKILLed mid-run, node 1's, then in the next attempt node 0's (the
+  rendezvous host): each time every rank stops, the job resumes on two workers without it
+  from the newest checkpoint every node has, exactly as if uninterrupted (dropout
+  included), and it succeeds;
 - a node's warm shutdown stops every node at one step and hands the job back.
 """
 
@@ -32,17 +33,17 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
         yield g
 
 
-@pytest.mark.parametrize("dead", [1, 0], ids=["node-1-dies", "node-0-dies"])
-def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
-    gang: Gang, dead: int
+def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
+    gang: Gang,
 ) -> None:
-    """Node 1's worker, or node 0's (the rendezvous host, whose rank 0 reports and uploads
-    the checkpoints), is SIGKILLed mid-run: every rank stops, and the job resumes on two
-    workers without it, from a checkpoint in the store, exactly: the model has dropout, so
-    the steps trained twice (after the checkpoint, before the kill) have the same losses
-    only if every rank's RNG state came back, node 1's too, on another worker."""
+    """Node 1's worker is SIGKILLed mid-run, then, in the next attempt, node 0's (the
+    rendezvous host, whose rank 0 reports and uploads the checkpoints): each time every rank
+    stops, and the job resumes on two workers without the dead one, from a checkpoint in the
+    store, exactly: the model has dropout, so the steps trained twice (after the checkpoint,
+    before the kill) have the same losses only if every rank's RNG state came back, node
+    1's too, on another worker."""
     stack = gang.stack
-    max_steps = 120
+    max_steps = 150
     job = stack.submit(
         gang.spec(
             "gang-killed",
@@ -58,51 +59,66 @@ def test_a_sigkilled_node_stops_every_rank_and_the_job_resumes_on_any_two(
         }
     )
     job_id = job["id"]
-    first, second = wait_for("the gang", lambda: gang.nodes(job_id, 1), 240)
-    output = gang.home_of(first) / "jobs" / job_id / "output"
-    # A checkpoint whole in the store too: a new node 0 resumes from there (node 0's own
-    # uploads die with its worker).
     store = gang.store()
-    wait_for(
-        "a checkpoint in the store",
-        lambda: (
-            running(stack, job_id) and last_complete(output) and store.complete_checkpoints(job_id)
-        ),
-        240,
-    )
-    survivor, victim = gang.proc_of(first), gang.proc_of(second)
-    if dead == 0:
-        survivor, victim = victim, survivor
-    ranks = rank_processes(survivor.pid) + rank_processes(victim.pid)
-    assert len(ranks) == 2
-    assert max(stack.train_steps(job_id)) < max_steps  # mid-run
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(30)
-    stack.workers.remove(victim)
-    gang.procs.remove(victim)
-    # Node 1's rank dies with its worker; node 0's with its peer (or its lease, at most
-    # lease_seconds later): every rank stops.
-    wait_for("every rank to stop", lambda: all(map(process_gone, ranks)), 60)
-    killed_at = max(stack.train_steps(job_id, 1))
-    # Attempt 1's losses, read before attempt 2 resumes (which drops its points past the
-    # checkpoint: the job keeps one axis), at least a lease later.
-    before = dict(stack.train_losses(job_id))
-    gang.start()  # the new worker; the third one of the module is still there
+    kills: list[tuple[int, dict[int, float]]] = []  # (step killed at, the losses then)
+    resumed_from = 0
+    for attempt, dead in ((1, 1), (2, 0)):
+        nodes = wait_for(f"attempt {attempt}'s gang", lambda a=attempt: gang.nodes(job_id, a), 240)
+        output = gang.home_of(nodes[0]) / "jobs" / job_id / "output"
+        # A checkpoint of this attempt whole in the store too: a new node 0 resumes from
+        # there (node 0's own uploads die with its worker).
+        wait_for(
+            f"attempt {attempt}'s checkpoint in the store",
+            lambda r=resumed_from, out=output: (
+                running(stack, job_id)
+                and last_complete(out)
+                and max((c.step for c in store.complete_checkpoints(job_id)), default=0) > r
+            ),
+            240,
+        )
+        victim = gang.proc_of(nodes[dead])
+        ranks = [p for worker in nodes for p in rank_processes(gang.proc_of(worker).pid)]
+        assert len(ranks) == 2
+        assert max(stack.train_steps(job_id)) < max_steps  # mid-run
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        stack.workers.remove(victim)
+        gang.procs.remove(victim)
+        # The dead node's rank dies with its worker; the other's with its peer (or its
+        # seat's one fate, at most a lease later): every rank stops.
+        wait_for("every rank to stop", lambda r=ranks: all(map(process_gone, r)), 60)
+        # The losses so far, read before the next attempt resumes (which drops the points
+        # past its checkpoint: the job keeps one axis), at least a lease later.
+        kills.append((max(stack.train_steps(job_id, attempt)), dict(stack.train_losses(job_id))))
+        gang.start()  # a new worker; the third one of the module is still there
+        resumed = wait_for(
+            f"attempt {attempt + 1} to resume",
+            lambda a=attempt: stack.attempts(job_id)[a:] and stack.attempts(job_id)[a],
+            240,
+        )
+        assert nodes[dead] not in wait_for("its gang", lambda a=attempt: gang.nodes(job_id, a + 1))
+        resumed_from = wait_for(
+            "its resume step", lambda a=attempt: stack.attempts(job_id)[a]["resumed_from_step"]
+        )
+        assert resumed["attempt"] == attempt + 1
 
     done = stack.wait(job_id, timeout=300)
     assert done["status"] == "succeeded", done["error"]
-    assert done["attempt"] == 2 and done["result"]["global_step"] == max_steps
+    assert done["attempt"] == 3 and done["result"]["global_step"] == max_steps
     attempts = stack.attempts(job_id)
-    assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
-    resumed = attempts[1]["resumed_from_step"]
-    assert resumed is not None and 0 < resumed <= killed_at
-    second_nodes = gang.nodes(job_id, 2)
-    assert (first, second)[dead] not in second_nodes and len(set(second_nodes)) == 2
+    assert [a["outcome"] for a in attempts] == ["lost", "lost", "succeeded"]
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
-    after = dict(stack.train_losses(job_id))
-    again = [step for step in before if step > resumed]
-    assert again, (resumed, killed_at)  # some steps were trained twice
-    assert [after[step] for step in again] == [before[step] for step in again]
+    # Each resume: from a checkpoint before the kill, and the steps trained again since it
+    # equal the first time's, to the bit (the later losses are the next attempt's).
+    later = [kills[1][1], dict(stack.train_losses(job_id))]
+    previous = 0
+    for (killed_at, before), after, record in zip(kills, later, attempts[1:], strict=True):
+        resumed = record["resumed_from_step"]
+        assert resumed is not None and previous < resumed <= killed_at, (attempts, kills)
+        again = [step for step in before if resumed < step <= killed_at]
+        assert again, (resumed, killed_at)  # some steps were trained twice
+        assert [after[step] for step in again] == [before[step] for step in again]
+        previous = resumed
 
 
 def test_a_node_s_warm_shutdown_stops_every_node_at_one_step_and_hands_the_job_back(
