@@ -14,7 +14,6 @@ A node's death and a node's warm shutdown: test_gang_faults.py.
 
 from __future__ import annotations
 
-import math
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,12 @@ import pytest
 
 from tests.integration.conftest import Stack, process_gone
 from tests.integration.gang_workers import HOLD_SECONDS, Gang, gang_workers, launchers_of
-from tests.integration.test_multirank import rank_processes, wait_for
+from tests.integration.test_multirank import (
+    assert_losses_of_one_process,
+    assert_only_rank_0_stored_points,
+    rank_processes,
+    wait_for,
+)
 from tests.netns import remote_addresses
 from worker.checkpoints import is_complete
 
@@ -53,11 +57,7 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
     assert done["status"] == "succeeded", done["error"]
     reference = stack.wait(single["id"], timeout=300)
     assert reference["status"] == "succeeded", reference["error"]
-    ours = [loss for _, loss in stack.train_losses(job["id"])]
-    theirs = [loss for _, loss in stack.train_losses(single["id"])]
-    assert len(ours) == len(theirs) == 6
-    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
-        assert math.isclose(a, b, rel_tol=1e-4), (step, ours, theirs)
+    assert_losses_of_one_process(stack, job["id"], single["id"], steps=6)
     # 4 ranks: 4x the samples of a 1-rank job of the same per-device batch per step.
     assert done["progress"]["samples_per_step"] == 8
     nodes = done["attempts"][0]["nodes"]
@@ -70,8 +70,7 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
     for rank, log in ((0, log0), (1, log0), (2, log1), (3, log1)):
         assert f"rank {rank} of 4: gloo process group" in log, log
     assert "node 1 of 2" in log1
-    stored = [line for line in log0.splitlines() + log1.splitlines() if "points stored" in line]
-    assert len(stored) == 1 and "[rank 0]" in stored[0], stored
+    assert_only_rank_0_stored_points(log0 + "\n" + log1)
     # ... and exported the model, which node 0's worker uploaded to the bucket.
     assert done["result"]["global_step"] == 6
     manifest = gang.store().read_json(job["id"], "model/manifest.json")

@@ -120,6 +120,30 @@ def log_of(stack: Stack, job_id: str) -> str:
 # --- what each backend must show -------------------------------------------------------------
 
 
+def assert_losses_of_one_process(stack: Stack, ranked: str, single: str, *, steps: int) -> None:
+    """The job of several ranks `ranked` logged the losses of the one-process job `single`
+    with the same global batch, step for step.
+
+    Same initial weights (seeded, and DDP broadcasts rank 0's), same examples per step, no
+    dropout: the only difference is float32 summation order (the mean of two means of 4
+    versus one mean of 8, and the gradient all-reduce), a relative error of ~1e-7 per
+    operation that Adam carries through 6 steps (measured with gloo on CPU: at most 1.8e-7
+    relative). 1e-4 relative leaves room for other summation orders (NCCL, cuBLAS) and stays
+    far below what a wrong batch or a missed update changes: this model's loss moves by
+    ~1e-2 relative from one step to the next."""
+    ours = [loss for _, loss in stack.train_losses(ranked)]
+    theirs = [loss for _, loss in stack.train_losses(single)]
+    assert len(ours) == len(theirs) == steps
+    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
+        assert math.isclose(a, b, rel_tol=1e-4), (step, ours, theirs)
+
+
+def assert_only_rank_0_stored_points(log: str) -> None:
+    """Rank 0's flusher alone stored points (the others' write nothing)."""
+    stored = [line for line in log.splitlines() if "points stored" in line]
+    assert len(stored) == 1 and "[rank 0]" in stored[0], stored
+
+
 def trains_like_one_process(ranks: Ranks) -> None:
     stack = ranks.stack
     ranked = stack.submit(ranks.spec("two-ranks", max_steps=6))
@@ -138,26 +162,14 @@ def trains_like_one_process(ranks: Ranks) -> None:
     reference = stack.wait(single["id"])
     assert reference["status"] == "succeeded", reference["error"]
 
-    # Same initial weights (seeded, and DDP broadcasts rank 0's), same examples per step, no
-    # dropout: the only difference is float32 summation order (the mean of two means of 4
-    # versus one mean of 8, and the gradient all-reduce), a relative error of ~1e-7 per
-    # operation that Adam carries through 6 steps (measured with gloo on CPU: at most
-    # 1.8e-7 relative). 1e-4 relative leaves room for other summation orders (NCCL, cuBLAS)
-    # and stays far below what a wrong batch or a missed update changes: this model's loss
-    # moves by ~1e-2 relative from one step to the next.
-    ours = [loss for _, loss in stack.train_losses(ranked["id"])]
-    theirs = [loss for _, loss in stack.train_losses(single["id"])]
-    assert len(ours) == len(theirs) == 6
-    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
-        assert math.isclose(a, b, rel_tol=1e-4), (step, ours, theirs)
+    assert_losses_of_one_process(stack, ranked["id"], single["id"], steps=6)
 
     # Both ranks joined one process group of the backend; rank 0 alone reported (its flusher
     # is the only one that stored points).
     log = log_of(stack, ranked["id"])
     for rank in (0, 1):
         assert f"rank {rank} of 2: {ranks.backend} process group" in log, log
-    stored = [line for line in log.splitlines() if "points stored" in line]
-    assert len(stored) == 1 and "[rank 0]" in stored[0], stored
+    assert_only_rank_0_stored_points(log)
     assert (stack.job_dir(ranked["id"]) / "model" / "model.safetensors").is_file()
 
 
