@@ -88,8 +88,7 @@ def take_seat(
     *,
     session: Session,
     claimant: scheduling.Claimant,
-    address: str,
-    port: int,
+    endpoint: Callable[[], tuple[str, int]],
     hold_seconds: float,
     live_workers: LiveWorkers | None = None,
 ) -> Decision:
@@ -98,7 +97,9 @@ def take_seat(
     such gang, form one for the most urgent queued multi-node job of its queues.
     `live_workers(queue, devices)` names the live workers of a queue that own that many
     devices (the registry; None: unknown): a gang that cannot complete now, because too
-    few of them are not running another gang's nodes, holds no seat and drains nothing."""
+    few of them are not running another gang's nodes, holds no seat and drains nothing.
+    `endpoint()`, asked only when the claimant takes a seat: the address and port it offers
+    (node 0's hosts the attempt's rendezvous)."""
     if not _any_gang(session, claimant.queues):
         return Decision()  # the common case, without the lock
     session.execute(select(func.pg_advisory_xact_lock(GANG_LOCK)))
@@ -121,14 +122,14 @@ def take_seat(
         if job.gpus > claimant.free_gpus:
             held = session.scalar(select(func.extract("epoch", func.now() - gang.formed_at)))
             return Decision(drain=float(held or 0) >= hold_seconds)
-        return _sit(session, claimant, job, len(seats), address, port)
+        return _sit(session, claimant, job, len(seats), endpoint)
     formed = _form(session, claimant)
     if formed is None or not _may_complete(session, formed, [], claimant.worker, live_workers):
         return Decision()
     session.execute(insert(Gang).values(queue=formed.queue, job_id=formed.id))
     if formed.gpus > claimant.free_gpus:
         return Decision(drain=hold_seconds <= 0)
-    return _sit(session, claimant, formed, 0, address, port)
+    return _sit(session, claimant, formed, 0, endpoint)
 
 
 def _may_complete(
@@ -226,9 +227,9 @@ def _sit(
     claimant: scheduling.Claimant,
     job: Job,
     seated: int,
-    address: str,
-    port: int,
+    endpoint: Callable[[], tuple[str, int]],
 ) -> Decision:
+    address, port = endpoint()
     seat_id = session.scalar(
         insert(GangSeat)
         .values(

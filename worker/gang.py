@@ -38,18 +38,22 @@ log = logging.getLogger(__name__)
 
 
 def look(settings: Settings, claimant: scheduling.Claimant) -> gangs.Decision:
-    """The claimant's look at the gangs (db/gangs.py `take_seat`). The port a seat offers
-    is free on this machine now: node 0's hosts the attempt's rendezvous."""
-    address = network.advertised(settings)
+    """The claimant's look at the gangs (db/gangs.py `take_seat`). Only a seat taken asks
+    for the endpoint it offers: the advertised address, and a port free on it now (node 0's
+    hosts the attempt's rendezvous); a look that finds no gang (most) resolves nothing."""
     with session_scope() as session:
         return gangs.take_seat(
             session=session,
             claimant=claimant,
-            address=address,
-            port=free_port(address),
+            endpoint=lambda: _endpoint(settings),
             hold_seconds=settings.gang_hold_seconds,
             live_workers=lambda queue, devices: _live(settings, queue, devices),
         )
+
+
+def _endpoint(settings: Settings) -> tuple[str, int]:
+    address = network.advertised(settings)
+    return address, free_port(address)
 
 
 def _live(settings: Settings, queue: str, devices: int) -> list[str] | None:

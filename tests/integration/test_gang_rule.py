@@ -82,8 +82,7 @@ def look(
         return gangs.take_seat(
             session=session,
             claimant=who,
-            address=f"10.0.0.{len(who.worker)}",
-            port=29400,
+            endpoint=lambda: (f"10.0.0.{len(who.worker)}", 29400),
             hold_seconds=hold,
             live_workers=None if live is None else (lambda queue, devices: live),
         )
@@ -326,3 +325,21 @@ def test_the_seat_that_would_start_a_gang_waits_for_its_tenant_s_limit(
     sql(url, "UPDATE jobs SET status = 'succeeded' WHERE id = %s", busy)
     assert look(url, limited(f"{queue}-b")).started
     assert status(url, gang_job)[:2] == ("running", 1)
+
+
+def test_a_look_that_takes_no_seat_resolves_no_endpoint(url: str, queue: str) -> None:
+    """Most looks find no gang: they neither resolve the advertised interface nor bind a
+    port (a worker whose interface went away still runs small jobs)."""
+    submit(url, queue)  # a 1-node job: the normal claim's
+
+    def unreachable() -> tuple[str, int]:
+        raise AssertionError("the endpoint was asked for without a seat")
+
+    with session_scope(url) as session:
+        decision = gangs.take_seat(
+            session=session,
+            claimant=claimant("nobody", [queue], free=2),
+            endpoint=unreachable,
+            hold_seconds=60.0,
+        )
+    assert decision == gangs.Decision()
