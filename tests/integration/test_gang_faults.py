@@ -43,14 +43,14 @@ def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
     before the kill) have the same losses only if every rank's RNG state came back, node
     1's too, on another worker."""
     stack = gang.stack
-    max_steps = 150
+    max_steps, save_steps = 150, 10
     job = stack.submit(
         gang.spec(
             "gang-killed",
             gpus=1,
             max_steps=max_steps,
             save_strategy="steps",
-            save_steps=10,
+            save_steps=save_steps,
             save_total_limit=3,
         )
         | {
@@ -75,6 +75,13 @@ def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
                 and max((c.step for c in store.complete_checkpoints(job_id)), default=0) > r
             ),
             240,
+        )
+        # Killed between two checkpoints, so that some steps are trained twice (a kill just
+        # after a save would resume with nothing to compare).
+        wait_for(
+            f"attempt {attempt} between checkpoints",
+            lambda a=attempt: 3 <= max(stack.train_steps(job_id, a)) % save_steps <= 7,
+            60,
         )
         victim = gang.proc_of(nodes[dead])
         ranks = [p for worker in nodes for p in rank_processes(gang.proc_of(worker).pid)]

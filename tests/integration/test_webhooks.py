@@ -167,7 +167,12 @@ def test_a_failed_and_a_cancelled_job_every_change_once_in_order_signed(
         # Claimed by a worker that died (the reaper requeues it), then cancelled.
         waiting = http.post("/jobs", json=tiny_spec(name="hooked-cancel", queue=NOBODY)).json()
         _fake_lost_attempt(stack, waiting["id"])
-        wait_for("the reaper", lambda: stack.get(waiting["id"])["status"] == "queued")
+        # Reaped: the attempt ended (a read of the job alone may still be its submitted state).
+        wait_for(
+            "the reaper",
+            lambda: stack.attempts(waiting["id"])[0]["outcome"] == "lost"
+            and stack.get(waiting["id"])["status"] == "queued",
+        )
         assert http.post(f"/jobs/{waiting['id']}/cancel").json()["status"] == "cancelled"
 
         expected = {
