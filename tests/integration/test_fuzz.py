@@ -104,17 +104,17 @@ def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(ready: Stack, tmp_path
         fuzz(
             stack,
             tmp_path / "all",
-            45,
+            30,
             [a for p in everything_else for a in ("--exclude-path", p)],
         )
         # One or two operations each: their examples run out of new shapes in seconds, and
         # the stateful phase then repeats link chains until the time bound.
-        fuzz(stack, tmp_path / "actions", 15, [a for p in ACTIONS for a in ("--include-path", p)])
+        fuzz(stack, tmp_path / "actions", 10, [a for p in ACTIONS for a in ("--include-path", p)])
         # One operation each: no stateful phase, so the examples end them; the bound only
         # matters on a loaded host, where it cuts the coverage phase short (it took over 20 s
         # there once): the suite's time budget comes first.
-        fuzz(stack, tmp_path / "revoke", 20, ["--include-path", REVOKE])
-        fuzz(stack, tmp_path / "logs", 20, ["--include-path", LOGS])
+        fuzz(stack, tmp_path / "revoke", 10, ["--include-path", REVOKE])
+        fuzz(stack, tmp_path / "logs", 10, ["--include-path", LOGS])
     finally:
         for (job_id,) in stack.sql("SELECT id FROM jobs WHERE status = 'queued'"):
             stack.http.post(f"/jobs/{job_id}/cancel")

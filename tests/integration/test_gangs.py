@@ -79,7 +79,7 @@ def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
 
 
 # Long enough for a loaded machine to start both nodes' ranks and train two steps.
-TIME_LIMIT = 30
+TIME_LIMIT = 60
 
 
 @pytest.mark.parametrize("stop", ["cancel", "time-limit"])
