@@ -33,7 +33,7 @@ from db.session import session_scope
 from traindepot import artifacts, events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
-from traindepot.store import open_store
+from traindepot.store import ArtifactStore, open_store
 from worker import budget, gang, launcher, network, ranks, warm
 from worker.child_env import training_environment
 from worker.control import control
@@ -105,22 +105,11 @@ class Supervisor:
         )
         self._child: warm.TrainingChild | None = None  # once started
         self._stop_lock = threading.Lock()  # the watch loop and the control thread stop it
-        # With an artifact store: restores before the child, uploads during and after it.
-        store = open_store(settings)
+        self.resume_from_checkpoint = resume_from_checkpoint
+        # With an artifact store (opened in `run`, once the lease renews): restores before
+        # the child, uploads during and after it.
         self.store: AttemptStore | None = None
-        # Node k > 0 only brings in the checkpoint to resume from: node 0 uploads the
-        # job's files (its checkpoints, model and log).
-        self.restore_from = store if node is not None and node.rank > 0 else None
-        if store is not None and self.restore_from is None:
-            self.store = AttemptStore(
-                store,
-                settings,
-                job_id=job_id,
-                attempt=attempt,
-                job_dir=self.job_dir,
-                ranks=ranks,
-                resume_from_checkpoint=resume_from_checkpoint,
-            )
+        self.restore_from: ArtifactStore | None = None
 
     def on_change(self, status: str | None, attempt: int | None) -> None:
         """A notice from worker/control.py (its thread): a cancel of this attempt stops the
@@ -149,6 +138,9 @@ class Supervisor:
         # A cancel committed between the claim and the LISTEN above: read it now.
         self.lease.renew_now()
         try:
+            # After the lease's first renewal was asked: opening a store can take seconds
+            # (its client's first import), longer than a short lease on a loaded machine.
+            self._open_store()
             if self.store is not None:
                 self.store.before_child(log_path)
             if self.restore_from is not None:
@@ -199,6 +191,25 @@ class Supervisor:
             self.lease.stop()
             if self.restore_from is not None:
                 gang.release(self.job_id)
+
+    def _open_store(self) -> None:
+        store = open_store(self.settings)
+        if store is None:
+            return
+        if self.node is not None and self.node.rank > 0:
+            # Node k > 0 only brings in the checkpoint to resume from: node 0 uploads the
+            # job's files (its checkpoints, model and log).
+            self.restore_from = store
+            return
+        self.store = AttemptStore(
+            store,
+            self.settings,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            job_dir=self.job_dir,
+            ranks=self.ranks,
+            resume_from_checkpoint=self.resume_from_checkpoint,
+        )
 
     def _start_cold(self, log_file: BinaryIO, env: dict[str, str]) -> subprocess.Popen[bytes]:
         """A fresh Python: `python -m worker.runner JOB ATTEMPT`, or for several ranks

@@ -7,6 +7,7 @@ spec validator warmed up (transformers imported, which takes seconds after a sta
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -54,7 +55,10 @@ async def _redis(url: str | None) -> str:
     except (redis.RedisError, OSError) as exc:
         return f"unreachable: {type(exc).__name__}"
     finally:
-        await client.aclose()
+        # A close that times out on a loaded machine says nothing about the answer above
+        # (it was a 500 before).
+        with contextlib.suppress(redis.RedisError, OSError):
+            await client.aclose()
     return "ok"
 
 

@@ -170,8 +170,10 @@ def test_a_failed_and_a_cancelled_job_every_change_once_in_order_signed(
         # Reaped: the attempt ended (a read of the job alone may still be its submitted state).
         wait_for(
             "the reaper",
-            lambda: stack.attempts(waiting["id"])[0]["outcome"] == "lost"
-            and stack.get(waiting["id"])["status"] == "queued",
+            lambda: (
+                stack.attempts(waiting["id"])[0]["outcome"] == "lost"
+                and stack.get(waiting["id"])["status"] == "queued"
+            ),
         )
         assert http.post(f"/jobs/{waiting['id']}/cancel").json()["status"] == "cancelled"
 
