@@ -197,6 +197,8 @@ def assert_every_complete_checkpoint_whole(bucket: ArtifactStore, job_id: str) -
     return [c.step for c in found]
 
 
+# Two 192-step jobs, a kill and a resume: 259 s on a machine twice as slow as usual.
+@pytest.mark.timeout(900)
 def test_killed_on_one_worker_resumes_on_another_from_the_bucket_and_serves_the_model(
     stack: Stack,
     workers: Workers,
