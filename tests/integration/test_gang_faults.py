@@ -33,6 +33,8 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
         yield g
 
 
+# Two kills, two resumes and a 300 s wait for the end: 206 s on a machine twice as slow.
+@pytest.mark.timeout(900)
 def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
     gang: Gang,
 ) -> None:

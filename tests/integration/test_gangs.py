@@ -43,6 +43,7 @@ def gang(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gan
         yield g
 
 
+@pytest.mark.timeout(900)  # two waits of up to 300 s each
 def test_two_nodes_of_two_ranks_train_like_one_process(gang: Gang) -> None:
     stack = gang.stack
     job = stack.submit(gang.spec("gang-2x2", max_steps=6))
@@ -158,6 +159,9 @@ def test_an_exception_on_node_1_names_the_node_and_the_rank(gang: Gang) -> None:
     assert error["message"].startswith("node 1, rank 1: "), error
 
 
+# Its own waits add up past pytest's 300 s: on a loaded machine four times slower than this
+# suite's usual one (CI, 2026-12-07), it was still waiting for a gang at 300 s.
+@pytest.mark.timeout(1200)
 def test_two_gangs_and_a_stream_of_small_jobs_share_three_workers(gang: Gang) -> None:
     """The bound (db/gangs.py): once no other gang holds the devices it needs, a gang starts
     within the hold + the longest remaining run of a small job on its workers (+ wake-ups
