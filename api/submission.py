@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
+from api import job_docs
 from api.access import Access, Caller
 from api.database import run_db
 from api.errors import Conflict, NotFound, TooManyRequests
@@ -99,6 +100,15 @@ async def announce(job: Job) -> None:
         await run_db(lambda s: jobs.mark_enqueued(session=s, job_id=job.id), commit=True)
     except BrokerError as exc:
         log.warning("job %s stored but not enqueued yet: %s", job.id, exc)
+
+
+async def announced(job: Job) -> bytes:
+    """The committed job's document, read before `announce` wakes a worker: a route that
+    queued the job answers with it as queued (attempt 0 for a new job), however fast a
+    worker claims it (a warm worker can claim it before a read after the wake-up)."""
+    document = await job_docs.document(job.id)
+    await announce(job)
+    return document
 
 
 async def create(

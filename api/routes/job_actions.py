@@ -97,11 +97,11 @@ async def retry_job(job_id: uuid.UUID, settings: SettingsDep, access: AccessDep)
         return reopened
 
     job = await access.run(reopen, commit=True)
-    await submission.announce(job)
+    document = await submission.announced(job)
     await run_in_threadpool(
         events.publish_status, settings, job_id, status=str(job.status), attempt=job.attempt
     )
-    return await job_docs.answer(job_id)
+    return Response(document, media_type="application/json")
 
 
 @router.post(
@@ -129,8 +129,7 @@ async def clone_job(
         ) from exc
     stored_spec, _, parameters = await validated(spec, settings, access)
     job, hooks = await submission.create(access, settings, stored_spec, None)
-    await submission.announce(job)
-    return SubmittedJobOut.created(await job_docs.document(job.id), hooks, parameters)
+    return SubmittedJobOut.created(await submission.announced(job), hooks, parameters)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -165,8 +165,9 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> Response | SubmittedJobOut:
     """Validate the spec, store the job as `queued` (within the tenant's quota), then queue
-    its id for a worker. The job's own webhooks (`notify.webhooks`) come back with their
-    signing secrets, in this response only (a replay with the Idempotency-Key has none)."""
+    its id for a worker; the answer is the job as queued. The job's own webhooks
+    (`notify.webhooks`) come back with their signing secrets, in this response only (a
+    replay with the Idempotency-Key has none)."""
     await access.who()  # 401 before any work
     stored_spec, _, parameters = await validated(spec, settings, access)
     if idempotency_key is not None:
@@ -176,9 +177,9 @@ async def submit_job(
             replayed.headers["Location"] = f"/jobs/{earlier.id}"
             return replayed
     job, hooks = await submission.create(access, settings, stored_spec, idempotency_key)
-    await submission.announce(job)
+    created = await submission.announced(job)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return SubmittedJobOut.created(await job_docs.document(job.id), hooks, parameters)
+    return SubmittedJobOut.created(created, hooks, parameters)
 
 
 @router.post("/validate", response_model=ValidatedSpec, responses=_ERRORS)
