@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # A queued job whose message has not been picked up for this long is enqueued again
     # (the message may have been lost with Redis or with a worker); duplicates are harmless.
     requeue_stale_seconds: float = Field(default=600.0, gt=0)
+    # A worker's registration of its devices (worker/capabilities.py) lives this long unless
+    # refreshed (every third of it); a worker whose registration runs out without its warm
+    # shutdown is lost, and the reaper re-sends the wake-ups it held (worker/lost_workers.py).
+    worker_registration_ttl_seconds: float = Field(default=45.0, ge=3)
     # After a cancel or a time limit, the training child gets this long to checkpoint and exit.
     cancel_grace_seconds: float = Field(default=60.0, gt=0)
 

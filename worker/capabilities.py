@@ -7,10 +7,12 @@ traindepot/dispatch.py's):
 
     traindepot:workers:{queue}:{worker id}  ->  {"worker", "cuda", "bf16", "tf32", ...}
 
-with a TTL of `TTL_SECONDS`, refreshed every `REFRESH_SECONDS` by a daemon thread, so a
-worker that dies disappears within the TTL and a Redis restart is repaired by the next
-refresh. The API reads the live keys of the spec's queue (`dispatch.live_workers`); no key
-at all means "unknown" and the job is accepted (a GPU worker may start later).
+with a TTL of `worker_registration_ttl_seconds` (45), refreshed every third of it by a
+daemon thread, so a worker that dies disappears within the TTL and a Redis restart is
+repaired by the next refresh. A warm shutdown marks itself stopped, then unregisters (a
+registration that runs out instead is a lost worker: worker/lost_workers.py). The API reads
+the live keys of the spec's queue (`dispatch.live_workers`); no key at all means "unknown"
+and the job is accepted (a GPU worker may start later).
 
 Imported by the worker only (`app.conf.imports`); it imports neither torch nor anything
 that does.
@@ -34,12 +36,11 @@ from celery.signals import worker_ready, worker_shutting_down
 from traindepot.dispatch import registry_key, worker_id
 from traindepot.redis_client import client
 from traindepot.settings import get_settings
+from worker import lost_workers
 from worker.devices import owned, probed
 
 log = logging.getLogger(__name__)
 
-TTL_SECONDS = 45
-REFRESH_SECONDS = 15
 PROBE_TIMEOUT_SECONDS = 120
 
 # Run in a child: imports torch and may initialise CUDA there, never in the worker.
@@ -80,17 +81,21 @@ def _probe_once() -> dict[str, Any]:
     return found
 
 
-def register(*, redis_url: str, queues: list[str], worker: str, devices: dict[str, Any]) -> None:
+def register(
+    *, redis_url: str, queues: list[str], worker: str, devices: dict[str, Any], ttl: float
+) -> None:
     redis_client = client(redis_url)
     # `heartbeat_at`: when this registration was last refreshed (GET /metrics reports it).
     value = json.dumps({"worker": worker, **devices, "heartbeat_at": time.time()})
     with redis_client.pipeline() as pipe:
         for queue in queues:
-            pipe.set(registry_key(queue, worker), value, ex=TTL_SECONDS)
+            pipe.set(registry_key(queue, worker), value, px=int(ttl * 1000))
         pipe.execute()
 
 
 def unregister(*, redis_url: str, queues: list[str], worker: str) -> None:
+    """A warm shutdown's: marked as no loss first, then gone."""
+    lost_workers.mark_stopped(redis_url, worker)
     client(redis_url).delete(*(registry_key(queue, worker) for queue in queues))
 
 
@@ -107,7 +112,9 @@ class _Registration:
         threading.Thread(target=self._run, name="capabilities", daemon=True).start()
 
     def _run(self) -> None:
-        redis_url = get_settings().require_redis_url()
+        settings = get_settings()
+        redis_url = settings.require_redis_url()
+        ttl = settings.worker_registration_ttl_seconds
         try:
             devices = probe_devices()
         except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
@@ -122,11 +129,15 @@ class _Registration:
         while not self.stop.is_set():
             try:
                 register(
-                    redis_url=redis_url, queues=self.queues, worker=self.worker, devices=devices
+                    redis_url=redis_url,
+                    queues=self.queues,
+                    worker=self.worker,
+                    devices=devices,
+                    ttl=ttl,
                 )
             except redis.RedisError as exc:
                 log.warning("cannot register devices (will retry): %s", exc)
-            self.stop.wait(REFRESH_SECONDS)
+            self.stop.wait(ttl / 3)
 
     def close(self) -> None:
         self.stop.set()

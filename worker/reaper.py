@@ -1,6 +1,7 @@
 """The reaper: returns jobs whose lease expired to the queue (or fails them once their
-restarts are spent), re-sends queued jobs whose message may have been lost, and drives the
-active sweeps (db/sweeps.py), whose trials may have ended by its hand or any other.
+restarts are spent), re-sends queued jobs whose message may have been lost, wakes the
+queues of a lost worker (worker/lost_workers.py), and drives the active sweeps
+(db/sweeps.py), whose trials may have ended by its hand or any other.
 
 It runs as a daemon thread in every worker (and in `traindepot serve`). Each pass is a few
 conditional UPDATEs, so several reapers at once are harmless: a job is reaped once.
@@ -12,6 +13,7 @@ import logging
 import threading
 import uuid
 
+import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,6 +22,7 @@ from db.session import session_scope
 from traindepot import events
 from traindepot.dispatch import enqueue
 from traindepot.settings import Settings
+from worker.lost_workers import LostWorkers
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ def start(settings: Settings) -> threading.Event:
     """Start the reaper thread; set the returned event to stop it."""
     stop = threading.Event()
 
+    lost = LostWorkers(settings.require_redis_url())
+
     def loop() -> None:
         while not stop.wait(settings.reaper_interval_seconds):
             try:
@@ -103,6 +108,12 @@ def start(settings: Settings) -> threading.Event:
                 log.warning("reaper: database unavailable (%s)", exc)
             except Exception:
                 log.exception("reaper: pass failed")
+            try:
+                lost.check()
+            except (SQLAlchemyError, redis.RedisError, KombuOperationalError) as exc:
+                log.warning("reaper: lost workers not checked (%s)", exc)
+            except Exception:
+                log.exception("reaper: the check of lost workers failed")
 
     threading.Thread(target=loop, name="traindepot-reaper", daemon=True).start()
     return stop

@@ -62,7 +62,9 @@ TEST_SETTINGS = {
     # test_store.py: workers with homes of their own and the artifact store
     "store-a,store-b,"
     # test_gangs.py and test_gang_faults.py: three workers of 2 CPU slots each
-    "gangs,gang-faults",
+    "gangs,gang-faults,"
+    # test_lost_workers.py: a worker each, one of them killed
+    "lost-p,lost-q",
     # The test machine's few cores are shared by parallel test sessions: one torch thread
     # per training child avoids oversubscription, which slows steps by an order of magnitude.
     "OMP_NUM_THREADS": "1",

@@ -1,0 +1,79 @@
+"""A worker SIGKILLed while it holds a queue's only wake-up (worker/lost_workers.py): the
+job that waited on it is claimed by another worker soon after the lost worker's
+registration runs out, not `requeue_stale_seconds` (600 s) later.
+
+The wake-up is the delayed one that keeps a queue with a held-back job awake
+(worker/tasks.py `_wake`): job 2 of a tenant allowed one running job waits on queue Q while
+job 1 runs on queue P. Q's worker is killed holding that wake-up; a new worker comes up on
+Q; job 1 is cancelled. Nothing else would wake Q: P's worker claims on P only.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import redis
+
+from tests.integration.conftest import Stack
+from tests.integration.test_tenancy import client, submit
+from tests.specs import tiny_spec
+from traindepot.dispatch import registry_key
+
+P, Q = "lost-p", "lost-q"
+TTL_SECONDS = 3.0  # the killed worker's registration
+
+
+def registered(stack: Stack, worker_pid: int) -> bool:
+    keys = redis.Redis.from_url(stack.redis_url).keys(registry_key(Q, f"*:{worker_pid}"))
+    return bool(keys)
+
+
+def wait_until(what: str, check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
+    key = stack.new_key("team-lost")
+    quota = stack.http.put("/tenants/team-lost/quota", json={"max_running_jobs": 1})
+    assert quota.status_code == 200
+    with stack.extra_worker("lost-p", queues=P), client(stack, key) as tenant:
+        first = submit(
+            tenant, tiny_spec(name="lost-first", queue=P, training_args={"max_steps": 100_000})
+        ).json()["id"]
+        wait_until("job 1 training", lambda: stack.train_steps(first), 240)
+        with stack.extra_worker(
+            "lost-q",
+            queues=Q,
+            settings={"TRAINDEPOT_WORKER_REGISTRATION_TTL_SECONDS": str(TTL_SECONDS)},
+        ) as doomed:
+            wait_until("Q's worker registered", lambda: registered(stack, doomed.pid), 240)
+            second = submit(
+                tenant, tiny_spec(name="lost-second", queue=Q, training_args={"max_steps": 2})
+            ).json()["id"]
+            # Q's worker takes the wake-up, finds job 2 held by the tenant's limit, and sends
+            # (and, the only worker of Q, reserves) the delayed one; a few reaper passes
+            # (1 s) see its registration.
+            log = stack.home / "logs" / f"worker-lost-q-{len(stack.workers) - 1}.log"
+            wait_until(
+                "Q's worker to find job 2 held back",
+                lambda: "nothing for this worker to claim" in log.read_text(errors="replace"),
+                120,
+            )
+            time.sleep(2)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(30)
+        with stack.extra_worker("lost-q-next", queues=Q):
+            cancelled = stack.http.post(f"/jobs/{first}/cancel")
+            assert cancelled.status_code == 200
+            assert stack.wait(first, timeout=120)["status"] == "cancelled"
+            # The lost worker's registration runs out in 3 s, the next reaper pass wakes Q.
+            done = stack.wait(second, timeout=90)
+    assert done["status"] == "succeeded", done
+    logs = "".join(
+        path.read_text(errors="replace") for path in (stack.home / "logs").glob("worker-*.log")
+    )
+    assert f":{doomed.pid} lost (its registration ran out); wake-ups sent to ['{Q}']" in logs
