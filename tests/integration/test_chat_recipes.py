@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tests.integration.test_webhooks import Receiver, events_of
 from tests.specs import TINY_GPT2
 from traindepot.recipes.chat import CHAT_TEMPLATES
 from traindepot.stack import stop_process
+from worker.checkpoints import is_complete
 
 pytestmark = pytest.mark.integration
 
@@ -145,11 +147,17 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
 
     request.addfinalizer(one_worker_left)
     job_id = stack.submit(spec)["id"]
-    # Killed with its worker once past the checkpoint of step 4; the other worker resumes it.
-    # The worker is found first: the kill then follows step 5 at once (a search after it
-    # let a loaded machine reach the last step before the kill).
+    # Killed with its worker once the checkpoint of step 4 is whole on disk; the other
+    # worker resumes it. The worker is found first: the kill then follows the checkpoint at
+    # once (a search after it let a loaded machine reach the last step before the kill), and
+    # the checkpoint is watched on disk, not through the logged points, which reach the
+    # database up to a flush later (on a fast machine, after step 12).
     worker, child = job_worker(stack, stack.job_dir(job_id))
-    wait_for("step 5", lambda: max(stack.train_steps(job_id, 1), default=0) >= 5)
+    checkpoint = stack.job_dir(job_id) / "output" / "checkpoint-4"
+    deadline = time.monotonic() + 180
+    while not is_complete(checkpoint):
+        assert time.monotonic() < deadline, "no checkpoint-4"
+        time.sleep(0.01)
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
     wait_for("the training child to die", lambda: process_gone(child), 30)

@@ -404,8 +404,14 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     sweep = submit(
         stack,
         sweep_body(
+            # 480 steps: on a fast machine a trial of 48 trained to its end before the kill
+            # (a step took 6 ms), and nothing was left to resume.
             base=base_spec(
-                max_steps=48, save_strategy="steps", save_steps=4, eval_steps=24, logging_steps=4
+                max_steps=480,
+                save_strategy="steps",
+                save_steps=40,
+                eval_steps=240,
+                logging_steps=40,
             ),
             queue=KILL_QUEUE,
             max_trials=2,
@@ -416,9 +422,14 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     with ExitStack() as workers:
         worker = workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))
         for kill in range(2):
-            # A trial of this worker has logged twice in this attempt: its step-8 point is
-            # logged after checkpoint-4 was saved (the Trainer logs, then saves), so the
-            # kill lands with a checkpoint to resume from, and 40 steps still to go.
+            # The next worker starts first (the kill then follows the check at once); it
+            # cannot take the trial waiting ahead: the cap is 1.
+            standby = workers.enter_context(
+                stack.extra_worker(f"sweeps-kill-{kill + 1}", queues=KILL_QUEUE)
+            )
+            # A trial of this worker has logged twice in this attempt: its step-80 point is
+            # logged after checkpoint-40 was saved (the Trainer logs, then saves), so the
+            # kill lands with a checkpoint to resume from, and most steps still to go.
             deadline = time.monotonic() + 180
             while not stack.sql(
                 "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
@@ -428,13 +439,10 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
                 f"%:{worker.pid}",
             ):
                 assert time.monotonic() < deadline, trial_statuses(stack, sweep_id)
-                time.sleep(0.1)
-            killed = worker
-            worker = workers.enter_context(
-                stack.extra_worker(f"sweeps-kill-{kill + 1}", queues=KILL_QUEUE)
-            )
-            os.kill(killed.pid, signal.SIGKILL)
-            killed.wait()
+                time.sleep(0.05)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+            worker = standby
         doc = wait_sweep(stack, sweep_id, timeout=300)
         assert doc["status"] == "succeeded"
         statuses = trial_statuses(stack, sweep_id)
@@ -459,5 +467,5 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
         for trial_id, reference in references.items():
             assert stack.wait(reference["id"], timeout=180)["status"] == "succeeded"
             losses = stack.train_losses(trial_id)
-            assert [step for step, _ in losses] == list(range(4, 49, 4))
+            assert [step for step, _ in losses] == list(range(40, 481, 40))
             assert losses == stack.train_losses(reference["id"])
