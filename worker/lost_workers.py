@@ -8,11 +8,12 @@ the claim it would have made when its job ended. Its running job comes back thro
 lease (worker/reaper.py). A job queued behind it, whose wake-up that worker had consumed,
 would wait for `requeue_stale_seconds`, with other workers idle.
 
-So each reaper notes the workers' registrations (worker/capabilities.py) at every pass. A
-registration that is gone at the next pass ran out without a warm shutdown, which marks its
-worker stopped before it unregisters: the worker is lost. The first reaper to mark the loss
-(SET NX: one among all the reapers) sends one wake-up to each queue of the lost worker that
-has a queued job. A wake-up that finds nothing to claim is harmless, as any other.
+So each reaper notes the workers' registrations (worker/capabilities.py) every third of
+their TTL. A registration that is gone at the next look ran out without a warm shutdown,
+which marks its worker stopped before it unregisters: the worker is lost. The first reaper
+to mark the loss (SET NX: one among all the reapers) sends one wake-up to each queue of the
+lost worker that has a queued job. A wake-up that finds nothing to claim is harmless, as
+any other.
 
 A reaper knows only the losses that happen while it runs; a worker lost before it ever
 registered (within its first seconds) is left to `requeue_stale_seconds`.
@@ -21,6 +22,7 @@ registered (within its first seconds) is left to `requeue_stale_seconds`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 from db import scheduling
@@ -50,14 +52,25 @@ def _mark_lost(redis_url: str, worker: str) -> bool:
 
 
 class LostWorkers:
-    """One reaper's view of the registrations, from one pass to the next."""
+    """One reaper's view of the registrations, from one look to the next: at most every
+    `every` seconds (a third of the registrations' TTL: a loss is seen a TTL late anyway,
+    and a look scans Redis' keys)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, every: float = 0.0) -> None:
         self.redis_url = redis_url
+        self.every = every
+        self.next_look = 0.0
         self.seen: dict[str, set[str]] | None = None  # worker -> its queues
 
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_look:
+            return False
+        self.next_look = now + self.every
+        return True
+
     def check(self) -> dict[str, list[str]]:
-        """Wake the queues of the workers lost since the last pass; returns them (lost
+        """Wake the queues of the workers lost since the last look; returns them (lost
         worker -> queues woken). Raises `redis.RedisError`, and the database's errors."""
         live: dict[str, set[str]] = defaultdict(set)
         for queue, worker, _ in registered_workers(redis_url=self.redis_url):

@@ -98,7 +98,7 @@ def start(settings: Settings) -> threading.Event:
     """Start the reaper thread; set the returned event to stop it."""
     stop = threading.Event()
 
-    lost = LostWorkers(settings.require_redis_url())
+    lost = LostWorkers(settings.require_redis_url(), settings.worker_registration_ttl_seconds / 3)
 
     def loop() -> None:
         while not stop.wait(settings.reaper_interval_seconds):
@@ -108,6 +108,8 @@ def start(settings: Settings) -> threading.Event:
                 log.warning("reaper: database unavailable (%s)", exc)
             except Exception:
                 log.exception("reaper: pass failed")
+            if not lost.due():
+                continue
             try:
                 lost.check()
             except (SQLAlchemyError, redis.RedisError, KombuOperationalError) as exc:

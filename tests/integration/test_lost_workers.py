@@ -21,7 +21,9 @@ from tests.specs import tiny_spec
 from traindepot.dispatch import registry_key
 
 P, Q = "lost-p", "lost-q"
-TTL_SECONDS = 3.0  # the killed worker's registration
+# The workers' registrations: the killed one's runs out 3 s after the kill, and P's
+# worker, whose reaper notes them every third of its own TTL, looks every second.
+SHORT_TTL = {"TRAINDEPOT_WORKER_REGISTRATION_TTL_SECONDS": "3"}
 
 
 def registered(stack: Stack, worker_pid: int) -> bool:
@@ -40,23 +42,19 @@ def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
     key = stack.new_key("team-lost")
     quota = stack.http.put("/tenants/team-lost/quota", json={"max_running_jobs": 1})
     assert quota.status_code == 200
-    with stack.extra_worker("lost-p", queues=P), client(stack, key) as tenant:
+    with stack.extra_worker("lost-p", queues=P, settings=SHORT_TTL), client(stack, key) as tenant:
         first = submit(
             tenant, tiny_spec(name="lost-first", queue=P, training_args={"max_steps": 100_000})
         ).json()["id"]
         wait_until("job 1 training", lambda: stack.train_steps(first), 240)
-        with stack.extra_worker(
-            "lost-q",
-            queues=Q,
-            settings={"TRAINDEPOT_WORKER_REGISTRATION_TTL_SECONDS": str(TTL_SECONDS)},
-        ) as doomed:
+        with stack.extra_worker("lost-q", queues=Q, settings=SHORT_TTL) as doomed:
             wait_until("Q's worker registered", lambda: registered(stack, doomed.pid), 240)
             second = submit(
                 tenant, tiny_spec(name="lost-second", queue=Q, training_args={"max_steps": 2})
             ).json()["id"]
             # Q's worker takes the wake-up, finds job 2 held by the tenant's limit, and sends
-            # (and, the only worker of Q, reserves) the delayed one; a few reaper passes
-            # (1 s) see its registration.
+            # (and, the only worker of Q, reserves) the delayed one; P's reaper looks at the
+            # registrations meanwhile (every second).
             log = stack.home / "logs" / f"worker-lost-q-{len(stack.workers) - 1}.log"
             wait_until(
                 "Q's worker to find job 2 held back",
@@ -70,7 +68,7 @@ def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
             cancelled = stack.http.post(f"/jobs/{first}/cancel")
             assert cancelled.status_code == 200
             assert stack.wait(first, timeout=120)["status"] == "cancelled"
-            # The lost worker's registration runs out in 3 s, the next reaper pass wakes Q.
+            # The lost worker's registration runs out in 3 s; P's reaper's next look wakes Q.
             done = stack.wait(second, timeout=90)
     assert done["status"] == "succeeded", done
     logs = "".join(

@@ -50,3 +50,9 @@ def test_a_warm_shutdown_is_no_loss_and_each_loss_is_marked_once(
     assert second.check() == {}
     assert woken == ["q1", "q2"]
     assert first.check() == {}  # gone is gone
+
+
+def test_a_reaper_looks_at_most_every_third_of_the_ttl() -> None:
+    lost = lost_workers.LostWorkers("redis://unused", every=15.0)
+    assert lost.due()
+    assert not lost.due()  # the next pass, a reaper interval later
