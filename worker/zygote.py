@@ -170,7 +170,10 @@ def serve(worker_pid: int) -> NoReturn:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # prepared processes are reaped for us
     template_pid = os.getpid()
     while True:
-        message, fds, _, _ = socket.recv_fds(control, 1, 1)
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1, 1)
+        except ConnectionResetError:  # the worker went with data unread: it exits too
+            message, fds = b"", []
         if not message:
             os._exit(0)  # the worker closed its end (it exits)
         if not fds:
