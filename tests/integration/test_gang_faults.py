@@ -47,13 +47,16 @@ def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
     1's too, on another worker."""
     stack = gang.stack
     # Room for two kills: on a loaded host the first came as late as step 90 (it waits for a
-    # checkpoint's upload), and 150 steps once ended before the second.
+    # checkpoint's upload), and 150 steps once ended before the second. Steps of 4
+    # micro-batches: on a fast machine a step of one took tens of ms, and a resumed attempt
+    # trained its 180 steps before the test saw one between two checkpoints.
     max_steps, save_steps = 200, 20
     job = stack.submit(
         gang.spec(
             "gang-killed",
             gpus=1,
             max_steps=max_steps,
+            gradient_accumulation_steps=4,
             save_strategy="steps",
             save_steps=save_steps,
             save_total_limit=3,
@@ -119,6 +122,8 @@ def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
     assert done["status"] == "succeeded", done["error"]
     assert done["attempt"] == 3 and done["result"]["global_step"] == max_steps
     attempts = stack.attempts(job_id)
+    resumes = [a["resumed_from_step"] for a in attempts[1:]]
+    print(f"killed at steps {[k[0] for k in kills]}, resumed from {resumes}")  # -rP shows it
     assert [a["outcome"] for a in attempts] == ["lost", "lost", "succeeded"]
     assert stack.train_steps(job_id) == list(range(1, max_steps + 1))  # one unbroken axis
     # Each resume: from a checkpoint before the kill, and the steps trained again since it

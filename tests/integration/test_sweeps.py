@@ -23,6 +23,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import tarfile
 import time
 import uuid
@@ -420,29 +421,38 @@ def test_a_worker_killed_twice_mid_sweep_loses_no_trial(stack: Stack) -> None:
     )
     sweep_id = sweep["id"]
     with ExitStack() as workers:
-        worker = workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))
+        live = [workers.enter_context(stack.extra_worker("sweeps-kill-0", queues=KILL_QUEUE))]
         for kill in range(2):
-            # The next worker starts first (the kill then follows the check at once); it
-            # cannot take the trial waiting ahead: the cap is 1.
-            standby = workers.enter_context(
-                stack.extra_worker(f"sweeps-kill-{kill + 1}", queues=KILL_QUEUE)
+            # A spare worker first, so that the kill follows the check at once; it cannot
+            # take the trial waiting ahead (the cap is 1), and one of them takes the reaped
+            # trial. Whichever live worker runs a trial is the one killed.
+            live.append(
+                workers.enter_context(
+                    stack.extra_worker(f"sweeps-kill-{kill + 1}", queues=KILL_QUEUE)
+                )
             )
-            # A trial of this worker has logged twice in this attempt: its step-80 point is
-            # logged after checkpoint-40 was saved (the Trainer logs, then saves), so the
-            # kill lands with a checkpoint to resume from, and most steps still to go.
+
+            # A trial has logged twice in this attempt on a live worker (a killed one's
+            # stays `running` until its lease runs out): its step-80 point is logged after
+            # checkpoint-40 was saved (the Trainer logs, then saves), so the kill lands with
+            # a checkpoint to resume from, and most steps still to go.
+            def runs_a_trial() -> list[subprocess.Popen[bytes]]:
+                owners = stack.sql(
+                    "SELECT j.lease_owner FROM jobs j WHERE j.sweep_id = %s"
+                    " AND j.status = 'running' AND (SELECT count(*) FROM job_metrics m"
+                    " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
+                    uuid.UUID(sweep_id),
+                )
+                return [w for w in live for (owner,) in owners if owner.endswith(f":{w.pid}")]
+
             deadline = time.monotonic() + 180
-            while not stack.sql(
-                "SELECT 1 FROM jobs j WHERE j.sweep_id = %s AND j.status = 'running'"
-                " AND j.lease_owner LIKE %s AND (SELECT count(*) FROM job_metrics m"
-                " WHERE m.job_id = j.id AND m.attempt = j.attempt AND m.kind = 'train') >= 2",
-                uuid.UUID(sweep_id),
-                f"%:{worker.pid}",
-            ):
+            while not (running := runs_a_trial()):
                 assert time.monotonic() < deadline, trial_statuses(stack, sweep_id)
                 time.sleep(0.05)
-            os.kill(worker.pid, signal.SIGKILL)
-            worker.wait()
-            worker = standby
+            (victim,) = running
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
+            live.remove(victim)
         doc = wait_sweep(stack, sweep_id, timeout=300)
         assert doc["status"] == "succeeded"
         statuses = trial_statuses(stack, sweep_id)
