@@ -17,7 +17,7 @@ from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
 from api.responses import errors
-from api.schemas import KeyIn, KeyOut, NewKeyOut, QuotaIn, QuotaOut
+from api.tenant_schemas import KeyIn, KeyOut, NewKeyOut, QuotaIn, QuotaOut
 from db import keys, tenants
 from traindepot import apikeys
 from traindepot.settings import Settings

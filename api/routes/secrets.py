@@ -14,7 +14,7 @@ from api.access import AccessDep, Caller
 from api.deps import SettingsDep
 from api.errors import NotFound
 from api.responses import errors
-from api.schemas import SecretIn, SecretOut
+from api.tenant_schemas import SecretIn, SecretOut
 from db import secrets
 from traindepot import apikeys, tenant_secrets
 
