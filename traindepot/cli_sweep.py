@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from traindepot.cli_output import err
+
 app = typer.Typer(help="Hyperparameter sweeps: trials are jobs, searched with Optuna.")
 console = Console()
 
@@ -85,7 +87,7 @@ def best(
     with cli._api(url, key) as client:
         doc = client.get_sweep(sweep_id)
     if doc.get("best") is None:
-        cli.err.print(f"sweep {sweep_id} has no completed trial yet")
+        err.print(f"sweep {sweep_id} has no completed trial yet")
         raise typer.Exit(1)
     print(json.dumps(doc["best"]), flush=True)
 

@@ -68,13 +68,13 @@ def test_parse_sse_reads_events_ids_and_multiline_data() -> None:
 
 
 def test_an_invalid_spec_names_each_field(capsys: pytest.CaptureFixture[str]) -> None:
-    from traindepot.cli import _print_api_error
+    from traindepot.cli_output import print_api_error
 
     body = {
         "error": "invalid_request",
         "detail": [{"loc": ["training_args", "learning_rat"], "msg": "unknown field"}],
     }
-    _print_api_error(422, body)
+    print_api_error(422, body)
     assert "training_args.learning_rat: unknown field" in capsys.readouterr().err
 
 
