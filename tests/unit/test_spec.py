@@ -12,17 +12,12 @@ from pydantic import ValidationError
 
 from tests.specs import BUILT_IN_TASKS, tiny_bert_spec, tiny_spec
 from traindepot import training_args
+from traindepot.device_checks import WorkerDevices, check_devices
 from traindepot.problems import Problem, SpecInvalid
 from traindepot.settings import Settings
 from traindepot.spec import FilesDataset, JobSpec
 from traindepot.spec_examples import task_examples
-from traindepot.validation import (
-    WorkerDevices,
-    check_devices,
-    check_path,
-    check_spec,
-    consistency_problems,
-)
+from traindepot.validation import check_path, check_spec, consistency_problems
 
 
 def locs(problems: list[Problem]) -> list[tuple[str | int, ...]]:
