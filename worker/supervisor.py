@@ -1,6 +1,7 @@
 """Supervises one attempt of a job: starts the training child, watches it while the lease
 (worker/lease.py) is renewed, turns a cancel, the time limit or a warm shutdown into a
-cooperative stop, and writes what the outcome (worker/outcome.py) means for the job.
+cooperative stop, and writes what the outcome (worker/outcome.py) means for the job
+(worker/attempt_end.py).
 
 The supervisor never imports torch: CUDA lives only in the child, which gets a fresh
 context and gives all of its memory back when it exits.
@@ -24,17 +25,17 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from db import attempts, jobs
+from db import attempts
 from db.models import JobStatus
-from db.retry import TRANSIENT, retry_db
+from db.retry import TRANSIENT
 from db.session import session_scope
-from traindepot import artifacts, events, lifetime
+from traindepot import events, lifetime
 from traindepot.logtail import tail
 from traindepot.settings import Settings
 from traindepot.store import ArtifactStore, open_store
-from worker import budget, gang, launcher, network, ranks, warm
+from worker import attempt_end, budget, gang, launcher, network, ranks, warm
 from worker.child_env import training_environment
 from worker.control import control
 from worker.lease import Lease
@@ -46,7 +47,6 @@ from worker.outcome import (
     verdict,
     with_rank_errors,
 )
-from worker.reaper import send
 from worker.store_sync import AttemptStore, store_error
 
 log = logging.getLogger(__name__)
@@ -360,82 +360,15 @@ class Supervisor:
                 log.error("job %s: %s", self.job_id, problem)
                 ended = Verdict(JobStatus.FAILED, ended.result, ended.error or store_error(problem))
             self.store.ended(terminal=ended.status is not None)
+        attempt = (self.settings, self.job_id, self.attempt, self.job_dir)
         if self.overrun is not None:  # over its memory or disk budget, whatever it reported
-            self._write_terminal(JobStatus.FAILED, ended.result, budget.error(self.overrun))
+            attempt_end.write_terminal(
+                *attempt, JobStatus.FAILED, ended.result, budget.error(self.overrun)
+            )
         elif ended.status is None:
-            self._release(ended.result)
+            attempt_end.release(*attempt, ended.result)
         else:
-            self._write_terminal(ended.status, ended.result, ended.error)
-
-    def _disk_bytes(self) -> int:
-        """What the job's files use now, recorded with its end (`GET /jobs/{id}`)."""
-        return artifacts.disk_usage(self.job_dir)
-
-    @retry_db(give_up_after_seconds=3600)
-    def _write_terminal(
-        self, status: JobStatus, result: dict[str, Any] | None, error: dict[str, Any] | None
-    ) -> None:
-        with session_scope() as session:
-            written = attempts.finish(
-                session=session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                status=status,
-                result=result,
-                error=error,
-                disk_bytes=self._disk_bytes(),
-            )
-        if not written:
-            log.warning(
-                "job %s attempt %s: no longer owns the job; result not written",
-                self.job_id,
-                self.attempt,
-            )
-            return
-        events.publish(
-            self.settings,
-            self.job_id,
-            {"type": "end", "status": str(status), "result": result, "error": error},
-        )
-
-    @retry_db(give_up_after_seconds=3600)
-    def _release(self, result: dict[str, Any] | None) -> None:
-        cancelled: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
-        with session_scope() as session:
-            job = attempts.release(
-                session=session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                result=result,
-                disk_bytes=self._disk_bytes(),
-            )
-            queued = None if job is None else (job.queue, job.priority)
-            if job is None:
-                # Being cancelled: `release` ended it `cancelled` (if this attempt still
-                # owned it).
-                current = jobs.get(session=session, job_id=self.job_id)
-                if (
-                    current is not None
-                    and current.attempt == self.attempt
-                    and current.status == JobStatus.CANCELLED
-                ):
-                    cancelled = (current.result, current.error)
-        if cancelled is not None:
-            events.publish_status(
-                self.settings,
-                self.job_id,
-                status=str(JobStatus.CANCELLED),
-                attempt=self.attempt,
-                result=cancelled[0],
-                error=cancelled[1],
-            )
-        if queued is not None:
-            # If Redis is down now, the reaper sends it later (enqueued_at stays NULL).
-            send(job_id=self.job_id, queue=queued[0], priority=queued[1])
-            # The job keeps this attempt's number until the next claim (status_version).
-            events.publish_status(
-                self.settings, self.job_id, status=str(JobStatus.QUEUED), attempt=self.attempt
-            )
+            attempt_end.write_terminal(*attempt, ended.status, ended.result, ended.error)
 
 
 def _cold_child_set_up() -> Callable[[], None]:
