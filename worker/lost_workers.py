@@ -61,6 +61,9 @@ class LostWorkers:
         self.every = every
         self.next_look = 0.0
         self.seen: dict[str, set[str]] | None = None  # worker -> its queues
+        # Losses this reaper marked whose queues are not all woken yet (the database or the
+        # broker failed meanwhile): the next look tries them again, as no other reaper will.
+        self.pending: dict[str, set[str]] = {}
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -75,18 +78,22 @@ class LostWorkers:
         live: dict[str, set[str]] = defaultdict(set)
         for queue, worker, _ in registered_workers(redis_url=self.redis_url):
             live[worker].add(queue)
-        before, self.seen = self.seen, dict(live)
-        if before is None:
-            return {}
+        for worker, queues in (self.seen or {}).items():
+            if worker not in live and _mark_lost(self.redis_url, worker):
+                self.pending[worker] = set(queues)
+        self.seen = dict(live)  # after the marks: a look that fails before is made again
         woken: dict[str, list[str]] = {}
-        for worker, queues in sorted(before.items()):
-            if worker in live or not _mark_lost(self.redis_url, worker):
-                continue
-            woken[worker] = [queue for queue in sorted(queues) if _wake(queue)]
+        for worker in sorted(self.pending):
+            sent = woken.setdefault(worker, [])
+            for queue in sorted(self.pending[worker]):
+                if _wake(queue):  # raises: the rest is tried at the next look
+                    sent.append(queue)
+                self.pending[worker].discard(queue)
+            del self.pending[worker]
             log.warning(
                 "worker %s lost (its registration ran out); wake-ups sent to %s",
                 worker,
-                woken[worker] or "no queue (none has a queued job)",
+                sent or "no queue (none has a queued job)",
             )
         return woken
 

@@ -56,3 +56,27 @@ def test_a_reaper_looks_at_most_every_third_of_the_ttl() -> None:
     lost = lost_workers.LostWorkers("redis://unused", every=15.0)
     assert lost.due()
     assert not lost.due()  # the next pass, a reaper interval later
+
+
+def test_a_wake_up_that_fails_is_tried_again_at_the_next_look(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def wake(queue: str) -> bool:
+        calls.append(queue)
+        if len(calls) == 2:  # q2, the first time: the database is down
+            raise OSError("database down")
+        return True
+
+    monkeypatch.setattr(lost_workers, "_wake", wake)
+    reaper = lost_workers.LostWorkers(redis_url)
+    _register(redis_url, "host:3")
+    assert reaper.check() == {}
+    redis.Redis.from_url(redis_url).delete(*(registry_key(q, "host:3") for q in ("q1", "q2")))
+    with pytest.raises(OSError):
+        reaper.check()
+    # This reaper marked the loss, so no other will: it sends what is left itself.
+    assert reaper.check() == {"host:3": ["q2"]}
+    assert calls == ["q1", "q2", "q2"]
+    assert reaper.check() == {}
