@@ -25,10 +25,9 @@ import logging
 import time
 from collections import defaultdict
 
-from db import scheduling
-from db.session import session_scope
-from traindepot.dispatch import REGISTRY_PREFIX, enqueue, registered_workers
+from traindepot.dispatch import REGISTRY_PREFIX, registered_workers
 from traindepot.redis_client import client
+from worker import wakeups
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +99,4 @@ class LostWorkers:
 
 def _wake(queue: str) -> bool:
     """One wake-up now for `queue`'s most urgent queued job, if it has one."""
-    with session_scope() as session:
-        hint = scheduling.waiting(session=session, queues=[queue])
-    if hint is None:
-        return False
-    job_id, _, priority = hint
-    enqueue(job_id=job_id, queue=queue, priority=priority)
-    return True
+    return wakeups.wake([queue])

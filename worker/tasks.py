@@ -22,9 +22,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from db import gangs, jobs, scheduling, tenants
 from db.retry import retry_db
 from db.session import session_scope
-from traindepot.dispatch import TASK_NAME, enqueue, worker_id
+from traindepot.dispatch import TASK_NAME, worker_id
 from traindepot.settings import Settings, get_settings
-from worker import devices, gang, hub_token, reaper, warm
+from worker import devices, gang, hub_token, reaper, wakeups, warm
 from worker.celery_app import app
 from worker.child_env import training_environment
 from worker.launcher import NodeOf
@@ -193,20 +193,14 @@ def _wake(
     this worker just sat in) at once, or, `later`, for a job this worker could not take, in
     `tenant_busy_retry_seconds`. One message, whatever the number of queues, so that
     wake-ups never multiply (the reaper re-sends one that is lost)."""
-    with session_scope() as session:
-        hint = scheduling.waiting(session=session, queues=queues)
-    if hint is None:
-        return
-    waiting_id, queue, priority = hint
     try:
-        enqueue(
-            job_id=job_id or waiting_id,
-            queue=queue,
-            priority=priority,
+        wakeups.wake(
+            queues,
+            job_id=job_id,
             countdown=settings.tenant_busy_retry_seconds if later else None,
         )
     except BrokerError as exc:
-        log.warning("queue %s: wake-up not sent (%s); the reaper re-sends", queue, exc)
+        log.warning("queues %s: wake-up not sent (%s); the reaper re-sends", queues, exc)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

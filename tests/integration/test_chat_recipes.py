@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -154,10 +153,7 @@ def test_sft_job_resumes_after_sigkill_equals_trl_learns_and_chats(
     # database up to a flush later (on a fast machine, after step 12).
     worker, child = job_worker(stack, stack.job_dir(job_id))
     checkpoint = stack.job_dir(job_id) / "output" / "checkpoint-4"
-    deadline = time.monotonic() + 180
-    while not is_complete(checkpoint):
-        assert time.monotonic() < deadline, "no checkpoint-4"
-        time.sleep(0.01)
+    wait_for("checkpoint-4", lambda: is_complete(checkpoint), interval=0.01)
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
     wait_for("the training child to die", lambda: process_gone(child), 30)

@@ -41,7 +41,7 @@ def slow_spec(name: str, max_steps: int, save_steps: int, **training_args: Any) 
     )
 
 
-def wait_for(what: str, check: Any, timeout: float = 180) -> Any:
+def wait_for(what: str, check: Any, timeout: float = 180, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -49,7 +49,7 @@ def wait_for(what: str, check: Any, timeout: float = 180) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 def live_worker(stack: Stack) -> Any:

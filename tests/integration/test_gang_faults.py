@@ -11,14 +11,14 @@ own (tests/integration/gang_workers.py):
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.conftest import Stack, process_gone
 from tests.integration.gang_workers import Gang, gang_workers, running
-from tests.integration.test_multirank import rank_processes, wait_for
+from tests.integration.test_faults import wait_for
+from tests.integration.test_multirank import rank_processes
 from tests.specs import TINY_GPT2
 from worker.checkpoints import is_complete, last_complete
 
@@ -91,10 +91,12 @@ def test_sigkilled_nodes_stop_every_rank_and_the_job_resumes_exactly_on_any_two(
         # after a save would resume with nothing to compare): at least 3 steps past one,
         # 10 before the next, as the logged points show. They reach the database a flush
         # (0.2 s) after their step; on a fast machine a step of two nodes took tens of ms.
-        deadline = time.monotonic() + 60
-        while not 3 <= max(stack.train_steps(job_id, attempt)) % save_steps <= 10:
-            assert time.monotonic() < deadline, f"attempt {attempt} between checkpoints"
-            time.sleep(0.02)
+        wait_for(
+            f"attempt {attempt} between checkpoints",
+            lambda a=attempt: 3 <= max(stack.train_steps(job_id, a)) % save_steps <= 10,
+            60,
+            interval=0.02,
+        )
         assert max(stack.train_steps(job_id)) < max_steps  # mid-run
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)

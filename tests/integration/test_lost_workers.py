@@ -16,6 +16,7 @@ import time
 import redis
 
 from tests.integration.conftest import Stack
+from tests.integration.test_faults import wait_for
 from tests.integration.test_tenancy import client, submit
 from tests.specs import tiny_spec
 from traindepot.dispatch import registry_key
@@ -31,13 +32,6 @@ def registered(stack: Stack, worker_pid: int) -> bool:
     return bool(keys)
 
 
-def wait_until(what: str, check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
     key = stack.new_key("team-lost")
     quota = stack.http.put("/tenants/team-lost/quota", json={"max_running_jobs": 1})
@@ -46,9 +40,9 @@ def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
         first = submit(
             tenant, tiny_spec(name="lost-first", queue=P, training_args={"max_steps": 100_000})
         ).json()["id"]
-        wait_until("job 1 training", lambda: stack.train_steps(first), 240)
+        wait_for("job 1 training", lambda: stack.train_steps(first), 240)
         with stack.extra_worker("lost-q", queues=Q, settings=SHORT_TTL) as doomed:
-            wait_until("Q's worker registered", lambda: registered(stack, doomed.pid), 240)
+            wait_for("Q's worker registered", lambda: registered(stack, doomed.pid), 240)
             second = submit(
                 tenant, tiny_spec(name="lost-second", queue=Q, training_args={"max_steps": 2})
             ).json()["id"]
@@ -56,7 +50,7 @@ def test_a_lost_workers_wake_up_is_sent_again(stack: Stack) -> None:
             # (and, the only worker of Q, reserves) the delayed one; P's reaper looks at the
             # registrations meanwhile (every second).
             log = stack.home / "logs" / f"worker-lost-q-{len(stack.workers) - 1}.log"
-            wait_until(
+            wait_for(
                 "Q's worker to find job 2 held back",
                 lambda: "nothing for this worker to claim" in log.read_text(errors="replace"),
                 120,
